@@ -1,0 +1,79 @@
+//! Content-addressed blob store over `object_store`.
+//!
+//! A blob lives at `blobs/<first two hex digits>/<sha256>` under the
+//! warehouse root. The two-character fan-out keeps directory sizes sane on
+//! local disks and spreads prefixes on S3. Because the key is the content's
+//! own hash, writes are idempotent: a re-run that stores the same bytes
+//! again finds them already there.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use sha2::{Digest, Sha256};
+use url::Url;
+
+/// Hex SHA-256 of `bytes`: the sample's `content_id`.
+pub fn content_id(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// The blob store inside one warehouse.
+#[derive(Debug, Clone)]
+pub struct BlobStore {
+    store: Arc<dyn ObjectStore>,
+    prefix: Path,
+    root_url: Url,
+}
+
+impl BlobStore {
+    /// `root_url` is the warehouse URL (ending in `/`) that `prefix` addresses
+    /// inside `store`; it is used to build the URIs written into the tables.
+    pub fn new(store: Arc<dyn ObjectStore>, prefix: Path, root_url: Url) -> Self {
+        Self {
+            store,
+            prefix,
+            root_url,
+        }
+    }
+
+    fn key(&self, content_id: &str) -> Path {
+        let fan = content_id.get(..2).unwrap_or("00");
+        self.prefix.clone().join("blobs").join(fan).join(content_id)
+    }
+
+    /// The URI other engines can use to fetch this blob.
+    pub fn uri(&self, content_id: &str) -> String {
+        let fan = content_id.get(..2).unwrap_or("00");
+        format!("{}blobs/{fan}/{content_id}", self.root_url)
+    }
+
+    /// Stores `bytes` under `content_id` unless it is already there.
+    pub async fn put(&self, content_id: &str, bytes: Bytes) -> object_store::Result<()> {
+        let key = self.key(content_id);
+        match self.store.head(&key).await {
+            Ok(meta) if meta.size == bytes.len() as u64 => Ok(()),
+            _ => self
+                .store
+                .put(&key, PutPayload::from(bytes))
+                .await
+                .map(|_| ()),
+        }
+    }
+
+    /// Reads a byte range of a stored blob.
+    pub async fn get_range(
+        &self,
+        content_id: &str,
+        range: Range<u64>,
+    ) -> object_store::Result<Bytes> {
+        self.store.get_range(&self.key(content_id), range).await
+    }
+
+    /// Reads a whole stored blob.
+    pub async fn get(&self, content_id: &str) -> object_store::Result<Bytes> {
+        self.store.get(&self.key(content_id)).await?.bytes().await
+    }
+}

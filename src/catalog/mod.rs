@@ -1,0 +1,284 @@
+//! Iceberg: the table contract, table creation and evolution, appends, and
+//! reading back what was published.
+//!
+//! The Iceberg table is the publish point of lakemount: a sample exists for
+//! every view exactly when an Iceberg snapshot lists it. Each snapshot's
+//! summary carries [`PROP_LANCE_VERSION`], the Lance dataset version whose
+//! rows it goes with, so a pinned snapshot pins the embeddings and inline
+//! bytes too.
+//!
+//! The schema below is a documented contract (README, "Table contract"):
+//! field ids 1..=9 are fixed, manifest extras are appended as optional
+//! columns by schema evolution, and other engines may write rows as long as
+//! they keep those columns and types.
+
+pub mod write;
+
+use std::collections::{HashMap, HashSet};
+
+use anyhow::{Context, Result, bail};
+use arrow_array::{Array, StringArray};
+use futures::TryStreamExt;
+use iceberg::spec::{NestedField, PrimitiveType, Schema, Transform, Type, UnboundPartitionSpec};
+use iceberg::table::Table;
+use iceberg::transaction::{AddColumn, ApplyTransactionAction, Transaction};
+use iceberg::{Catalog, TableCreation, TableIdent};
+
+/// Snapshot summary key: Lance dataset version that goes with the snapshot.
+pub const PROP_LANCE_VERSION: &str = "lakemount.lance-version";
+/// Snapshot summary key and table property: where the Lance dataset lives.
+pub const PROP_LANCE_URI: &str = "lakemount.lance-uri";
+/// Table property: embedding dimension of the Lance table.
+pub const PROP_EMBEDDING_DIM: &str = "lakemount.embedding-dim";
+
+/// Fixed columns of the samples table: (field id, name, type, required).
+pub const BASE_COLUMNS: &[(i32, &str, PrimitiveType, bool)] = &[
+    (1, "content_id", PrimitiveType::String, true),
+    (2, "uri", PrimitiveType::String, true),
+    (3, "label", PrimitiveType::String, false),
+    (4, "split", PrimitiveType::String, true),
+    (5, "media_type", PrimitiveType::String, true),
+    (6, "size_bytes", PrimitiveType::Long, true),
+    (7, "source", PrimitiveType::String, false),
+    (8, "ingested_at", PrimitiveType::Timestamptz, true),
+    (9, "embedding_model", PrimitiveType::String, true),
+];
+
+/// Whether `name` is one of the fixed columns.
+pub fn is_base_column(name: &str) -> bool {
+    BASE_COLUMNS.iter().any(|(_, n, _, _)| *n == name)
+}
+
+/// Type of an extra (manifest-provided) column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExtraType {
+    /// Iceberg `boolean`.
+    Boolean,
+    /// Iceberg `long`.
+    Long,
+    /// Iceberg `double`.
+    Double,
+    /// Iceberg `string`.
+    String,
+}
+
+impl ExtraType {
+    /// The Iceberg type.
+    pub fn iceberg(self) -> PrimitiveType {
+        match self {
+            ExtraType::Boolean => PrimitiveType::Boolean,
+            ExtraType::Long => PrimitiveType::Long,
+            ExtraType::Double => PrimitiveType::Double,
+            ExtraType::String => PrimitiveType::String,
+        }
+    }
+
+    /// The extra type an existing Iceberg column has, if it is one we write.
+    pub fn from_iceberg(t: &Type) -> Option<Self> {
+        match t {
+            Type::Primitive(PrimitiveType::Boolean) => Some(ExtraType::Boolean),
+            Type::Primitive(PrimitiveType::Long | PrimitiveType::Int) => Some(ExtraType::Long),
+            Type::Primitive(PrimitiveType::Double | PrimitiveType::Float) => {
+                Some(ExtraType::Double)
+            }
+            Type::Primitive(PrimitiveType::String) => Some(ExtraType::String),
+            _ => None,
+        }
+    }
+
+    /// Lower-case name used in messages and docs.
+    pub fn name(self) -> &'static str {
+        match self {
+            ExtraType::Boolean => "boolean",
+            ExtraType::Long => "long",
+            ExtraType::Double => "double",
+            ExtraType::String => "string",
+        }
+    }
+}
+
+/// The schema of a new samples table.
+pub fn base_schema() -> Result<Schema> {
+    let fields = BASE_COLUMNS
+        .iter()
+        .map(|(id, name, ty, required)| {
+            let t = Type::Primitive(ty.clone());
+            if *required {
+                NestedField::required(*id, *name, t).into()
+            } else {
+                NestedField::optional(*id, *name, t).into()
+            }
+        })
+        .collect::<Vec<_>>();
+    Ok(Schema::builder().with_fields(fields).build()?)
+}
+
+/// Partitioning: `split` (identity) and `day(ingested_at)`, the two filters
+/// nearly every spec uses, so a scan prunes whole files for them.
+pub fn partition_spec() -> Result<UnboundPartitionSpec> {
+    Ok(UnboundPartitionSpec::builder()
+        .add_partition_field(4, "split", Transform::Identity)?
+        .add_partition_field(8, "ingested_day", Transform::Day)?
+        .build())
+}
+
+/// Loads the table, creating its namespace and the table itself when absent.
+pub async fn ensure_table(
+    catalog: &dyn Catalog,
+    ident: &TableIdent,
+    lance_uri: &str,
+    dim: usize,
+) -> Result<Table> {
+    if catalog.table_exists(ident).await? {
+        let table = catalog.load_table(ident).await?;
+        if let Some(existing) = table.metadata().properties().get(PROP_EMBEDDING_DIM)
+            && existing != &dim.to_string()
+        {
+            bail!(
+                "table {ident} holds {existing}-dimensional embeddings, but this ingest produces {dim}; \
+                 use a different --table or an encoder of the same dimension"
+            );
+        }
+        return Ok(table);
+    }
+    let ns = ident.namespace();
+    if !catalog.namespace_exists(ns).await? {
+        catalog.create_namespace(ns, HashMap::new()).await?;
+    }
+    let creation = TableCreation::builder()
+        .name(ident.name().to_string())
+        .schema(base_schema()?)
+        .partition_spec(partition_spec()?)
+        .properties([
+            (PROP_LANCE_URI.to_string(), lance_uri.to_string()),
+            (PROP_EMBEDDING_DIM.to_string(), dim.to_string()),
+            ("write.format.default".to_string(), "parquet".to_string()),
+        ])
+        .build();
+    catalog
+        .create_table(ns, creation)
+        .await
+        .with_context(|| format!("cannot create Iceberg table {ident}"))
+}
+
+/// Adds optional columns to the table's schema (one schema change).
+pub async fn add_columns(
+    catalog: &dyn Catalog,
+    table: &Table,
+    columns: &[(String, ExtraType)],
+) -> Result<Table> {
+    if columns.is_empty() {
+        return Ok(table.clone());
+    }
+    let tx = Transaction::new(table);
+    let mut action = tx.update_schema();
+    for (name, ty) in columns {
+        action = action.add_column(AddColumn::optional(name, Type::Primitive(ty.iceberg())));
+    }
+    let tx = action.apply(tx)?;
+    tx.commit(catalog)
+        .await
+        .with_context(|| format!("cannot add columns to {}", table.identifier()))
+}
+
+/// Content ids listed by the table's current snapshot.
+pub async fn published_content_ids(table: &Table) -> Result<HashSet<String>> {
+    let mut ids = HashSet::new();
+    if table.metadata().current_snapshot().is_none() {
+        return Ok(ids);
+    }
+    let mut stream = table
+        .scan()
+        .select(["content_id"])
+        .build()?
+        .to_arrow()
+        .await?;
+    while let Some(batch) = stream.try_next().await? {
+        let col = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .context("content_id column is not a string column")?;
+        ids.extend(col.iter().flatten().map(str::to_string));
+    }
+    Ok(ids)
+}
+
+/// One row of `lakemount snapshots`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SnapshotInfo {
+    /// Iceberg snapshot id: what a spec pins.
+    pub snapshot_id: i64,
+    /// Commit time, milliseconds since the epoch.
+    pub timestamp_ms: i64,
+    /// Rows the snapshot added (from its summary), if recorded.
+    pub added_rows: Option<u64>,
+    /// Total rows at this snapshot, if recorded.
+    pub total_rows: Option<u64>,
+    /// Lance version recorded by lakemount; `None` for snapshots other engines wrote.
+    pub lance_version: Option<u64>,
+}
+
+/// The table's snapshots, newest first.
+pub fn snapshots(table: &Table) -> Vec<SnapshotInfo> {
+    let mut out: Vec<SnapshotInfo> = table
+        .metadata()
+        .snapshots()
+        .map(|s| {
+            let props = &s.summary().additional_properties;
+            let num = |k: &str| props.get(k).and_then(|v| v.parse().ok());
+            SnapshotInfo {
+                snapshot_id: s.snapshot_id(),
+                timestamp_ms: s.timestamp_ms(),
+                added_rows: num("added-records"),
+                total_rows: num("total-records"),
+                lance_version: num(PROP_LANCE_VERSION),
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        b.timestamp_ms
+            .cmp(&a.timestamp_ms)
+            .then(b.snapshot_id.cmp(&a.snapshot_id))
+    });
+    out
+}
+
+/// The table's columns as (name, extra type) for every column an ingest may
+/// fill from a manifest; base columns are excluded.
+pub fn extra_columns(table: &Table) -> HashMap<String, Option<ExtraType>> {
+    table
+        .metadata()
+        .current_schema()
+        .as_struct()
+        .fields()
+        .iter()
+        .filter(|f| !is_base_column(&f.name))
+        .map(|f| (f.name.clone(), ExtraType::from_iceberg(&f.field_type)))
+        .collect()
+}
+
+/// Extracts the Lance version from a snapshot summary.
+pub fn lance_version_of(table: &Table, snapshot_id: i64) -> Option<u64> {
+    table
+        .metadata()
+        .snapshot_by_id(snapshot_id)?
+        .summary()
+        .additional_properties
+        .get(PROP_LANCE_VERSION)?
+        .parse()
+        .ok()
+}
+
+/// Checks that a string array column is what the contract says (used by readers).
+pub fn string_column<'a>(
+    batch: &'a arrow_array::RecordBatch,
+    name: &str,
+) -> Result<&'a StringArray> {
+    let col = batch
+        .column_by_name(name)
+        .with_context(|| format!("column {name} missing"))?;
+    col.as_any()
+        .downcast_ref::<StringArray>()
+        .with_context(|| format!("column {name} is {:?}, expected string", col.data_type()))
+}

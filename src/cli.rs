@@ -1,0 +1,237 @@
+//! Command-line definitions and their dispatch. The library below never sees
+//! clap: options are turned into typed configs here.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::encode::builtin::BuiltinEncoder;
+use crate::ingest::progress::ProgressMode;
+use crate::ingest::{self, IngestConfig, InputSource, SplitRatios};
+use crate::warehouse::{DEFAULT_TABLE, Warehouse, WarehouseConfig};
+
+/// Exit status when the command worked but some inputs were rejected.
+pub const EXIT_REJECTED: u8 = 3;
+
+/// Mount Iceberg + Lance training data as plain read-only files.
+#[derive(Debug, Parser)]
+#[command(name = "lakemount", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Store files as samples: blobs, embeddings in Lance, metadata in Iceberg.
+    ///
+    /// Reads an ImageFolder directory (DIR/<label>/<file>) or a CSV/JSONL
+    /// manifest. Each batch is published atomically; re-running the same
+    /// ingest adds nothing twice. Exit status: 0 when every file was
+    /// ingested or already present, 3 when some files were rejected (listed
+    /// in the summary), 1 on an error (nothing of the failing batch is
+    /// visible).
+    Ingest(IngestArgs),
+    /// List the table's snapshots, newest first, to pin one in a spec.
+    Snapshots(SnapshotsArgs),
+}
+
+/// Where the warehouse and its catalog are.
+#[derive(Debug, Args)]
+struct WarehouseArgs {
+    /// Warehouse directory or URI holding blobs, the Lance dataset, the
+    /// Iceberg tables and (by default) the SQLite catalog.
+    #[arg(
+        long,
+        env = "LAKEMOUNT_WAREHOUSE",
+        default_value = "./warehouse",
+        help_heading = "Warehouse"
+    )]
+    warehouse: String,
+    /// Iceberg SQL catalog URI [default: sqlite:<WAREHOUSE>/catalog.db].
+    #[arg(long, env = "LAKEMOUNT_CATALOG", help_heading = "Warehouse")]
+    catalog: Option<String>,
+    /// Iceberg table, as <namespace>.<table>.
+    #[arg(long, default_value = DEFAULT_TABLE, help_heading = "Warehouse")]
+    table: String,
+}
+
+impl WarehouseArgs {
+    fn config(&self) -> WarehouseConfig {
+        WarehouseConfig {
+            location: self.warehouse.clone(),
+            catalog: self.catalog.clone(),
+            table: self.table.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct IngestArgs {
+    /// ImageFolder directory: DIR/<label>/<file>.
+    #[arg(required_unless_present = "manifest", conflicts_with = "manifest")]
+    dir: Option<PathBuf>,
+    /// CSV or JSONL manifest with a `path` column (relative to the manifest's
+    /// folder), optional `label`, `split`, `source`, and any extra columns,
+    /// which become typed Iceberg columns.
+    #[arg(long, help_heading = "Input")]
+    manifest: Option<PathBuf>,
+    /// Precomputed embeddings (.npy, float32, shape (rows, dim)), one row per
+    /// manifest row, instead of the built-in encoder.
+    #[arg(long, requires = "manifest", help_heading = "Embeddings")]
+    embeddings: Option<PathBuf>,
+    /// Value of `embedding_model` for --embeddings [default: precomputed:<file stem>].
+    #[arg(long, requires = "embeddings", help_heading = "Embeddings")]
+    embedding_model: Option<String>,
+    /// Store the bytes inside the Lance table (blob column) instead of the
+    /// blob store, so one random access returns embedding and bytes.
+    #[arg(long, help_heading = "Storage")]
+    inline_blobs: bool,
+    /// Train,val,test fractions for rows without a manifest `split`; the
+    /// split is a pure function of the content hash.
+    #[arg(long, default_value = "0.8,0.1,0.1", help_heading = "Samples")]
+    split: SplitRatios,
+    /// `source` for rows without a manifest `source` [default: the file's path].
+    #[arg(long, help_heading = "Samples")]
+    source: Option<String>,
+    /// Files per atomic commit (one Lance append + one Iceberg snapshot).
+    #[arg(long, default_value_t = 1024, help_heading = "Storage")]
+    batch_size: usize,
+    /// No progress output.
+    #[arg(long, short)]
+    quiet: bool,
+    #[command(flatten)]
+    warehouse: WarehouseArgs,
+}
+
+#[derive(Debug, Args)]
+struct SnapshotsArgs {
+    #[command(flatten)]
+    warehouse: WarehouseArgs,
+}
+
+/// Runs a parsed command line and returns the process exit status.
+pub fn run(cli: Cli) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Ingest(args) => run_ingest(args).await,
+            Command::Snapshots(args) => run_snapshots(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_ingest(args: IngestArgs) -> Result<ExitCode> {
+    let input = match (&args.dir, &args.manifest) {
+        (Some(d), _) => InputSource::Dir(d.clone()),
+        (None, Some(m)) => InputSource::Manifest(m.clone()),
+        (None, None) => anyhow::bail!("give a directory or --manifest FILE"),
+    };
+    let config = IngestConfig {
+        input,
+        batch_size: args.batch_size,
+        inline_blobs: args.inline_blobs,
+        split: args.split,
+        embeddings: args.embeddings.clone(),
+        embedding_model: args.embedding_model.clone(),
+        source: args.source.clone(),
+        progress: if args.quiet {
+            ProgressMode::Quiet
+        } else {
+            ProgressMode::Auto
+        },
+        fault: None,
+    };
+    let warehouse = Warehouse::open(&args.warehouse.config(), true).await?;
+    let report = ingest::run(&config, &warehouse, &BuiltinEncoder).await?;
+
+    let mb = report.added_bytes as f64 / 1e6;
+    println!(
+        "added {} samples ({mb:.1} MB), skipped {} duplicates, rejected {}",
+        report.added,
+        report.duplicates,
+        report.rejected.len()
+    );
+    if report.adopted > 0 {
+        println!(
+            "completed {} samples left unpublished by an interrupted ingest",
+            report.adopted
+        );
+    }
+    for r in &report.rejected {
+        println!("  rejected {}: {}", r.what, r.reason);
+    }
+    if report.seconds > 0.0 && report.added > 0 {
+        println!(
+            "{:.0} files/s, {:.1} MB/s",
+            report.added as f64 / report.seconds,
+            mb / report.seconds
+        );
+    }
+    match (report.snapshot_id, report.lance_version) {
+        (Some(s), Some(v)) => println!("table {} snapshot {s}, Lance version {v}", warehouse.table),
+        _ => println!(
+            "table {}: nothing new, no snapshot committed",
+            warehouse.table
+        ),
+    }
+    Ok(if report.rejected.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_REJECTED)
+    })
+}
+
+async fn run_snapshots(args: SnapshotsArgs) -> Result<ExitCode> {
+    let warehouse = Warehouse::open(&args.warehouse.config(), false).await?;
+    let table = iceberg::Catalog::load_table(warehouse.catalog.as_ref(), &warehouse.table)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot load table {} (has anything been ingested into it?)",
+                warehouse.table
+            )
+        })?;
+    let snaps = crate::catalog::snapshots(&table);
+    if snaps.is_empty() {
+        println!("table {} has no snapshots yet", warehouse.table);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<20}  {:<25}  {:>10}  {:>10}  {:>13}",
+        "SNAPSHOT", "COMMITTED (UTC)", "ADDED", "TOTAL", "LANCE VERSION"
+    );
+    let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+    for s in snaps {
+        let when = chrono::DateTime::from_timestamp_millis(s.timestamp_ms)
+            .map(|t| t.format("%Y-%m-%d %H:%M:%S%.3f").to_string())
+            .unwrap_or_else(|| s.timestamp_ms.to_string());
+        println!(
+            "{:<20}  {:<25}  {:>10}  {:>10}  {:>13}",
+            s.snapshot_id,
+            when,
+            opt(s.added_rows),
+            opt(s.total_rows),
+            opt(s.lance_version)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,235 @@
+//! Lance: the vector table. It holds, per sample, the embedding, the
+//! pointer to the bytes and, with `--inline-blobs`, the bytes themselves
+//! (blob v2 column), so one random access returns everything a reader needs.
+//!
+//! Lance rows become visible to views only through an Iceberg snapshot that
+//! records a Lance version containing them; rows appended by a batch whose
+//! Iceberg commit never happened are orphans that the next ingest of the same
+//! bytes adopts instead of appending again.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use arrow_array::{
+    Array, ArrayRef, FixedSizeListArray, Float32Array, Int64Array, RecordBatch,
+    RecordBatchIterator, StringArray,
+};
+use arrow_schema::{DataType, Field, Schema};
+use futures::TryStreamExt;
+use lance::Dataset;
+use lance::blob::{BlobArrayBuilder, blob_field};
+use lance::dataset::{WriteMode, WriteParams};
+
+/// Name of the blob column.
+pub const BLOB_COLUMN: &str = "blob";
+/// Name of the embedding column.
+pub const EMBEDDING_COLUMN: &str = "embedding";
+
+/// One row of the Lance table.
+#[derive(Debug, Clone)]
+pub struct VectorRow {
+    /// SHA-256 of the bytes, hex.
+    pub content_id: String,
+    /// The embedding (table dimension).
+    pub embedding: Vec<f32>,
+    /// Where the bytes are.
+    pub uri: String,
+    /// MIME type.
+    pub media_type: String,
+    /// Size of the bytes.
+    pub size_bytes: i64,
+    /// The bytes, when stored inline.
+    pub inline: Option<bytes::Bytes>,
+}
+
+/// The Arrow schema of the Lance table for embeddings of dimension `dim`.
+pub fn schema(dim: usize) -> Result<Arc<Schema>> {
+    let dim = i32::try_from(dim).context("embedding dimension too large")?;
+    Ok(Arc::new(Schema::new(vec![
+        Field::new("content_id", DataType::Utf8, false),
+        Field::new(
+            EMBEDDING_COLUMN,
+            DataType::FixedSizeList(Arc::new(Field::new("item", DataType::Float32, true)), dim),
+            false,
+        ),
+        Field::new("uri", DataType::Utf8, false),
+        Field::new("media_type", DataType::Utf8, false),
+        Field::new("size_bytes", DataType::Int64, false),
+        blob_field(BLOB_COLUMN, true),
+    ])))
+}
+
+/// Opens the dataset at `uri`, or `None` when nothing was written there yet.
+pub async fn open(uri: &str) -> Result<Option<Dataset>> {
+    if !dataset_exists(uri) {
+        return Ok(None);
+    }
+    Ok(Some(Dataset::open(uri).await.with_context(|| {
+        format!("cannot open Lance dataset {uri}")
+    })?))
+}
+
+fn dataset_exists(uri: &str) -> bool {
+    if uri.contains("://") && !uri.starts_with("file://") {
+        return true;
+    }
+    let path = uri.strip_prefix("file://").unwrap_or(uri);
+    std::path::Path::new(path).join("_versions").is_dir()
+}
+
+/// Embedding dimension of an existing dataset.
+pub fn dim_of(ds: &Dataset) -> Result<usize> {
+    let field = ds
+        .schema()
+        .field(EMBEDDING_COLUMN)
+        .context("Lance dataset has no embedding column")?;
+    match field.data_type() {
+        DataType::FixedSizeList(_, n) => Ok(n as usize),
+        other => bail!("Lance embedding column is {other:?}, expected a fixed-size list of f32"),
+    }
+}
+
+/// Every content id in the dataset's current version.
+pub async fn content_ids(ds: &Dataset) -> Result<HashSet<String>> {
+    let mut scan = ds.scan();
+    scan.project(&["content_id"])?;
+    let mut stream = scan.try_into_stream().await?;
+    let mut ids = HashSet::new();
+    while let Some(batch) = stream.try_next().await? {
+        let col = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .context("Lance content_id is not a string column")?;
+        ids.extend(col.iter().flatten().map(str::to_string));
+    }
+    Ok(ids)
+}
+
+/// Appends `rows` (creating the dataset on first use) and returns the new version.
+pub async fn append(
+    uri: &str,
+    existing: Option<Dataset>,
+    rows: &[VectorRow],
+    dim: usize,
+) -> Result<u64> {
+    let schema = schema(dim)?;
+    let batch = rows_to_batch(&schema, rows, dim)?;
+    let reader = RecordBatchIterator::new(vec![Ok(batch)], schema);
+    let ds = match existing {
+        Some(mut ds) => {
+            ds.append(reader, None)
+                .await
+                .with_context(|| format!("Lance append to {uri} failed"))?;
+            ds
+        }
+        None => {
+            let params = WriteParams {
+                mode: WriteMode::Create,
+                // Stable row ids survive compaction, so a pinned view's row
+                // addresses never shift under it.
+                enable_stable_row_ids: true,
+                ..Default::default()
+            };
+            Dataset::write(reader, uri, Some(params))
+                .await
+                .with_context(|| format!("cannot create Lance dataset {uri}"))?
+        }
+    };
+    Ok(ds.version().version)
+}
+
+fn rows_to_batch(schema: &Arc<Schema>, rows: &[VectorRow], dim: usize) -> Result<RecordBatch> {
+    let mut flat = Vec::with_capacity(rows.len() * dim);
+    for r in rows {
+        if r.embedding.len() != dim {
+            bail!(
+                "sample {} has a {}-dimensional embedding, the table expects {dim}",
+                r.content_id,
+                r.embedding.len()
+            );
+        }
+        flat.extend_from_slice(&r.embedding);
+    }
+    let item = Arc::new(Field::new("item", DataType::Float32, true));
+    let embedding =
+        FixedSizeListArray::try_new(item, dim as i32, Arc::new(Float32Array::from(flat)), None)?;
+    let mut blobs = BlobArrayBuilder::new(rows.len());
+    for r in rows {
+        match &r.inline {
+            Some(b) if b.is_empty() => blobs.push_empty()?,
+            Some(b) => blobs.push_bytes(b)?,
+            None => blobs.push_null()?,
+        }
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.content_id.as_str()),
+        )),
+        Arc::new(embedding),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.uri.as_str()),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.media_type.as_str()),
+        )),
+        Arc::new(Int64Array::from_iter_values(
+            rows.iter().map(|r| r.size_bytes),
+        )),
+        blobs.finish()?,
+    ];
+    debug_assert_eq!(columns[0].len(), rows.len());
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
+}
+
+/// Stable row id of every content id in the dataset's current version.
+pub async fn row_ids(ds: &Dataset) -> Result<std::collections::HashMap<String, u64>> {
+    let mut scan = ds.scan();
+    scan.project(&["content_id"])?.with_row_id();
+    let mut stream = scan.try_into_stream().await?;
+    let mut out = std::collections::HashMap::new();
+    while let Some(batch) = stream.try_next().await? {
+        let ids = crate::catalog::string_column(&batch, "content_id")?;
+        let rows = batch
+            .column_by_name("_rowid")
+            .and_then(|c| c.as_any().downcast_ref::<arrow_array::UInt64Array>())
+            .context("Lance scan returned no _rowid column")?;
+        for (id, row) in ids.iter().zip(rows.iter()) {
+            if let (Some(id), Some(row)) = (id, row) {
+                out.insert(id.to_string(), row);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Embeddings of the rows with the given stable row ids, in that order.
+pub async fn take_embeddings(ds: &Dataset, row_ids: &[u64]) -> Result<Vec<Vec<f32>>> {
+    let batch = ds
+        .take_rows(row_ids, ds.schema().project(&[EMBEDDING_COLUMN])?)
+        .await?;
+    let list = batch
+        .column(0)
+        .as_any()
+        .downcast_ref::<FixedSizeListArray>()
+        .context("embedding column is not a fixed-size list")?;
+    let values = list
+        .values()
+        .as_any()
+        .downcast_ref::<Float32Array>()
+        .context("embedding values are not float32")?;
+    let d = list.value_length() as usize;
+    Ok((0..list.len())
+        .map(|i| values.values()[i * d..(i + 1) * d].to_vec())
+        .collect())
+}
+
+/// The inline bytes of one row, or `None` when the row keeps them in the blob store.
+pub async fn read_inline_blob(ds: &Arc<Dataset>, row_id: u64) -> Result<Option<bytes::Bytes>> {
+    let mut blobs = ds.take_blobs(&[row_id], BLOB_COLUMN).await?;
+    match blobs.pop().flatten() {
+        Some(blob) => Ok(Some(blob.read().await?)),
+        None => Ok(None),
+    }
+}
