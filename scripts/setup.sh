@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what a fresh machine lacks: system packages (protoc for lance's
+# build, fuse3 for mounts) and a Python venv with the pinned peer clients.
+# Idempotent and quick when everything is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v protoc >/dev/null || need+=(protobuf-compiler)
+command -v fusermount3 >/dev/null || need+=(fuse3)
+if ((${#need[@]})); then
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "setup: missing system packages: ${need[*]} (run: sudo apt-get install ${need[*]})" >&2
+        exit 1
+    fi
+    echo "setup: installing ${need[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+venv=${LAKEMOUNT_VENV:-.venv}
+req=tests/python/requirements.txt
+stamp="$venv/.requirements"
+if [[ ! -x $venv/bin/python ]] || ! cmp -s "$req" "$stamp"; then
+    echo "setup: creating Python environment in $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/python" -m pip install -q --upgrade pip
+    "$venv/bin/python" -m pip install -q -r "$req"
+    cp "$req" "$stamp"
+fi

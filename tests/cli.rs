@@ -1,0 +1,116 @@
+//! The `lakemount` binary end to end: help, exit statuses, summaries.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn lakemount() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_lakemount"));
+    c.env_remove("LAKEMOUNT_WAREHOUSE").env_remove("LAKEMOUNT_CATALOG");
+    c
+}
+
+fn text(out: &std::process::Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn help_explains_every_ingest_option() {
+    let out = lakemount().args(["ingest", "--help"]).output().unwrap();
+    assert!(out.status.success());
+    let (help, _) = text(&out);
+    for opt in [
+        "--manifest",
+        "--embeddings",
+        "--inline-blobs",
+        "--split",
+        "--batch-size",
+        "--warehouse",
+        "--catalog",
+        "--table",
+        "LAKEMOUNT_WAREHOUSE",
+    ] {
+        assert!(help.contains(opt), "ingest --help lacks {opt}:\n{help}");
+    }
+}
+
+#[test]
+fn ingest_then_snapshots_and_exit_status_reflects_rejections() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("in");
+    image_folder(&dir, &[("a", 3)]);
+    let wh = tmp.path().join("wh");
+
+    let out = lakemount()
+        .args(["ingest", "--quiet", "--warehouse"])
+        .arg(&wh)
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("added 3 samples"), "{stdout}");
+    assert!(stdout.contains("Lance version 1"), "{stdout}");
+
+    std::fs::write(dir.join("a/empty.png"), b"").unwrap();
+    let out = lakemount()
+        .args(["ingest", "--quiet", "--warehouse"])
+        .arg(&wh)
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let (stdout, _) = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{stdout}");
+    assert!(stdout.contains("skipped 3 duplicates, rejected 1"), "{stdout}");
+    assert!(stdout.contains("empty.png: file is empty"), "{stdout}");
+
+    let out = lakemount()
+        .args(["snapshots", "--warehouse"])
+        .arg(&wh)
+        .output()
+        .unwrap();
+    let (stdout, _) = text(&out);
+    assert!(out.status.success());
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(lines[0].contains("LANCE VERSION"));
+    let cols: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(cols[cols.len() - 3..], ["3", "3", "1"], "{stdout}");
+}
+
+#[test]
+fn errors_say_what_to_do_next() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = lakemount()
+        .args(["snapshots", "--warehouse"])
+        .arg(tmp.path().join("nope"))
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr.contains("no warehouse at"), "{stderr}");
+    assert!(stderr.contains("lakemount ingest"), "{stderr}");
+
+    let out = lakemount()
+        .args(["ingest", "--warehouse"])
+        .arg(tmp.path().join("wh"))
+        .arg(tmp.path().join("missing-dir"))
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr.contains("cannot read input directory"), "{stderr}");
+
+    let out = lakemount()
+        .args(["ingest", "--split", "0.5,0.6,0.1", "x"])
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr.contains("add up to 1"), "{stderr}");
+}

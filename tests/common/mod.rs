@@ -1,0 +1,152 @@
+//! Helpers shared by the integration tests: generated media, a warehouse in
+//! a temp dir, and read-back of both tables through the real readers.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow_array::{Array, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray};
+use futures::TryStreamExt;
+use iceberg::Catalog;
+use lakemount::ingest::progress::ProgressMode;
+use lakemount::ingest::{IngestConfig, InputSource};
+use lakemount::warehouse::{Warehouse, WarehouseConfig};
+
+/// A deterministic PNG whose pixels depend on `seed`.
+pub fn png(seed: u32, side: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(side, side, |x, y| {
+        let v = x.wrapping_mul(31 + seed).wrapping_add(y.wrapping_mul(17 + 3 * seed)) ^ seed;
+        image::Rgb([(v & 0xff) as u8, ((v >> 3) & 0xff) as u8, (seed * 40 % 256) as u8])
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+/// Writes `DIR/<label>/<n>.png` for each (label, count), distinct images.
+/// Returns a map from file path to bytes.
+pub fn image_folder(dir: &Path, labels: &[(&str, u32)]) -> HashMap<String, Vec<u8>> {
+    let mut seed = 0;
+    let mut out = HashMap::new();
+    for (label, count) in labels {
+        std::fs::create_dir_all(dir.join(label)).unwrap();
+        for i in 0..*count {
+            seed += 1;
+            let bytes = png(seed, 24);
+            let path = dir.join(label).join(format!("{i:03}.png"));
+            std::fs::write(&path, &bytes).unwrap();
+            out.insert(path.display().to_string(), bytes);
+        }
+    }
+    out
+}
+
+pub async fn open(wh: &Path) -> Warehouse {
+    Warehouse::open(&WarehouseConfig::new(wh.display().to_string()), true)
+        .await
+        .unwrap()
+}
+
+pub fn quiet(input: InputSource) -> IngestConfig {
+    let mut c = IngestConfig::new(input);
+    c.progress = ProgressMode::Quiet;
+    c
+}
+
+/// One Iceberg row as strings (None for null), keyed by column name.
+pub type Row = HashMap<String, Option<String>>;
+
+/// All rows of the table's current snapshot, or an empty list when the
+/// table or snapshot does not exist.
+pub async fn iceberg_rows(wh: &Warehouse) -> Vec<Row> {
+    if !wh.catalog.table_exists(&wh.table).await.unwrap() {
+        return Vec::new();
+    }
+    let table = wh.catalog.load_table(&wh.table).await.unwrap();
+    if table.metadata().current_snapshot().is_none() {
+        return Vec::new();
+    }
+    let batches: Vec<RecordBatch> = table
+        .scan()
+        .build()
+        .unwrap()
+        .to_arrow()
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let mut rows = Vec::new();
+    for b in batches {
+        for i in 0..b.num_rows() {
+            let mut row = Row::new();
+            for (f, col) in b.schema().fields().iter().zip(b.columns()) {
+                row.insert(f.name().clone(), cell(col.as_ref(), i));
+            }
+            rows.push(row);
+        }
+    }
+    rows
+}
+
+fn cell(col: &dyn Array, i: usize) -> Option<String> {
+    if col.is_null(i) {
+        return None;
+    }
+    let any = col.as_any();
+    if let Some(a) = any.downcast_ref::<StringArray>() {
+        Some(a.value(i).to_string())
+    } else if let Some(a) = any.downcast_ref::<Int64Array>() {
+        Some(a.value(i).to_string())
+    } else if let Some(a) = any.downcast_ref::<Float64Array>() {
+        Some(a.value(i).to_string())
+    } else if let Some(a) = any.downcast_ref::<BooleanArray>() {
+        Some(a.value(i).to_string())
+    } else {
+        Some(format!("<{:?}>", col.data_type()))
+    }
+}
+
+pub async fn snapshot_count(wh: &Warehouse) -> usize {
+    if !wh.catalog.table_exists(&wh.table).await.unwrap() {
+        return 0;
+    }
+    let table = wh.catalog.load_table(&wh.table).await.unwrap();
+    table.metadata().snapshots().count()
+}
+
+/// content id -> (embedding, inline bytes) from the Lance dataset.
+pub async fn lance_rows(wh: &Warehouse) -> HashMap<String, (Vec<f32>, Option<Vec<u8>>)> {
+    let Some(ds) = lakemount::vectors::open(&wh.lance_uri).await.unwrap() else {
+        return HashMap::new();
+    };
+    let ds = Arc::new(ds);
+    let ids = lakemount::vectors::row_ids(&ds).await.unwrap();
+    let mut out = HashMap::new();
+    for (id, row) in ids {
+        let emb = lakemount::vectors::take_embeddings(&ds, &[row])
+            .await
+            .unwrap()
+            .remove(0);
+        let blob = lakemount::vectors::read_inline_blob(&ds, row)
+            .await
+            .unwrap()
+            .map(|b| b.to_vec());
+        out.insert(id, (emb, blob));
+    }
+    out
+}
+
+/// Number of rows physically in the Lance dataset (orphans included).
+pub async fn lance_row_count(wh: &Warehouse) -> usize {
+    match lakemount::vectors::open(&wh.lance_uri).await.unwrap() {
+        Some(ds) => ds.count_rows(None).await.unwrap(),
+        None => 0,
+    }
+}
+
+pub fn sha256(bytes: &[u8]) -> String {
+    lakemount::blobs::content_id(bytes)
+}
