@@ -32,14 +32,27 @@ async fn unreadable_and_empty_files_are_rejected_by_name_and_the_rest_ingested()
     let reasons: Vec<(String, String)> = r
         .rejected
         .iter()
-        .map(|x| (x.what.rsplit('/').next().unwrap().to_string(), x.reason.clone()))
+        .map(|x| {
+            (
+                x.what.rsplit('/').next().unwrap().to_string(),
+                x.reason.clone(),
+            )
+        })
         .collect();
     assert_eq!(reasons.len(), 4, "{reasons:?}");
     let reason = |name: &str| reasons.iter().find(|(w, _)| w == name).unwrap().1.clone();
     assert_eq!(reason("empty.png"), "file is empty");
-    assert!(reason("dir-link.png").starts_with("cannot read"), "{}", reason("dir-link.png"));
+    assert!(
+        reason("dir-link.png").starts_with("cannot read"),
+        "{}",
+        reason("dir-link.png")
+    );
     assert_eq!(reason("dangling.png"), "file not found");
-    assert!(reason("corrupt.png").contains("cannot decode image/png"), "{}", reason("corrupt.png"));
+    assert!(
+        reason("corrupt.png").contains("cannot decode image/png"),
+        "{}",
+        reason("corrupt.png")
+    );
     let rows = iceberg_rows(&wh).await;
     assert_eq!(rows.len(), 2);
     assert!(rows.iter().all(|r| r["label"].as_deref() == Some("ok")));
@@ -70,7 +83,11 @@ async fn missing_manifest_file_is_rejected_with_its_line() {
         .unwrap();
     assert_eq!(r.added, 1);
     assert_eq!(r.rejected.len(), 1);
-    assert!(r.rejected[0].what.contains("missing.png"), "{:?}", r.rejected);
+    assert!(
+        r.rejected[0].what.contains("missing.png"),
+        "{:?}",
+        r.rejected
+    );
     assert!(r.rejected[0].what.contains("line 3"), "{:?}", r.rejected);
     assert_eq!(r.rejected[0].reason, "file not found");
     let rows = iceberg_rows(&wh).await;
@@ -85,21 +102,56 @@ async fn manifest_structure_errors_name_the_line_and_commit_nothing() {
     std::fs::write(tmp.path().join("b.png"), png(2, 8)).unwrap();
     let wh = open(&tmp.path().join("wh")).await;
     let cases = [
-        ("short.csv", "path,label\na.png,x\nb.png\n", "short.csv line 3: expected 2 fields"),
-        ("nopath.csv", "file,label\na.png,x\n", "nopath.csv line 1: the header has no `path` column"),
-        ("emptypath.csv", "path,label\na.png,x\n,y\n", "emptypath.csv line 3: `path` is empty"),
-        ("bad.jsonl", "{\"path\": \"a.png\"}\n{\"path\": \"b.png\",\n", "bad.jsonl line 2: not valid JSON"),
-        ("array.jsonl", "[1, 2]\n", "array.jsonl line 1: expected a JSON object"),
-        ("nested.jsonl", "{\"path\": \"a.png\", \"box\": [1, 2]}\n", "nested.jsonl line 1: `box` is a nested value"),
-        ("mixed.jsonl", "{\"path\": \"a.png\", \"q\": 1}\n{\"path\": \"b.png\", \"q\": \"hi\"}\n", "mixed.jsonl line 2: column `q`: is string here but long"),
-        ("reserved.csv", "path,uri\na.png,x\n", "reserved.csv line 2: column `uri` is computed by lakemount"),
+        (
+            "short.csv",
+            "path,label\na.png,x\nb.png\n",
+            "short.csv line 3: expected 2 fields",
+        ),
+        (
+            "nopath.csv",
+            "file,label\na.png,x\n",
+            "nopath.csv line 1: the header has no `path` column",
+        ),
+        (
+            "emptypath.csv",
+            "path,label\na.png,x\n,y\n",
+            "emptypath.csv line 3: `path` is empty",
+        ),
+        (
+            "bad.jsonl",
+            "{\"path\": \"a.png\"}\n{\"path\": \"b.png\",\n",
+            "bad.jsonl line 2: not valid JSON",
+        ),
+        (
+            "array.jsonl",
+            "[1, 2]\n",
+            "array.jsonl line 1: expected a JSON object",
+        ),
+        (
+            "nested.jsonl",
+            "{\"path\": \"a.png\", \"box\": [1, 2]}\n",
+            "nested.jsonl line 1: `box` is a nested value",
+        ),
+        (
+            "mixed.jsonl",
+            "{\"path\": \"a.png\", \"q\": 1}\n{\"path\": \"b.png\", \"q\": \"hi\"}\n",
+            "mixed.jsonl line 2: column `q`: is string here but long",
+        ),
+        (
+            "reserved.csv",
+            "path,uri\na.png,x\n",
+            "reserved.csv line 2: column `uri` is computed by lakemount",
+        ),
         ("empty.csv", "path,label\n", "empty.csv has no rows"),
     ];
     for (name, text, expected) in cases {
         let m = tmp.path().join(name);
         std::fs::write(&m, text).unwrap();
         let msg = run_err(&quiet(InputSource::Manifest(m)), &wh).await;
-        assert!(msg.contains(expected), "{name}: got {msg:?}, expected {expected:?}");
+        assert!(
+            msg.contains(expected),
+            "{name}: got {msg:?}, expected {expected:?}"
+        );
     }
     assert_eq!(snapshot_count(&wh).await, 0);
     assert_eq!(lance_row_count(&wh).await, 0);
@@ -167,15 +219,25 @@ async fn embeddings_that_do_not_pair_with_the_manifest_are_refused() {
     let mut cfg = quiet(InputSource::Manifest(m));
     cfg.embeddings = Some(tmp.path().join("e.npy"));
     let msg = run_err(&cfg, &wh).await;
-    assert!(msg.contains("e.npy has 1 rows but the manifest has 2 rows"), "{msg}");
+    assert!(
+        msg.contains("e.npy has 1 rows but the manifest has 2 rows"),
+        "{msg}"
+    );
 
     // A table made with the built-in encoder refuses vectors of another dimension.
     image_folder(&tmp.path().join("in"), &[("x", 1)]);
-    ingest::run(&quiet(InputSource::Dir(tmp.path().join("in"))), &wh, &BuiltinEncoder)
-        .await
-        .unwrap();
+    ingest::run(
+        &quiet(InputSource::Dir(tmp.path().join("in"))),
+        &wh,
+        &BuiltinEncoder,
+    )
+    .await
+    .unwrap();
     std::fs::write(tmp.path().join("m.csv"), "path\na.png\n").unwrap();
     let msg = run_err(&cfg, &wh).await;
-    assert!(msg.contains("256-dimensional embeddings, but this ingest produces 2"), "{msg}");
+    assert!(
+        msg.contains("256-dimensional embeddings, but this ingest produces 2"),
+        "{msg}"
+    );
     assert_eq!(iceberg_rows(&wh).await.len(), 1);
 }

@@ -8,7 +8,8 @@ use common::*;
 
 fn lakemount() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_lakemount"));
-    c.env_remove("LAKEMOUNT_WAREHOUSE").env_remove("LAKEMOUNT_CATALOG");
+    c.env_remove("LAKEMOUNT_WAREHOUSE")
+        .env_remove("LAKEMOUNT_CATALOG");
     c
 }
 
@@ -66,7 +67,10 @@ fn ingest_then_snapshots_and_exit_status_reflects_rejections() {
         .unwrap();
     let (stdout, _) = text(&out);
     assert_eq!(out.status.code(), Some(3), "{stdout}");
-    assert!(stdout.contains("skipped 3 duplicates, rejected 1"), "{stdout}");
+    assert!(
+        stdout.contains("skipped 3 duplicates, rejected 1"),
+        "{stdout}"
+    );
     assert!(stdout.contains("empty.png: file is empty"), "{stdout}");
 
     let out = lakemount()

@@ -12,12 +12,19 @@ use lakemount::ingest::{self, FaultPoint, InputSource};
 #[tokio::test]
 async fn directory_ingest_reads_back_equal() {
     let tmp = tempfile::tempdir().unwrap();
-    let files = image_folder(&tmp.path().join("in"), &[("cat", 5), ("dog", 4), ("eel", 3)]);
+    let files = image_folder(
+        &tmp.path().join("in"),
+        &[("cat", 5), ("dog", 4), ("eel", 3)],
+    );
     let wh = open(&tmp.path().join("wh")).await;
 
-    let report = ingest::run(&quiet(InputSource::Dir(tmp.path().join("in"))), &wh, &BuiltinEncoder)
-        .await
-        .unwrap();
+    let report = ingest::run(
+        &quiet(InputSource::Dir(tmp.path().join("in"))),
+        &wh,
+        &BuiltinEncoder,
+    )
+    .await
+    .unwrap();
     assert_eq!(report.added, 12);
     assert_eq!(report.duplicates, 0);
     assert!(report.rejected.is_empty());
@@ -32,12 +39,17 @@ async fn directory_ingest_reads_back_equal() {
     assert_eq!(lance.len(), 12);
     for (path, bytes) in &files {
         let id = sha256(bytes);
-        let row = by_id.get(&id).unwrap_or_else(|| panic!("{path} not ingested"));
+        let row = by_id
+            .get(&id)
+            .unwrap_or_else(|| panic!("{path} not ingested"));
         let label = path.rsplit('/').nth(1).unwrap();
         assert_eq!(row["label"].as_deref(), Some(label));
         assert_eq!(row["media_type"].as_deref(), Some("image/png"));
         assert_eq!(row["size_bytes"], Some(bytes.len().to_string()));
-        assert_eq!(row["embedding_model"].as_deref(), Some("lakemount-builtin-v1"));
+        assert_eq!(
+            row["embedding_model"].as_deref(),
+            Some("lakemount-builtin-v1")
+        );
         let split = row["split"].clone().unwrap();
         assert_eq!(split, ingest::SplitRatios::default().assign(&id));
         // The blob store holds the original bytes under the row's URI.
@@ -52,9 +64,13 @@ async fn directory_ingest_reads_back_equal() {
 
     // Re-ingesting the same bytes adds nothing and commits nothing.
     let snaps = snapshot_count(&wh).await;
-    let again = ingest::run(&quiet(InputSource::Dir(tmp.path().join("in"))), &wh, &BuiltinEncoder)
-        .await
-        .unwrap();
+    let again = ingest::run(
+        &quiet(InputSource::Dir(tmp.path().join("in"))),
+        &wh,
+        &BuiltinEncoder,
+    )
+    .await
+    .unwrap();
     assert_eq!((again.added, again.duplicates), (0, 12));
     assert_eq!(again.snapshot_id, None);
     assert_eq!(snapshot_count(&wh).await, snaps);
@@ -71,7 +87,9 @@ async fn snapshot_summary_records_the_lance_version() {
     cfg.batch_size = 2;
     let r = ingest::run(&cfg, &wh, &BuiltinEncoder).await.unwrap();
     // Two batches: two Lance versions, two snapshots, each pointing at its own.
-    let table = iceberg::Catalog::load_table(wh.catalog.as_ref(), &wh.table).await.unwrap();
+    let table = iceberg::Catalog::load_table(wh.catalog.as_ref(), &wh.table)
+        .await
+        .unwrap();
     let snaps = lakemount::catalog::snapshots(&table);
     assert_eq!(snaps.len(), 2);
     assert_eq!(snaps[0].snapshot_id, r.snapshot_id.unwrap());
@@ -88,7 +106,11 @@ async fn csv_manifest_with_extra_columns_and_splits() {
     std::fs::write(media.join("sub/a.png"), png(1, 16)).unwrap();
     std::fs::write(media.join("b.png"), png(2, 16)).unwrap();
     std::fs::write(media.join("c.txt"), b"a short caption about a cat").unwrap();
-    std::fs::write(media.join("d.wav"), b"RIFF\x24\0\0\0WAVEfmt some audio-ish bytes").unwrap();
+    std::fs::write(
+        media.join("d.wav"),
+        b"RIFF\x24\0\0\0WAVEfmt some audio-ish bytes",
+    )
+    .unwrap();
     let manifest = media.join("manifest.csv");
     std::fs::write(
         &manifest,
@@ -100,9 +122,13 @@ async fn csv_manifest_with_extra_columns_and_splits() {
     )
     .unwrap();
     let wh = open(&tmp.path().join("wh")).await;
-    let r = ingest::run(&quiet(InputSource::Manifest(manifest)), &wh, &BuiltinEncoder)
-        .await
-        .unwrap();
+    let r = ingest::run(
+        &quiet(InputSource::Manifest(manifest)),
+        &wh,
+        &BuiltinEncoder,
+    )
+    .await
+    .unwrap();
     assert_eq!(r.added, 4, "{:?}", r.rejected);
 
     let rows = iceberg_rows(&wh).await;
@@ -127,10 +153,15 @@ async fn csv_manifest_with_extra_columns_and_splits() {
     assert_eq!(d["media_type"].as_deref(), Some("audio/wav"));
     // No split column value: assigned from the content hash.
     let id = d["content_id"].clone().unwrap();
-    assert_eq!(d["split"].as_deref(), Some(ingest::SplitRatios::default().assign(&id)));
+    assert_eq!(
+        d["split"].as_deref(),
+        Some(ingest::SplitRatios::default().assign(&id))
+    );
 
     // The schema carries typed columns.
-    let table = iceberg::Catalog::load_table(wh.catalog.as_ref(), &wh.table).await.unwrap();
+    let table = iceberg::Catalog::load_table(wh.catalog.as_ref(), &wh.table)
+        .await
+        .unwrap();
     let schema = table.metadata().current_schema();
     let ty = |n: &str| schema.field_by_name(n).unwrap().field_type.to_string();
     assert_eq!(ty("annotation_quality_score"), "double");
@@ -186,7 +217,10 @@ async fn jsonl_manifest_with_precomputed_embeddings_and_inline_blobs() {
         let (emb, inline) = &lance[&id];
         assert_eq!(emb, &vectors[i]);
         assert_eq!(inline.as_deref(), Some(b.as_slice()));
-        let row = rows.iter().find(|r| r["content_id"].as_deref() == Some(&id)).unwrap();
+        let row = rows
+            .iter()
+            .find(|r| r["content_id"].as_deref() == Some(&id))
+            .unwrap();
         assert_eq!(row["embedding_model"].as_deref(), Some("clip-test"));
         assert_eq!(row["score"], Some((i as f64 + 0.5).to_string()));
         assert!(row["uri"].as_deref().unwrap().starts_with("lance:"));
@@ -217,7 +251,10 @@ async fn crash_between_lance_and_iceberg_leaves_nothing_visible_and_rerun_comple
     // Completed without duplicating anything in either table.
     assert_eq!(lance_row_count(&wh).await, 7);
     let rows = iceberg_rows(&wh).await;
-    let ids: HashSet<String> = rows.iter().map(|r| r["content_id"].clone().unwrap()).collect();
+    let ids: HashSet<String> = rows
+        .iter()
+        .map(|r| r["content_id"].clone().unwrap())
+        .collect();
     assert_eq!(rows.len(), 7);
     let expected: HashSet<String> = files.values().map(|b| sha256(b)).collect();
     assert_eq!(ids, expected);
@@ -232,7 +269,9 @@ async fn duplicate_bytes_within_one_input_are_published_once() {
     std::fs::write(dir.join("x/1.png"), png(5, 8)).unwrap();
     std::fs::write(dir.join("y/1.png"), png(5, 8)).unwrap();
     let wh = open(&tmp.path().join("wh")).await;
-    let r = ingest::run(&quiet(InputSource::Dir(dir)), &wh, &BuiltinEncoder).await.unwrap();
+    let r = ingest::run(&quiet(InputSource::Dir(dir)), &wh, &BuiltinEncoder)
+        .await
+        .unwrap();
     assert_eq!((r.added, r.duplicates), (1, 1));
     assert_eq!(iceberg_rows(&wh).await.len(), 1);
 }

@@ -17,8 +17,15 @@ use lakemount::warehouse::{Warehouse, WarehouseConfig};
 /// A deterministic PNG whose pixels depend on `seed`.
 pub fn png(seed: u32, side: u32) -> Vec<u8> {
     let img = image::RgbImage::from_fn(side, side, |x, y| {
-        let v = x.wrapping_mul(31 + seed).wrapping_add(y.wrapping_mul(17 + 3 * seed)) ^ seed;
-        image::Rgb([(v & 0xff) as u8, ((v >> 3) & 0xff) as u8, (seed * 40 % 256) as u8])
+        let v = x
+            .wrapping_mul(31 + seed)
+            .wrapping_add(y.wrapping_mul(17 + 3 * seed))
+            ^ seed;
+        image::Rgb([
+            (v & 0xff) as u8,
+            ((v >> 3) & 0xff) as u8,
+            (seed * 40 % 256) as u8,
+        ])
     });
     let mut out = std::io::Cursor::new(Vec::new());
     img.write_to(&mut out, image::ImageFormat::Png).unwrap();
