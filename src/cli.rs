@@ -36,6 +36,21 @@ enum Command {
     Ingest(IngestArgs),
     /// List the table's snapshots, newest first, to pin one in a spec.
     Snapshots(SnapshotsArgs),
+    /// Mount YAML dataset specs as read-only directories of plain files.
+    ///
+    /// Each spec becomes <MOUNTPOINT>/<name>/ holding the samples laid out by
+    /// the spec's `layout`, a .npy embedding and a .json metadata sidecar per
+    /// sample, `_index.jsonl` (every sample) and `_receipt.json` (what was
+    /// resolved: snapshot, Lance version, row count, listing digest). Runs in
+    /// the foreground; Ctrl-C, SIGTERM or `lakemount umount` unmounts. If any
+    /// spec is invalid nothing is mounted.
+    Mount(MountArgs),
+    /// Unmount a lakemount mountpoint, including a stale one whose daemon died.
+    Umount(UmountArgs),
+    /// Print the files a spec's directory would show, without mounting.
+    ///
+    /// One line per file: size, a tab, then <spec name>/<path>.
+    Ls(LsArgs),
 }
 
 /// Where the warehouse and its catalog are.
@@ -107,6 +122,42 @@ struct IngestArgs {
 }
 
 #[derive(Debug, Args)]
+struct MountArgs {
+    /// Spec files or directories of *.yaml specs, then the mountpoint.
+    #[arg(required = true, num_args = 2.., value_name = "SPEC_OR_DIR... MOUNTPOINT")]
+    paths: Vec<PathBuf>,
+    /// Bytes of sample data kept in memory (suffixes K, M, G, KiB, MiB, GiB).
+    #[arg(long, default_value = "1GiB", value_parser = parse_size, help_heading = "Serving")]
+    cache_size: u64,
+    /// FUSE worker threads (reads themselves run on the async runtime).
+    #[arg(long, default_value_t = 4, help_heading = "Serving")]
+    threads: usize,
+    /// Let other users read the mount (needs root or user_allow_other in /etc/fuse.conf).
+    #[arg(long, help_heading = "Serving")]
+    allow_other: bool,
+    #[command(flatten)]
+    warehouse: WarehouseArgs,
+}
+
+#[derive(Debug, Args)]
+struct UmountArgs {
+    /// The mountpoint.
+    mountpoint: PathBuf,
+    /// Detach now even if files are open; the kernel finishes when they close.
+    #[arg(long)]
+    lazy: bool,
+}
+
+#[derive(Debug, Args)]
+struct LsArgs {
+    /// Spec files or directories of *.yaml specs.
+    #[arg(required = true)]
+    specs: Vec<PathBuf>,
+    #[command(flatten)]
+    warehouse: WarehouseArgs,
+}
+
+#[derive(Debug, Args)]
 struct SnapshotsArgs {
     #[command(flatten)]
     warehouse: WarehouseArgs,
@@ -128,6 +179,13 @@ pub fn run(cli: Cli) -> ExitCode {
         match cli.command {
             Command::Ingest(args) => run_ingest(args).await,
             Command::Snapshots(args) => run_snapshots(args).await,
+            Command::Mount(args) => run_mount(args).await,
+            Command::Umount(args) => {
+                crate::mount::unmount(&args.mountpoint, args.lazy)?;
+                println!("unmounted {}", args.mountpoint.display());
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Ls(args) => run_ls(args).await,
         }
     });
     match result {
@@ -198,6 +256,89 @@ async fn run_ingest(args: IngestArgs) -> Result<ExitCode> {
     } else {
         ExitCode::from(EXIT_REJECTED)
     })
+}
+
+/// Parses `512MiB`, `2G`, `1048576`.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("expected a size like 512MiB or 2G, got {s:?}"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        "t" | "tb" => 1_000_000_000_000,
+        "tib" => 1 << 40,
+        other => return Err(format!("unknown size unit {other:?} in {s:?}")),
+    };
+    Ok((n * mult as f64) as u64)
+}
+
+/// Loads and resolves every spec; fails on the first invalid one.
+async fn resolve_specs(
+    paths: &[PathBuf],
+    warehouse: &WarehouseArgs,
+) -> Result<Vec<std::sync::Arc<crate::view::View>>> {
+    let specs = crate::spec::load_all(paths, &warehouse.table)?;
+    let wh = Warehouse::open(&warehouse.config(), false).await?;
+    let mut views = Vec::with_capacity(specs.len());
+    for spec in &specs {
+        views.push(std::sync::Arc::new(
+            crate::view::resolve(spec, wh.catalog.as_ref()).await?,
+        ));
+    }
+    Ok(views)
+}
+
+async fn run_mount(args: MountArgs) -> Result<ExitCode> {
+    let mut paths = args.paths.clone();
+    let mountpoint = paths.pop().context("missing mountpoint")?;
+    crate::mount::check_mountpoint(&mountpoint)?;
+    let start = std::time::Instant::now();
+    let views = resolve_specs(&paths, &args.warehouse).await?;
+    let samples: usize = views.iter().map(|v| v.samples.len()).sum();
+    let names: Vec<String> = views
+        .iter()
+        .map(|v| format!("{} (snapshot {})", v.name, v.snapshot_id))
+        .collect();
+    let opts = crate::mount::MountOptions {
+        cache_bytes: args.cache_size,
+        threads: args.threads,
+        allow_other: args.allow_other,
+    };
+    let mounted = crate::mount::mount(views, &mountpoint, &opts)?;
+    eprintln!(
+        "mounted {} at {} ({samples} samples, ready in {:.2} s); Ctrl-C or `lakemount umount {}` to unmount",
+        names.join(", "),
+        mountpoint.display(),
+        start.elapsed().as_secs_f64(),
+        mountpoint.display()
+    );
+    crate::mount::serve(mounted).await?;
+    eprintln!("unmounted {}", mountpoint.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_ls(args: LsArgs) -> Result<ExitCode> {
+    use std::io::Write;
+    let views = resolve_specs(&args.specs, &args.warehouse).await?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for v in &views {
+        for f in v.files() {
+            writeln!(out, "{}\t{}/{}", f.size, v.name, f.path)?;
+        }
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn run_snapshots(args: SnapshotsArgs) -> Result<ExitCode> {

@@ -6,10 +6,17 @@
 //! publishes through the Iceberg table ([`catalog`]).
 
 pub mod blobs;
+pub mod cache;
 pub mod catalog;
 pub mod cli;
 pub mod encode;
+pub mod fs;
+pub mod fuse;
 pub mod ingest;
+pub mod layout;
+pub mod mount;
 pub mod npy;
+pub mod spec;
 pub mod vectors;
+pub mod view;
 pub mod warehouse;

@@ -12,6 +12,7 @@
 //! columns by schema evolution, and other engines may write rows as long as
 //! they keep those columns and types.
 
+pub mod filter;
 pub mod write;
 
 use std::collections::{HashMap, HashSet};

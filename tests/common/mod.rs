@@ -157,3 +157,150 @@ pub async fn lance_row_count(wh: &Warehouse) -> usize {
 pub fn sha256(bytes: &[u8]) -> String {
     lakemount::blobs::content_id(bytes)
 }
+
+/// A `lakemount mount` daemon run as a user would; unmounted on drop, so a
+/// failing test never leaves a stale mount behind.
+pub struct MountGuard {
+    pub child: Option<std::process::Child>,
+    pub mountpoint: std::path::PathBuf,
+}
+
+pub fn bin() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_lakemount"));
+    c.env_remove("LAKEMOUNT_WAREHOUSE")
+        .env_remove("LAKEMOUNT_CATALOG");
+    c
+}
+
+pub fn is_mounted(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(path), std::fs::metadata(path.join(".."))) {
+        (Ok(a), Ok(b)) => a.dev() != b.dev(),
+        (Err(_), _) => true, // ENOTCONN: a stale mount is still a mount
+        _ => false,
+    }
+}
+
+impl MountGuard {
+    /// Mounts `specs` from warehouse `wh` at `mountpoint` (created), waits until ready.
+    pub fn start(wh: &Path, specs: &[&Path], mountpoint: &Path) -> Self {
+        std::fs::create_dir_all(mountpoint).unwrap();
+        let mut cmd = bin();
+        cmd.arg("mount").arg("--warehouse").arg(wh);
+        for s in specs {
+            cmd.arg(s);
+        }
+        cmd.arg(mountpoint)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !is_mounted(mountpoint) {
+            if let Some(status) = child.try_wait().unwrap() {
+                let mut err = String::new();
+                use std::io::Read;
+                child
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut err)
+                    .unwrap();
+                panic!("lakemount mount exited with {status}: {err}");
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "mount not ready after 30 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Self {
+            child: Some(child),
+            mountpoint: mountpoint.to_path_buf(),
+        }
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        child.wait().unwrap()
+    }
+}
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if is_mounted(&self.mountpoint) {
+            let _ = bin()
+                .arg("umount")
+                .arg("--lazy")
+                .arg(&self.mountpoint)
+                .output();
+        }
+    }
+}
+
+/// Runs `lakemount ls` and returns {path: size}.
+pub fn ls(wh: &Path, specs: &[&Path]) -> std::collections::BTreeMap<String, u64> {
+    let mut cmd = bin();
+    cmd.arg("ls").arg("--warehouse").arg(wh);
+    for s in specs {
+        cmd.arg(s);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let (size, path) = l.split_once('\t').unwrap();
+            (path.to_string(), size.parse().unwrap())
+        })
+        .collect()
+}
+
+/// Every regular file under `root` as {relative path: size}, by walking it.
+pub fn walk(root: &Path) -> std::collections::BTreeMap<String, u64> {
+    fn go(root: &Path, dir: &Path, out: &mut std::collections::BTreeMap<String, u64>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                go(root, &e.path(), out);
+            } else {
+                let rel = e.path().strip_prefix(root).unwrap().display().to_string();
+                out.insert(rel, e.metadata().unwrap().len());
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    go(root, root, &mut out);
+    out
+}
+
+/// Runs `lakemount ingest` on a directory or manifest and asserts success.
+pub fn ingest_cli(wh: &Path, args: &[&str]) -> String {
+    let out = bin()
+        .arg("ingest")
+        .arg("--quiet")
+        .arg("--warehouse")
+        .arg(wh)
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}

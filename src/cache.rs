@@ -1,0 +1,271 @@
+//! The read path's cache and the sources behind it.
+//!
+//! Sample bytes are cached in 1 MiB chunks in a moka cache weighed in bytes,
+//! so a cache of N bytes holds about N bytes whatever the sample sizes, and
+//! a 4 GB video does not have to fit in memory to be read. A miss fetches
+//! exactly one chunk; concurrent readers of the same chunk wait for that one
+//! fetch (`try_get_with`). Embedding sidecars are cached the same way, one
+//! entry each.
+//!
+//! Where bytes come from is the [`Source`] trait: the real one reads the
+//! blob store (or any object-store URI) with range requests and inline blobs
+//! through Lance's blob API at the view's pinned version; tests swap in a
+//! failing one.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use moka::future::Cache;
+use object_store::ObjectStore;
+use object_store::ObjectStoreExt;
+use object_store::path::Path as StorePath;
+use sha2::{Digest, Sha256};
+use url::Url;
+
+use crate::view::View;
+
+/// Size of one cached piece of a sample.
+pub const CHUNK: u64 = 1 << 20;
+
+/// Why bytes could not be fetched. Every variant names the sample.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The object behind the URI is gone.
+    #[error("sample {content_id}: {uri} not found")]
+    NotFound {
+        /// The sample.
+        content_id: String,
+        /// Where it should have been.
+        uri: String,
+    },
+    /// The bytes do not match what the table recorded.
+    #[error("sample {content_id}: corrupt: {detail}")]
+    Corrupt {
+        /// The sample.
+        content_id: String,
+        /// What did not match.
+        detail: String,
+    },
+    /// The storage backend failed.
+    #[error("sample {content_id}: {detail}")]
+    Backend {
+        /// The sample.
+        content_id: String,
+        /// The backend's error.
+        detail: String,
+    },
+}
+
+/// Where the bytes and embeddings of a view's samples come from.
+pub trait Source: Send + Sync {
+    /// Bytes `range` of sample `i` of `view`.
+    fn read_range(
+        &self,
+        view: Arc<View>,
+        i: usize,
+        range: Range<u64>,
+    ) -> BoxFuture<'static, Result<Bytes, FetchError>>;
+    /// The embedding of sample `i` of `view`.
+    fn embedding(
+        &self,
+        view: Arc<View>,
+        i: usize,
+    ) -> BoxFuture<'static, Result<Vec<f32>, FetchError>>;
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+struct ChunkKey {
+    view: u32,
+    sample: u32,
+    /// `u32::MAX` marks the embedding sidecar.
+    chunk: u32,
+}
+
+/// The byte-weighed cache in front of a [`Source`].
+pub struct ChunkCache {
+    cache: Cache<ChunkKey, Bytes>,
+    source: Arc<dyn Source>,
+}
+
+impl ChunkCache {
+    /// A cache holding at most `capacity` bytes.
+    pub fn new(capacity: u64, source: Arc<dyn Source>) -> Self {
+        let cache = Cache::builder()
+            .max_capacity(capacity)
+            .weigher(|_k: &ChunkKey, v: &Bytes| u32::try_from(v.len()).unwrap_or(u32::MAX))
+            .build();
+        Self { cache, source }
+    }
+
+    /// Chunk `chunk` of sample `i` of view number `view_no`.
+    pub async fn sample_chunk(
+        &self,
+        view_no: u32,
+        view: &Arc<View>,
+        i: usize,
+        chunk: u32,
+    ) -> Result<Bytes, Arc<FetchError>> {
+        let key = ChunkKey {
+            view: view_no,
+            sample: i as u32,
+            chunk,
+        };
+        let size = view.samples[i].size;
+        let start = u64::from(chunk) * CHUNK;
+        let range = start..(start + CHUNK).min(size);
+        let source = self.source.clone();
+        let view = view.clone();
+        self.cache
+            .try_get_with(key, async move {
+                let expected = range.end - range.start;
+                let bytes = source.read_range(view.clone(), i, range).await?;
+                let s = &view.samples[i];
+                if bytes.len() as u64 != expected {
+                    return Err(FetchError::Corrupt {
+                        content_id: s.content_id.clone(),
+                        detail: format!(
+                            "expected {expected} bytes at chunk {chunk}, got {}",
+                            bytes.len()
+                        ),
+                    });
+                }
+                // A sample that fits in one chunk is checked against its content id.
+                if chunk == 0
+                    && s.size <= CHUNK
+                    && hex::encode(Sha256::digest(&bytes)) != s.content_id
+                {
+                    return Err(FetchError::Corrupt {
+                        content_id: s.content_id.clone(),
+                        detail: "bytes do not hash to the content id".into(),
+                    });
+                }
+                Ok(bytes)
+            })
+            .await
+    }
+
+    /// The `.npy` bytes of sample `i`'s embedding.
+    pub async fn embedding_npy(
+        &self,
+        view_no: u32,
+        view: &Arc<View>,
+        i: usize,
+    ) -> Result<Bytes, Arc<FetchError>> {
+        let key = ChunkKey {
+            view: view_no,
+            sample: i as u32,
+            chunk: u32::MAX,
+        };
+        let source = self.source.clone();
+        let view = view.clone();
+        self.cache
+            .try_get_with(key, async move {
+                let v = source.embedding(view, i).await?;
+                Ok(Bytes::from(crate::npy::write_vector(&v)))
+            })
+            .await
+    }
+}
+
+/// The real source: object-store range reads and Lance blobs/embeddings.
+#[derive(Default)]
+pub struct LakeSource {
+    stores: Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
+}
+
+impl LakeSource {
+    fn store_for(&self, url: &Url) -> Result<(Arc<dyn ObjectStore>, StorePath), String> {
+        let key = format!("{}://{}", url.scheme(), url.authority());
+        let (store, path) = object_store::parse_url(url).map_err(|e| e.to_string())?;
+        let mut stores = self
+            .stores
+            .lock()
+            .map_err(|_| "store map poisoned".to_string())?;
+        let store = stores
+            .entry(key)
+            .or_insert_with(|| Arc::from(store))
+            .clone();
+        Ok((store, path))
+    }
+}
+
+impl Source for LakeSource {
+    fn read_range(
+        &self,
+        view: Arc<View>,
+        i: usize,
+        range: Range<u64>,
+    ) -> BoxFuture<'static, Result<Bytes, FetchError>> {
+        let uri = &view.samples[i].uri;
+        let store = if uri.starts_with("lance:") {
+            None
+        } else {
+            Some(
+                Url::parse(uri)
+                    .map_err(|e| format!("bad uri {uri}: {e}"))
+                    .and_then(|u| self.store_for(&u)),
+            )
+        };
+        Box::pin(async move {
+            let s = &view.samples[i];
+            let backend = |detail: String| FetchError::Backend {
+                content_id: s.content_id.clone(),
+                detail,
+            };
+            let Some(store) = store else {
+                let (Some(lance), Some(row)) = (&view.lance, s.lance_row) else {
+                    return Err(backend(
+                        "inline blob but the view has no Lance row for it".into(),
+                    ));
+                };
+                let blobs = lance
+                    .dataset
+                    .take_blobs(&[row], crate::vectors::BLOB_COLUMN)
+                    .await
+                    .map_err(|e| backend(e.to_string()))?;
+                let blob = blobs
+                    .into_iter()
+                    .next()
+                    .flatten()
+                    .ok_or_else(|| backend("Lance blob is null".into()))?;
+                return blob
+                    .read_range(range)
+                    .await
+                    .map_err(|e| backend(e.to_string()));
+            };
+            let (store, path) = store.map_err(backend)?;
+            store.get_range(&path, range).await.map_err(|e| match e {
+                object_store::Error::NotFound { .. } => FetchError::NotFound {
+                    content_id: s.content_id.clone(),
+                    uri: s.uri.clone(),
+                },
+                other => backend(other.to_string()),
+            })
+        })
+    }
+
+    fn embedding(
+        &self,
+        view: Arc<View>,
+        i: usize,
+    ) -> BoxFuture<'static, Result<Vec<f32>, FetchError>> {
+        Box::pin(async move {
+            let s = &view.samples[i];
+            let backend = |detail: String| FetchError::Backend {
+                content_id: s.content_id.clone(),
+                detail,
+            };
+            let (Some(lance), Some(row)) = (&view.lance, s.lance_row) else {
+                return Err(backend("no Lance row for this sample".into()));
+            };
+            let mut v = crate::vectors::take_embeddings(&lance.dataset, &[row])
+                .await
+                .map_err(|e| backend(format!("{e:#}")))?;
+            v.pop()
+                .ok_or_else(|| backend("Lance returned no row".into()))
+        })
+    }
+}

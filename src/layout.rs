@@ -1,0 +1,230 @@
+//! Path templates (`layout: "{label}/{content_id}{ext}"`) and safe names.
+//!
+//! A template is a `/`-separated list of segments; each segment mixes
+//! literal text and `{column}` fields. `{ext}` is the sample's canonical
+//! extension (with the dot) from its media type. Every rendered segment is
+//! made a safe path component:
+//!
+//! * a null value renders as `_null_`; `/` and NUL become `_`;
+//! * a segment that ends up empty becomes `_empty_`; `.` and `..` become
+//!   `_` and `__`;
+//! * a segment longer than 255 bytes is cut at a character boundary and
+//!   suffixed with `~` and 16 hex digits of its hash, so distinct long names
+//!   stay distinct.
+//!
+//! Two samples that still render to the same path are told apart in the
+//! view (see [`crate::view`]): in content-id order, the first keeps the name
+//! and each later one gets `~<first 12 hex digits of its content id>` before
+//! its extension.
+
+use anyhow::{Result, bail};
+
+/// Longest file name most filesystems (and the kernel's FUSE layer) accept.
+const NAME_MAX: usize = 255;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Piece {
+    Lit(String),
+    Field(String),
+}
+
+/// A parsed path template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    text: String,
+    segments: Vec<Vec<Piece>>,
+}
+
+impl Layout {
+    /// Parses a template; errors describe what is malformed.
+    pub fn parse(text: &str) -> Result<Self> {
+        if text.starts_with('/') || text.ends_with('/') {
+            bail!("{text:?} must be a relative path that names a file (no leading or trailing /)");
+        }
+        let mut segments = Vec::new();
+        for seg in text.split('/') {
+            if seg.is_empty() {
+                bail!("{text:?} has an empty path segment (//)");
+            }
+            if seg == "." || seg == ".." {
+                bail!("{text:?} may not contain . or .. segments");
+            }
+            let mut pieces = Vec::new();
+            let mut rest = seg;
+            while !rest.is_empty() {
+                if let Some(open) = rest.find('{') {
+                    if open > 0 {
+                        pieces.push(Piece::Lit(check_lit(&rest[..open], text)?));
+                    }
+                    let after = &rest[open + 1..];
+                    let Some(close) = after.find('}') else {
+                        bail!("{text:?} has a `{{` without a matching `}}`");
+                    };
+                    let field = &after[..close];
+                    let ident = field
+                        .chars()
+                        .next()
+                        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                        && field.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                    if !ident {
+                        bail!("{text:?}: `{{{field}}}` is not a column name");
+                    }
+                    pieces.push(Piece::Field(field.to_string()));
+                    rest = &after[close + 1..];
+                } else {
+                    pieces.push(Piece::Lit(check_lit(rest, text)?));
+                    rest = "";
+                }
+            }
+            segments.push(pieces);
+        }
+        if !segments
+            .iter()
+            .flatten()
+            .any(|p| matches!(p, Piece::Field(_)))
+        {
+            bail!("{text:?} uses no column, so every sample would get the same name");
+        }
+        Ok(Self {
+            text: text.to_string(),
+            segments,
+        })
+    }
+
+    /// The template as written.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// Column names the template uses (`ext` included).
+    pub fn fields(&self) -> impl Iterator<Item = &str> {
+        self.segments.iter().flatten().filter_map(|p| match p {
+            Piece::Field(f) => Some(f.as_str()),
+            Piece::Lit(_) => None,
+        })
+    }
+
+    /// Renders the path components for one sample; `value` gives a field's
+    /// text (`None` for null).
+    pub fn render(&self, value: impl Fn(&str) -> Option<String>) -> Vec<String> {
+        self.segments
+            .iter()
+            .map(|seg| {
+                let mut s = String::new();
+                for p in seg {
+                    match p {
+                        Piece::Lit(l) => s.push_str(l),
+                        Piece::Field(f) => s.push_str(&value(f).unwrap_or_else(|| "_null_".into())),
+                    }
+                }
+                safe_component(&s)
+            })
+            .collect()
+    }
+}
+
+fn check_lit(lit: &str, text: &str) -> Result<String> {
+    if lit.contains('}') {
+        bail!("{text:?} has a `}}` without a matching `{{`");
+    }
+    if lit.contains('\0') {
+        bail!("{text:?} contains a NUL character");
+    }
+    Ok(lit.to_string())
+}
+
+/// Makes one path component safe (see the module docs).
+pub fn safe_component(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .map(|c| if c == '/' || c == '\0' { '_' } else { c })
+        .collect();
+    if out.is_empty() {
+        out = "_empty_".into();
+    } else if out == "." || out == ".." {
+        out = out.replace('.', "_");
+    }
+    if out.len() > NAME_MAX {
+        let hash = crate::encode::builtin::fnv1a(out.as_bytes());
+        let mut cut = NAME_MAX - 17;
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out = format!("{}~{hash:016x}", &out[..cut]);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_fields_and_literals() {
+        let l = Layout::parse("{split}/{label}/img-{content_id}{ext}").unwrap();
+        let v = |f: &str| match f {
+            "split" => Some("train".to_string()),
+            "label" => None,
+            "content_id" => Some("abc".to_string()),
+            "ext" => Some(".png".to_string()),
+            _ => unreachable!(),
+        };
+        assert_eq!(l.render(v), ["train", "_null_", "img-abc.png"]);
+        assert_eq!(
+            l.fields().collect::<Vec<_>>(),
+            ["split", "label", "content_id", "ext"]
+        );
+    }
+
+    #[test]
+    fn malformed_templates() {
+        for bad in [
+            "/a/{x}",
+            "{x}/",
+            "a//{x}",
+            "{x",
+            "x}",
+            "{a b}",
+            "static.png",
+            "../{x}",
+        ] {
+            assert!(Layout::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn unsafe_values_become_safe_names() {
+        assert_eq!(safe_component("a/b"), "a_b");
+        assert_eq!(safe_component(".."), "__");
+        assert_eq!(safe_component("."), "_");
+        assert_eq!(safe_component(""), "_empty_");
+        assert_eq!(safe_component("x\0y"), "x_y");
+        let long = "é".repeat(200);
+        let a = safe_component(&long);
+        assert!(a.len() <= NAME_MAX);
+        assert_ne!(a, safe_component(&"é".repeat(201)));
+    }
+
+    #[test]
+    fn arbitrary_values_never_escape_their_component() {
+        // Seeded pseudo-random strings over a hostile alphabet.
+        let alphabet: Vec<char> = "./\0a_é ..".chars().collect();
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..2000 {
+            let len = (state % 12) as usize;
+            let s: String = (0..len)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    alphabet[(state % alphabet.len() as u64) as usize]
+                })
+                .collect();
+            let c = safe_component(&s);
+            assert!(
+                !c.is_empty() && c != "." && c != ".." && !c.contains(['/', '\0']),
+                "{s:?} -> {c:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,586 @@
+//! A spec resolved at a snapshot: the immutable list of files one spec
+//! directory shows.
+//!
+//! Resolution reads only metadata: the Iceberg scan (with the spec's filter
+//! pushed down) and the Lance `content_id` column at the Lance version the
+//! snapshot records. No blob is read. Because the snapshot is pinned, the
+//! result never changes: the fs layer can number inodes deterministically
+//! and tell the kernel to cache everything for as long as it likes.
+//!
+//! Order and names are deterministic: samples are taken in content-id order
+//! (that is what `limit` keeps the first N of), rendered through the layout,
+//! and collisions resolved as [`crate::layout`] documents.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow, bail};
+use arrow_array::{
+    Array, BooleanArray, Float32Array, Float64Array, Int32Array, Int64Array, RecordBatch,
+    StringArray, TimestampMicrosecondArray,
+};
+use arrow_cast::display::ArrayFormatter;
+use bytes::Bytes;
+use futures::TryStreamExt;
+use iceberg::Catalog;
+use iceberg::table::Table;
+use lance::Dataset;
+use serde_json::{Map, Value as Json};
+use sha2::{Digest, Sha256};
+
+use crate::catalog::{PROP_LANCE_URI, PROP_LANCE_VERSION, filter};
+use crate::encode::extension_for;
+use crate::spec::{SnapshotSel, Spec};
+use crate::warehouse::parse_table_ident;
+
+/// Name of the listing file at the root of each spec directory.
+pub const INDEX_FILE: &str = "_index.jsonl";
+/// Name of the receipt file at the root of each spec directory.
+pub const RECEIPT_FILE: &str = "_receipt.json";
+
+/// The Lance dataset a view reads, checked out at the snapshot's version.
+#[derive(Debug, Clone)]
+pub struct LanceAt {
+    /// Dataset location.
+    pub uri: String,
+    /// Version recorded by the snapshot (or its nearest ancestor).
+    pub version: u64,
+    /// The dataset at that version.
+    pub dataset: Arc<Dataset>,
+    /// Embedding dimension.
+    pub dim: usize,
+}
+
+/// One sample of a view.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    /// Path of the sample file, relative to the spec directory.
+    pub path: String,
+    /// Path of the `.npy` sidecar, when the spec wants it and Lance has a row.
+    pub embedding_path: Option<String>,
+    /// Path of the `.json` sidecar, when the spec wants it.
+    pub metadata_path: Option<String>,
+    /// SHA-256 of the bytes.
+    pub content_id: String,
+    /// Where the bytes are.
+    pub uri: String,
+    /// MIME type.
+    pub media_type: String,
+    /// Size of the bytes, from metadata.
+    pub size: u64,
+    /// Stable Lance row id, if the Lance dataset has the sample.
+    pub lance_row: Option<u64>,
+    /// The metadata sidecar's bytes.
+    pub metadata: Bytes,
+}
+
+/// What a file in a view holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Content {
+    /// The bytes of sample `i`.
+    Sample(usize),
+    /// The `.npy` embedding of sample `i`.
+    Embedding(usize),
+    /// The `.json` metadata of sample `i`.
+    Metadata(usize),
+    /// The listing.
+    Index,
+    /// The receipt.
+    Receipt,
+}
+
+/// One file of a view: where it is, how big, what it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileEntry {
+    /// Path relative to the spec directory.
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Contents.
+    pub content: Content,
+}
+
+/// A resolved, immutable view.
+#[derive(Debug)]
+pub struct View {
+    /// Directory name under the mountpoint.
+    pub name: String,
+    /// Snapshot read.
+    pub snapshot_id: i64,
+    /// Commit time of that snapshot (ms since the epoch): every file's mtime.
+    pub snapshot_ms: i64,
+    /// Lance dataset, if the table has one.
+    pub lance: Option<LanceAt>,
+    /// Samples in path order.
+    pub samples: Vec<Sample>,
+    /// `_index.jsonl` bytes.
+    pub index: Bytes,
+    /// `_receipt.json` bytes.
+    pub receipt: Bytes,
+    npy_len: u64,
+}
+
+impl View {
+    /// Size of every `.npy` sidecar of this view.
+    pub fn npy_len(&self) -> u64 {
+        self.npy_len
+    }
+
+    /// Every file of the view, sorted by path.
+    pub fn files(&self) -> Vec<FileEntry> {
+        let mut out = Vec::with_capacity(self.samples.len() * 3 + 2);
+        out.push(FileEntry {
+            path: INDEX_FILE.into(),
+            size: self.index.len() as u64,
+            content: Content::Index,
+        });
+        out.push(FileEntry {
+            path: RECEIPT_FILE.into(),
+            size: self.receipt.len() as u64,
+            content: Content::Receipt,
+        });
+        for (i, s) in self.samples.iter().enumerate() {
+            out.push(FileEntry {
+                path: s.path.clone(),
+                size: s.size,
+                content: Content::Sample(i),
+            });
+            if let Some(p) = &s.embedding_path {
+                out.push(FileEntry {
+                    path: p.clone(),
+                    size: self.npy_len,
+                    content: Content::Embedding(i),
+                });
+            }
+            if let Some(p) = &s.metadata_path {
+                out.push(FileEntry {
+                    path: p.clone(),
+                    size: s.metadata.len() as u64,
+                    content: Content::Metadata(i),
+                });
+            }
+        }
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        out
+    }
+}
+
+/// Resolves `spec` against `catalog`. Every error names the spec file and key.
+pub async fn resolve(spec: &Spec, catalog: &dyn Catalog) -> Result<View> {
+    let file = spec.file.display().to_string();
+    let at = |key: &str| format!("spec {file}: `{key}`");
+    let ident = parse_table_ident(&spec.table)?;
+    let exists = catalog
+        .table_exists(&ident)
+        .await
+        .with_context(|| format!("{}: cannot reach the catalog", at("table")))?;
+    if !exists {
+        bail!(
+            "{}: table {} does not exist in the catalog (ingest into it first, or fix --warehouse/--catalog)",
+            at("table"),
+            spec.table
+        );
+    }
+    let table = catalog.load_table(&ident).await?;
+    let meta = table.metadata();
+    let snapshot = match spec.snapshot {
+        SnapshotSel::Latest => meta.current_snapshot().ok_or_else(|| {
+            anyhow!("{}: table {} has no snapshots yet; ingest first", at("snapshot"), spec.table)
+        })?,
+        SnapshotSel::Id(id) => meta.snapshot_by_id(id).ok_or_else(|| {
+            anyhow!(
+                "{}: snapshot {id} does not exist in table {} (run `lakemount snapshots` to list them)",
+                at("snapshot"),
+                spec.table
+            )
+        })?,
+    };
+    let snapshot_id = snapshot.snapshot_id();
+    let schema = snapshot
+        .schema_id()
+        .and_then(|id| meta.schema_by_id(id))
+        .unwrap_or_else(|| meta.current_schema())
+        .clone();
+    for field in spec.layout.fields() {
+        if field != "ext" && schema.field_by_name(field).is_none() {
+            bail!(
+                "{}: unknown column `{{{field}}}` in {:?} (columns: {}, and ext)",
+                at("layout"),
+                spec.layout.text(),
+                column_names(&schema)
+            );
+        }
+    }
+    let mut scan = table.scan().snapshot_id(snapshot_id).select_all();
+    if let Some(sql) = &spec.filter {
+        let pred = filter::parse(sql, &schema).map_err(|e| anyhow!("{}: {e:#}", at("filter")))?;
+        scan = scan.with_filter(pred);
+    }
+    let batches: Vec<RecordBatch> = scan
+        .build()?
+        .to_arrow()
+        .await?
+        .try_collect()
+        .await
+        .with_context(|| format!("spec {file}: scanning table {} failed", spec.table))?;
+
+    let mut rows = Vec::new();
+    for batch in &batches {
+        rows.extend(rows_of(batch)?);
+    }
+    rows.sort_by(|a, b| a.content_id.cmp(&b.content_id));
+    rows.dedup_by(|a, b| a.content_id == b.content_id);
+    if let Some(limit) = spec.limit {
+        rows.truncate(limit);
+    }
+
+    let lance = open_lance(&table, snapshot_id).await?;
+    let row_ids = match &lance {
+        Some(l) => crate::vectors::row_ids(&l.dataset).await?,
+        None => HashMap::new(),
+    };
+    let npy_len = lance.as_ref().map_or(0, |l| {
+        crate::npy::write_vector(&vec![0.0; l.dim]).len() as u64
+    });
+
+    let mut names = Names::default();
+    names.reserve(INDEX_FILE);
+    names.reserve(RECEIPT_FILE);
+    let mut samples = Vec::with_capacity(rows.len());
+    for row in rows {
+        let ext = extension_for(&row.media_type);
+        let parts = spec.layout.render(|f| {
+            if f == "ext" {
+                Some(ext.to_string())
+            } else {
+                row.fields.get(f).cloned().flatten()
+            }
+        });
+        let lance_row = row_ids.get(&row.content_id).copied();
+        let want_npy = spec.sidecars.embedding && lance_row.is_some();
+        let (path, npy, json) =
+            names.place(&parts, &row.content_id, want_npy, spec.sidecars.metadata);
+        let metadata = Bytes::from(serde_json::to_vec_pretty(&row.json)?);
+        samples.push(Sample {
+            path,
+            embedding_path: npy,
+            metadata_path: json,
+            content_id: row.content_id,
+            uri: row.uri,
+            media_type: row.media_type,
+            size: row.size,
+            lance_row,
+            metadata,
+        });
+    }
+    samples.sort_by(|a, b| a.path.cmp(&b.path));
+
+    let mut index = Vec::new();
+    for s in &samples {
+        let mut line = Map::new();
+        line.insert("path".into(), Json::from(s.path.clone()));
+        line.insert("content_id".into(), Json::from(s.content_id.clone()));
+        let meta: Map<String, Json> = serde_json::from_slice(&s.metadata)?;
+        for key in ["label", "split", "media_type", "size_bytes", "uri"] {
+            line.insert(key.into(), meta.get(key).cloned().unwrap_or(Json::Null));
+        }
+        line.insert(
+            "embedding".into(),
+            s.embedding_path.clone().map_or(Json::Null, Json::from),
+        );
+        serde_json::to_writer(&mut index, &Json::Object(line))?;
+        index.push(b'\n');
+    }
+    let receipt = serde_json::json!({
+        "spec": spec.name,
+        "table": spec.table,
+        "snapshot_requested": match spec.snapshot {
+            SnapshotSel::Latest => Json::from("latest"),
+            SnapshotSel::Id(id) => Json::from(id),
+        },
+        "snapshot_id": snapshot_id,
+        "snapshot_committed_ms": snapshot.timestamp_ms(),
+        "lance_uri": lance.as_ref().map(|l| l.uri.clone()),
+        "lance_version": lance.as_ref().map(|l| l.version),
+        "filter": spec.filter,
+        "limit": spec.limit,
+        "layout": spec.layout.text(),
+        "sidecars": {"embedding": spec.sidecars.embedding, "metadata": spec.sidecars.metadata},
+        "row_count": samples.len(),
+        "listing_sha256": hex::encode(Sha256::digest(&index)),
+    });
+    let mut receipt = serde_json::to_vec_pretty(&receipt)?;
+    receipt.push(b'\n');
+    Ok(View {
+        name: spec.name.clone(),
+        snapshot_id,
+        snapshot_ms: snapshot.timestamp_ms(),
+        lance,
+        samples,
+        index: Bytes::from(index),
+        receipt: Bytes::from(receipt),
+        npy_len,
+    })
+}
+
+fn column_names(schema: &iceberg::spec::Schema) -> String {
+    schema
+        .as_struct()
+        .fields()
+        .iter()
+        .map(|f| f.name.clone())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The Lance dataset at the version the snapshot (or its nearest ancestor) records.
+async fn open_lance(table: &Table, snapshot_id: i64) -> Result<Option<LanceAt>> {
+    let meta = table.metadata();
+    let mut cursor = meta.snapshot_by_id(snapshot_id);
+    let mut found: Option<(u64, Option<String>)> = None;
+    while let Some(s) = cursor {
+        let props = &s.summary().additional_properties;
+        if let Some(v) = props.get(PROP_LANCE_VERSION).and_then(|v| v.parse().ok()) {
+            found = Some((v, props.get(PROP_LANCE_URI).cloned()));
+            break;
+        }
+        cursor = s.parent_snapshot_id().and_then(|p| meta.snapshot_by_id(p));
+    }
+    let Some((version, uri)) = found else {
+        return Ok(None);
+    };
+    let Some(uri) = uri.or_else(|| meta.properties().get(PROP_LANCE_URI).cloned()) else {
+        return Ok(None);
+    };
+    let ds = Dataset::open(&uri)
+        .await
+        .with_context(|| format!("cannot open Lance dataset {uri}"))?;
+    let ds = ds
+        .checkout_version(version)
+        .await
+        .with_context(|| format!("Lance dataset {uri} has no version {version}"))?;
+    let dim = crate::vectors::dim_of(&ds)?;
+    Ok(Some(LanceAt {
+        uri,
+        version,
+        dataset: Arc::new(ds),
+        dim,
+    }))
+}
+
+struct Row {
+    content_id: String,
+    uri: String,
+    media_type: String,
+    size: u64,
+    /// Column values as text, for the layout.
+    fields: HashMap<String, Option<String>>,
+    /// Column values as JSON, for the metadata sidecar.
+    json: Map<String, Json>,
+}
+
+fn rows_of(batch: &RecordBatch) -> Result<Vec<Row>> {
+    let schema = batch.schema();
+    let mut rows: Vec<Row> = (0..batch.num_rows())
+        .map(|_| Row {
+            content_id: String::new(),
+            uri: String::new(),
+            media_type: String::new(),
+            size: 0,
+            fields: HashMap::new(),
+            json: Map::new(),
+        })
+        .collect();
+    for (field, col) in schema.fields().iter().zip(batch.columns()) {
+        let name = field.name();
+        let fmt = ArrayFormatter::try_new(col.as_ref(), &Default::default())?;
+        for (i, row) in rows.iter_mut().enumerate() {
+            let json = json_value(col.as_ref(), i);
+            let text = match &json {
+                Json::Null => None,
+                Json::String(s) => Some(s.clone()),
+                _ => Some(fmt.value(i).to_string()),
+            };
+            match name.as_str() {
+                "content_id" => row.content_id = text.clone().unwrap_or_default(),
+                "uri" => row.uri = text.clone().unwrap_or_default(),
+                "media_type" => row.media_type = text.clone().unwrap_or_default(),
+                "size_bytes" => {
+                    row.size = text.as_deref().and_then(|t| t.parse().ok()).unwrap_or(0)
+                }
+                _ => {}
+            }
+            row.fields.insert(name.clone(), text);
+            row.json.insert(name.clone(), json);
+        }
+    }
+    if let Some(bad) = rows
+        .iter()
+        .find(|r| r.content_id.is_empty() || r.uri.is_empty())
+    {
+        bail!(
+            "a row has no content_id or uri ({:?}); the table does not follow the lakemount contract",
+            bad.json
+        );
+    }
+    Ok(rows)
+}
+
+fn json_value(col: &dyn Array, i: usize) -> Json {
+    if col.is_null(i) {
+        return Json::Null;
+    }
+    let any = col.as_any();
+    if let Some(a) = any.downcast_ref::<StringArray>() {
+        Json::from(a.value(i))
+    } else if let Some(a) = any.downcast_ref::<Int64Array>() {
+        Json::from(a.value(i))
+    } else if let Some(a) = any.downcast_ref::<Int32Array>() {
+        Json::from(a.value(i))
+    } else if let Some(a) = any.downcast_ref::<Float64Array>() {
+        serde_json::Number::from_f64(a.value(i)).map_or(Json::Null, Json::Number)
+    } else if let Some(a) = any.downcast_ref::<Float32Array>() {
+        serde_json::Number::from_f64(f64::from(a.value(i))).map_or(Json::Null, Json::Number)
+    } else if let Some(a) = any.downcast_ref::<BooleanArray>() {
+        Json::from(a.value(i))
+    } else if let Some(a) = any.downcast_ref::<TimestampMicrosecondArray>() {
+        chrono::DateTime::from_timestamp_micros(a.value(i)).map_or(Json::Null, |t| {
+            Json::from(t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string())
+        })
+    } else {
+        ArrayFormatter::try_new(col, &Default::default())
+            .map_or(Json::Null, |f| Json::from(f.value(i).to_string()))
+    }
+}
+
+/// Path bookkeeping for collision-free placement.
+#[derive(Default)]
+struct Names {
+    files: HashSet<String>,
+    dirs: HashSet<String>,
+}
+
+impl Names {
+    fn reserve(&mut self, path: &str) {
+        self.files.insert(path.to_string());
+    }
+
+    fn free(&self, path: &str) -> bool {
+        if self.files.contains(path) || self.dirs.contains(path) {
+            return false;
+        }
+        let mut prefix = path;
+        while let Some((head, _)) = prefix.rsplit_once('/') {
+            if self.files.contains(head) {
+                return false;
+            }
+            prefix = head;
+        }
+        true
+    }
+
+    fn claim(&mut self, path: &str) {
+        let mut prefix = path;
+        while let Some((head, _)) = prefix.rsplit_once('/') {
+            self.dirs.insert(head.to_string());
+            prefix = head;
+        }
+        self.files.insert(path.to_string());
+    }
+
+    /// Places a sample and its sidecars; returns (sample, npy, json) paths.
+    fn place(
+        &mut self,
+        parts: &[String],
+        content_id: &str,
+        npy: bool,
+        json: bool,
+    ) -> (String, Option<String>, Option<String>) {
+        let (dir, file) = parts.split_at(parts.len() - 1);
+        let file = &file[0];
+        let prefix = if dir.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", dir.join("/"))
+        };
+        let (stem, ext) = split_ext(file);
+        let tags = [
+            "".to_string(),
+            format!("~{}", &content_id[..12.min(content_id.len())]),
+            format!("~{content_id}"),
+        ];
+        for tag in &tags {
+            let name = format!("{prefix}{stem}{tag}{ext}");
+            let side_base = if ext == ".npy" || ext == ".json" {
+                name.clone()
+            } else {
+                format!("{prefix}{stem}{tag}")
+            };
+            let npy_path = npy.then(|| format!("{side_base}.npy"));
+            let json_path = json.then(|| format!("{side_base}.json"));
+            let all_free = self.free(&name)
+                && npy_path.as_deref().is_none_or(|p| self.free(p))
+                && json_path.as_deref().is_none_or(|p| self.free(p));
+            if all_free {
+                self.claim(&name);
+                for p in npy_path.iter().chain(json_path.iter()) {
+                    self.claim(p);
+                }
+                return (name, npy_path, json_path);
+            }
+        }
+        unreachable!("a name with the full content id is unique among distinct content ids")
+    }
+}
+
+fn split_ext(name: &str) -> (&str, &str) {
+    match name.rfind('.') {
+        Some(i) if i > 0 => (&name[..i], &name[i..]),
+        _ => (name, ""),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn collisions_get_content_id_suffixes() {
+        let mut n = Names::default();
+        n.reserve(INDEX_FILE);
+        let a = n.place(
+            &["cat".into(), "x.png".into()],
+            "aaaaaaaaaaaaaaaa",
+            true,
+            true,
+        );
+        assert_eq!(
+            a,
+            (
+                "cat/x.png".into(),
+                Some("cat/x.npy".into()),
+                Some("cat/x.json".into())
+            )
+        );
+        let b = n.place(
+            &["cat".into(), "x.png".into()],
+            "bbbbbbbbbbbbbbbb",
+            true,
+            true,
+        );
+        assert_eq!(b.0, "cat/x~bbbbbbbbbbbb.png");
+        assert_eq!(b.1.as_deref(), Some("cat/x~bbbbbbbbbbbb.npy"));
+        // A file where a directory must go is moved aside, and vice versa.
+        let c = n.place(&["cat".into()], "cccccccccccccccc", false, false);
+        assert_eq!(c.0, "cat~cccccccccccc");
+        // A JSON sample keeps its sidecars distinct from itself.
+        let d = n.place(&["d.json".into()], "dddddddddddddddd", true, true);
+        assert_eq!(
+            (d.0.as_str(), d.2.as_deref()),
+            ("d.json", Some("d.json.json"))
+        );
+        // Reserved names are never taken.
+        let e = n.place(&["_index.jsonl".into()], "eeeeeeeeeeeeeeee", false, false);
+        assert_eq!(e.0, "_index~eeeeeeeeeeee.jsonl");
+    }
+}
