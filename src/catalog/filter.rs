@@ -28,23 +28,44 @@ pub fn parse(sql: &str, schema: &Schema) -> Result<Predicate> {
             Ok(e)
         })
         .map_err(|e| anyhow!("not a valid predicate: {e}"))?;
-    convert(&expr, schema)
+    convert(&expr, schema, false)
 }
 
-fn convert(expr: &Expr, schema: &Schema) -> Result<Predicate> {
+/// Converts `expr` to the predicate "expr is TRUE" (or, with `negate`,
+/// "expr is FALSE") under SQL's three-valued logic: a comparison involving a
+/// null is neither, so every comparison leaf carries `IS NOT NULL`, and `NOT`
+/// is pushed down by swapping TRUE and FALSE. The result does not depend on
+/// how the scan treats nulls in negated predicates.
+fn convert(expr: &Expr, schema: &Schema, negate: bool) -> Result<Predicate> {
     match expr {
-        Expr::Nested(inner) => convert(inner, schema),
+        Expr::Nested(inner) => convert(inner, schema, negate),
         Expr::BinaryOp { left, op, right } => match op {
-            BinaryOperator::And => Ok(convert(left, schema)?.and(convert(right, schema)?)),
-            BinaryOperator::Or => Ok(convert(left, schema)?.or(convert(right, schema)?)),
-            _ => comparison(left, op, right, schema, expr),
+            BinaryOperator::And | BinaryOperator::Or => {
+                let (l, r) = (
+                    convert(left, schema, negate)?,
+                    convert(right, schema, negate)?,
+                );
+                // De Morgan: FALSE(a AND b) = FALSE(a) OR FALSE(b), and dually.
+                Ok(if (*op == BinaryOperator::And) != negate {
+                    l.and(r)
+                } else {
+                    l.or(r)
+                })
+            }
+            _ => comparison(left, op, right, schema, expr, negate),
         },
         Expr::UnaryOp {
             op: UnaryOperator::Not,
             expr: inner,
-        } => Ok(!convert(inner, schema)?),
-        Expr::IsNull(inner) => Ok(column(inner, schema)?.0.is_null()),
-        Expr::IsNotNull(inner) => Ok(column(inner, schema)?.0.is_not_null()),
+        } => convert(inner, schema, !negate),
+        Expr::IsNull(inner) | Expr::IsNotNull(inner) => {
+            let r = column(inner, schema)?.0;
+            Ok(if matches!(expr, Expr::IsNull(_)) != negate {
+                r.is_null()
+            } else {
+                r.is_not_null()
+            })
+        }
         Expr::InList {
             expr: inner,
             list,
@@ -55,11 +76,12 @@ fn convert(expr: &Expr, schema: &Schema) -> Result<Predicate> {
                 .iter()
                 .map(|v| literal(v, &ty, &name))
                 .collect::<Result<Vec<_>>>()?;
-            Ok(if *negated {
-                r.is_not_in(values)
+            let p = if *negated != negate {
+                r.clone().is_not_in(values)
             } else {
-                r.is_in(values)
-            })
+                r.clone().is_in(values)
+            };
+            Ok(r.is_not_null().and(p))
         }
         Expr::Between {
             expr: inner,
@@ -69,11 +91,14 @@ fn convert(expr: &Expr, schema: &Schema) -> Result<Predicate> {
         } => {
             let (r, ty, name) = column(inner, schema)?;
             let (lo, hi) = (literal(low, &ty, &name)?, literal(high, &ty, &name)?);
-            let p = r
-                .clone()
-                .greater_than_or_equal_to(lo)
-                .and(r.less_than_or_equal_to(hi));
-            Ok(if *negated { !p } else { p })
+            let p = if *negated != negate {
+                r.clone().less_than(lo).or(r.clone().greater_than(hi))
+            } else {
+                r.clone()
+                    .greater_than_or_equal_to(lo)
+                    .and(r.clone().less_than_or_equal_to(hi))
+            };
+            Ok(r.is_not_null().and(p))
         }
         Expr::Like {
             negated,
@@ -93,11 +118,12 @@ fn convert(expr: &Expr, schema: &Schema) -> Result<Predicate> {
                 bail!("LIKE supports only prefix patterns such as 'abc%', got '{pat}'");
             };
             let d = Datum::string(prefix);
-            Ok(if *negated {
-                r.not_starts_with(d)
+            let p = if *negated != negate {
+                r.clone().not_starts_with(d)
             } else {
-                r.starts_with(d)
-            })
+                r.clone().starts_with(d)
+            };
+            Ok(r.is_not_null().and(p))
         }
         other => bail!(
             "`{other}` is not supported; use comparisons of a column with a literal, IN, BETWEEN, LIKE 'prefix%', IS [NOT] NULL, AND, OR, NOT"
@@ -111,6 +137,7 @@ fn comparison(
     right: &Expr,
     schema: &Schema,
     whole: &Expr,
+    negate: bool,
 ) -> Result<Predicate> {
     // Accept `literal op column` by flipping it to `column op' literal`.
     let (col, lit, op) = if is_column(left) {
@@ -134,15 +161,29 @@ fn comparison(
         );
     }
     let d = literal(lit, &ty, &name)?;
-    Ok(match op {
-        BinaryOperator::Eq => r.equal_to(d),
-        BinaryOperator::NotEq => r.not_equal_to(d),
-        BinaryOperator::Lt => r.less_than(d),
-        BinaryOperator::LtEq => r.less_than_or_equal_to(d),
-        BinaryOperator::Gt => r.greater_than(d),
-        BinaryOperator::GtEq => r.greater_than_or_equal_to(d),
+    let op = if negate {
+        match op {
+            BinaryOperator::Eq => BinaryOperator::NotEq,
+            BinaryOperator::NotEq => BinaryOperator::Eq,
+            BinaryOperator::Lt => BinaryOperator::GtEq,
+            BinaryOperator::LtEq => BinaryOperator::Gt,
+            BinaryOperator::Gt => BinaryOperator::LtEq,
+            BinaryOperator::GtEq => BinaryOperator::Lt,
+            other => other,
+        }
+    } else {
+        op
+    };
+    let p = match op {
+        BinaryOperator::Eq => r.clone().equal_to(d),
+        BinaryOperator::NotEq => r.clone().not_equal_to(d),
+        BinaryOperator::Lt => r.clone().less_than(d),
+        BinaryOperator::LtEq => r.clone().less_than_or_equal_to(d),
+        BinaryOperator::Gt => r.clone().greater_than(d),
+        BinaryOperator::GtEq => r.clone().greater_than_or_equal_to(d),
         other => bail!("operator `{other}` in `{whole}` is not supported"),
-    })
+    };
+    Ok(r.is_not_null().and(p))
 }
 
 fn is_column(e: &Expr) -> bool {
