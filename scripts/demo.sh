@@ -15,3 +15,11 @@ data=${LAKEMOUNT_DEMO_DATA:-scripts/out/digits}
 export LAKEMOUNT_WAREHOUSE=${LAKEMOUNT_WAREHOUSE:-./warehouse}
 "$bin" ingest "$data" || [[ $? -eq 3 ]]
 "$bin" snapshots
+
+mnt=${LAKEMOUNT_DEMO_MOUNT:-./mnt}
+mkdir -p "$mnt"
+echo
+echo "mounting specs/ at $mnt (Ctrl-C to unmount). In another shell try:"
+echo "  ls $mnt/digits-train; cat $mnt/digits-train/_receipt.json"
+echo "  python -c \"import numpy as np, glob; print(np.load(sorted(glob.glob('$mnt/digits-train/3/*.npy'))[0])[:8])\""
+exec "$bin" mount specs/ "$mnt"

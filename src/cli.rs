@@ -47,6 +47,19 @@ enum Command {
     Mount(MountArgs),
     /// Unmount a lakemount mountpoint, including a stale one whose daemon died.
     Umount(UmountArgs),
+    /// Build a vector index (IVF-PQ) on the embeddings and a B-tree on content_id.
+    ///
+    /// Parameters are derived from the row count and dimension unless given.
+    /// Similarity views use the newest index trained for their metric;
+    /// without one they search exactly.
+    Index(IndexArgs),
+    /// Pin a spec: resolve `latest`, record the Lance version and, for a
+    /// similarity spec, the query digest and the index used.
+    ///
+    /// Writes the pinned spec (comments kept) to OUT or standard output.
+    /// Mounting it later, after any number of ingests or index builds, shows
+    /// the identical listing, bytes and receipt.
+    Pin(PinArgs),
     /// Print the files a spec's directory would show, without mounting.
     ///
     /// One line per file: size, a tab, then <spec name>/<path>.
@@ -140,6 +153,35 @@ struct MountArgs {
 }
 
 #[derive(Debug, Args)]
+struct IndexArgs {
+    /// IVF partitions [default: sqrt(rows)].
+    #[arg(long)]
+    partitions: Option<usize>,
+    /// PQ sub-vectors; must divide the dimension [default: dim/8].
+    #[arg(long)]
+    sub_vectors: Option<usize>,
+    /// Metric the index serves: cosine, l2 or dot.
+    #[arg(long, default_value = "cosine", value_parser = parse_metric)]
+    metric: crate::spec::Metric,
+    /// Skip the B-tree index on content_id.
+    #[arg(long)]
+    no_scalar: bool,
+    #[command(flatten)]
+    warehouse: WarehouseArgs,
+}
+
+#[derive(Debug, Args)]
+struct PinArgs {
+    /// The spec to pin.
+    spec: PathBuf,
+    /// Where to write the pinned spec [default: standard output].
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    #[command(flatten)]
+    warehouse: WarehouseArgs,
+}
+
+#[derive(Debug, Args)]
 struct UmountArgs {
     /// The mountpoint.
     mountpoint: PathBuf,
@@ -186,6 +228,8 @@ pub fn run(cli: Cli) -> ExitCode {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Ls(args) => run_ls(args).await,
+            Command::Index(args) => run_index(args).await,
+            Command::Pin(args) => run_pin(args).await,
         }
     });
     match result {
@@ -258,6 +302,81 @@ async fn run_ingest(args: IngestArgs) -> Result<ExitCode> {
     })
 }
 
+fn parse_metric(s: &str) -> Result<crate::spec::Metric, String> {
+    use crate::spec::Metric;
+    match s {
+        "cosine" => Ok(Metric::Cosine),
+        "l2" => Ok(Metric::L2),
+        "dot" => Ok(Metric::Dot),
+        other => Err(format!("expected cosine, l2 or dot, got {other:?}")),
+    }
+}
+
+async fn run_index(args: IndexArgs) -> Result<ExitCode> {
+    let wh = Warehouse::open(&args.warehouse.config(), false).await?;
+    let ds = crate::vectors::open(&wh.lance_uri)
+        .await?
+        .with_context(|| format!("no Lance dataset at {}; ingest first", wh.lance_uri))?;
+    let rows = ds.count_rows(None).await?;
+    let dim = crate::vectors::dim_of(&ds)?;
+    let mut params = crate::similar::IndexParams::derive(rows, dim, args.metric);
+    if let Some(p) = args.partitions {
+        params.partitions = p;
+    }
+    if let Some(s) = args.sub_vectors {
+        params.sub_vectors = s;
+    }
+    eprintln!(
+        "building IVF-PQ ({} partitions, {} sub-vectors, {}) over {rows} vectors of {dim} dims ...",
+        params.partitions,
+        params.sub_vectors,
+        params.metric.name()
+    );
+    let start = std::time::Instant::now();
+    let version = crate::similar::build_index(&wh.lance_uri, params, !args.no_scalar).await?;
+    println!(
+        "indexed {rows} vectors in {:.1} s; Lance version {version}",
+        start.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_pin(args: PinArgs) -> Result<ExitCode> {
+    let spec = crate::spec::load(&args.spec, &args.warehouse.table)?;
+    let wh = Warehouse::open(&args.warehouse.config(), false).await?;
+    let view = crate::view::resolve(&spec, wh.catalog.as_ref(), &BuiltinEncoder).await?;
+    let text = std::fs::read_to_string(&args.spec)?;
+    let pinned = crate::spec::pin_text(
+        &text,
+        view.snapshot_id,
+        view.lance.as_ref().map(|l| l.version),
+        spec.similar
+            .is_some()
+            .then_some((view.query_sha256.clone(), view.index_version)),
+    );
+    // The pinned text must resolve to the very same listing.
+    let check = crate::spec::parse(&pinned, &args.spec, &args.warehouse.table)?;
+    let again = crate::view::resolve(&check, wh.catalog.as_ref(), &BuiltinEncoder).await?;
+    if again.index != view.index {
+        anyhow::bail!("internal: the pinned spec resolves to a different listing");
+    }
+    match &args.output {
+        Some(out) => {
+            std::fs::write(out, &pinned)
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            eprintln!(
+                "pinned {} to snapshot {} ({} samples) in {}",
+                spec.name,
+                view.snapshot_id,
+                view.samples.len(),
+                out.display()
+            );
+        }
+        None => print!("{pinned}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Parses `512MiB`, `2G`, `1048576`.
 fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
@@ -293,7 +412,7 @@ async fn resolve_specs(
     let mut views = Vec::with_capacity(specs.len());
     for spec in &specs {
         views.push(std::sync::Arc::new(
-            crate::view::resolve(spec, wh.catalog.as_ref()).await?,
+            crate::view::resolve(spec, wh.catalog.as_ref(), &BuiltinEncoder).await?,
         ));
     }
     Ok(views)

@@ -16,6 +16,7 @@ pub mod ingest;
 pub mod layout;
 pub mod mount;
 pub mod npy;
+pub mod similar;
 pub mod spec;
 pub mod vectors;
 pub mod view;

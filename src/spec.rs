@@ -40,6 +40,66 @@ pub struct Sidecars {
     pub metadata: bool,
 }
 
+/// Distance used by a similarity view. Smaller is closer for all three.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    /// `1 - cos(a, b)`.
+    Cosine,
+    /// Squared Euclidean distance.
+    L2,
+    /// `-(a . b)`: the larger the inner product, the closer.
+    Dot,
+}
+
+impl Metric {
+    /// Name as written in specs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::Cosine => "cosine",
+            Metric::L2 => "l2",
+            Metric::Dot => "dot",
+        }
+    }
+}
+
+/// What a similarity view searches for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Query {
+    /// The embedding of a sample already in the table.
+    ContentId(String),
+    /// A vector in an `.npy` file (float32/float64, shape (dim,) or (1, dim)).
+    Vector(PathBuf),
+    /// A media file, embedded with the encoder the table's rows record.
+    File(PathBuf),
+}
+
+/// The `similar:` block.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Similar {
+    /// What to search for.
+    pub to: Query,
+    /// How many neighbours.
+    pub k: usize,
+    /// Distance.
+    pub metric: Metric,
+    /// IVF partitions to probe when an index is used.
+    pub nprobes: Option<usize>,
+    /// Re-rank `refine * k` index candidates with exact distances.
+    pub refine: Option<u32>,
+}
+
+/// Facts `lakemount pin` recorded, checked again at mount.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Pinned {
+    /// The Lance version the snapshot records.
+    pub lance_version: Option<u64>,
+    /// SHA-256 of the query vector's little-endian f32 bytes.
+    pub query_sha256: Option<String>,
+    /// Lance version holding the vector index used at pin time; `None`
+    /// pins exact search.
+    pub index_version: Option<u64>,
+}
+
 /// A validated spec.
 #[derive(Debug, Clone)]
 pub struct Spec {
@@ -59,6 +119,10 @@ pub struct Spec {
     pub layout: Layout,
     /// Sidecars to present.
     pub sidecars: Sidecars,
+    /// Similarity view, if any.
+    pub similar: Option<Similar>,
+    /// What `lakemount pin` recorded.
+    pub pinned: Option<Pinned>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -71,7 +135,34 @@ struct RawSpec {
     limit: Option<u64>,
     layout: Option<String>,
     sidecars: Option<Vec<String>>,
-    similar: Option<serde_yaml::Value>,
+    similar: Option<RawSimilar>,
+    pinned: Option<RawPinned>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSimilar {
+    to: RawQuery,
+    k: u64,
+    metric: Option<String>,
+    nprobes: Option<u64>,
+    refine: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQuery {
+    content_id: Option<String>,
+    vector: Option<PathBuf>,
+    file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPinned {
+    lance_version: Option<u64>,
+    query_sha256: Option<String>,
+    index_version: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -96,16 +187,10 @@ pub fn parse(text: &str, file: &Path, default_table: &str) -> Result<Spec> {
     let at = |key: &str| format!("spec {}: `{key}`", file.display());
     let raw: RawSpec = serde_yaml::from_str(text).map_err(|e| {
         anyhow!(
-            "spec {}: {e} (keys: name, table, snapshot, filter, limit, layout, sidecars)",
+            "spec {}: {e} (keys: name, table, snapshot, filter, limit, layout, sidecars, similar, pinned)",
             file.display()
         )
     })?;
-    if raw.similar.is_some() {
-        bail!(
-            "{}: similarity views are reserved for a later version of lakemount; remove the key",
-            at("similar")
-        );
-    }
     let stem = file
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
@@ -174,6 +259,50 @@ pub fn parse(text: &str, file: &Path, default_table: &str) -> Result<Spec> {
             s
         }
     };
+    let base = file.parent().unwrap_or(Path::new("."));
+    let similar = raw
+        .similar
+        .map(|r| {
+            let to = match (r.to.content_id, r.to.vector, r.to.file) {
+                (Some(id), None, None) => {
+                    if id.len() != 64 || !id.chars().all(|c| c.is_ascii_hexdigit()) {
+                        bail!("{}: expected a 64-digit hex SHA-256, got {id:?}", at("similar.to.content_id"));
+                    }
+                    Query::ContentId(id.to_ascii_lowercase())
+                }
+                (None, Some(v), None) => Query::Vector(base.join(v)),
+                (None, None, Some(f)) => Query::File(base.join(f)),
+                _ => bail!(
+                    "{}: give exactly one of content_id, vector (an .npy file) or file (a media file)",
+                    at("similar.to")
+                ),
+            };
+            if r.k == 0 {
+                bail!("{}: must be at least 1", at("similar.k"));
+            }
+            let metric = match r.metric.as_deref() {
+                None | Some("cosine") => Metric::Cosine,
+                Some("l2") => Metric::L2,
+                Some("dot") => Metric::Dot,
+                Some(other) => bail!("{}: expected cosine, l2 or dot, got {other:?}", at("similar.metric")),
+            };
+            if r.nprobes == Some(0) || r.refine == Some(0) {
+                bail!("{}: nprobes and refine must be at least 1", at("similar"));
+            }
+            Ok(Similar {
+                to,
+                k: usize::try_from(r.k).map_err(|_| anyhow!("{}: too large", at("similar.k")))?,
+                metric,
+                nprobes: r.nprobes.map(|n| n as usize),
+                refine: r.refine,
+            })
+        })
+        .transpose()?;
+    let pinned = raw.pinned.map(|p| Pinned {
+        lance_version: p.lance_version,
+        query_sha256: p.query_sha256,
+        index_version: p.index_version,
+    });
     Ok(Spec {
         file: file.to_path_buf(),
         name,
@@ -183,7 +312,72 @@ pub fn parse(text: &str, file: &Path, default_table: &str) -> Result<Spec> {
         limit,
         layout,
         sidecars,
+        similar,
+        pinned,
     })
+}
+
+/// Rewrites spec text so it is pinned: the top-level `snapshot:` line says
+/// `snapshot_id`, and a `pinned:` block at the end records the Lance version
+/// and, for similarity specs, the query digest and the index version used.
+/// Other lines, comments included, are kept as they were.
+pub fn pin_text(
+    text: &str,
+    snapshot_id: i64,
+    lance_version: Option<u64>,
+    similar: Option<(Option<String>, Option<u64>)>,
+) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut in_pinned = false;
+    let mut replaced = false;
+    for line in text.lines() {
+        let top_level = !line.starts_with([' ', '\t', '#']) && !line.is_empty();
+        if in_pinned && !top_level {
+            continue;
+        }
+        in_pinned = false;
+        if top_level && line.starts_with("pinned:") {
+            in_pinned = true;
+            continue;
+        }
+        if line.starts_with("# pinned by `lakemount pin`") {
+            continue;
+        }
+        if top_level && line.starts_with("snapshot:") {
+            let was = line["snapshot:".len()..].trim();
+            out.push(format!("snapshot: {snapshot_id}  # pinned; was: {was}"));
+            replaced = true;
+            continue;
+        }
+        out.push(line.to_string());
+    }
+    if !replaced {
+        let at = out
+            .iter()
+            .position(|l| l.starts_with("name:"))
+            .map_or(0, |i| i + 1);
+        out.insert(at, format!("snapshot: {snapshot_id}  # pinned"));
+    }
+    while out.last().is_some_and(|l| l.trim().is_empty()) {
+        out.pop();
+    }
+    out.push(String::new());
+    out.push("# pinned by `lakemount pin`: what this spec resolved to; checked at mount".into());
+    out.push("pinned:".into());
+    if let Some(v) = lance_version {
+        out.push(format!("  lance_version: {v}"));
+    }
+    if let Some((digest, index)) = similar {
+        if let Some(d) = digest {
+            out.push(format!("  query_sha256: \"{d}\""));
+        }
+        match index {
+            Some(v) => out.push(format!("  index_version: {v}")),
+            None => out.push("  # no index_version: the search is exact".into()),
+        }
+    }
+    out.push(String::new());
+    out.join("\n")
 }
 
 /// Expands the command line's spec arguments: files as given, directories
@@ -259,6 +453,54 @@ mod tests {
     }
 
     #[test]
+    fn pinning_keeps_comments_and_replaces_old_pins() {
+        let text = "# my dataset\nname: x\nsnapshot: latest   # moving\nfilter: \"a = 1\"\npinned:\n  lance_version: 1\n";
+        let once = pin_text(text, 42, Some(3), None);
+        assert!(
+            once.starts_with(
+                "# my dataset\nname: x\nsnapshot: 42  # pinned; was: latest   # moving\n"
+            ),
+            "{once}"
+        );
+        assert!(once.contains("pinned:\n  lance_version: 3\n"), "{once}");
+        assert!(!once.contains("lance_version: 1"));
+        let s = p(&once).unwrap();
+        assert_eq!(s.snapshot, SnapshotSel::Id(42));
+        assert_eq!(s.pinned.unwrap().lance_version, Some(3));
+        let twice = pin_text(&once, 42, Some(3), Some((Some("ab".into()), Some(7))));
+        assert_eq!(twice.matches("pinned:").count(), 1, "{twice}");
+        let s = p(&twice).unwrap().pinned.unwrap();
+        assert_eq!(
+            (s.query_sha256.as_deref(), s.index_version),
+            (Some("ab"), Some(7))
+        );
+        let inserted = pin_text("name: y\n", 5, None, None);
+        assert!(
+            inserted.starts_with("name: y\nsnapshot: 5  # pinned\n"),
+            "{inserted}"
+        );
+    }
+
+    #[test]
+    fn similarity_block() {
+        let s = p("similar:\n  to: {vector: q.npy}\n  k: 5\n  metric: l2\n  nprobes: 8\n").unwrap();
+        let sim = s.similar.unwrap();
+        assert_eq!(sim.to, Query::Vector(PathBuf::from("specs/q.npy")));
+        assert_eq!(
+            (sim.k, sim.metric, sim.nprobes, sim.refine),
+            (5, Metric::L2, Some(8), None)
+        );
+        assert_eq!(
+            p("similar: {to: {file: x.png}, k: 1}")
+                .unwrap()
+                .similar
+                .unwrap()
+                .metric,
+            Metric::Cosine
+        );
+    }
+
+    #[test]
     fn errors_name_file_and_key() {
         assert!(
             e("filtr: x").contains("spec specs/cats.yaml: unknown field `filtr`"),
@@ -277,7 +519,13 @@ mod tests {
         assert!(e("table: samples").contains("`table`"));
         assert!(e("layout: '{label'").contains("`layout`"));
         assert!(e("limit: 0").contains("`limit`: must be at least 1"));
-        assert!(e("similar: {k: 5}").contains("`similar`"));
+        assert!(e("similar: {k: 5}").contains("missing field `to`"));
+        assert!(e("similar: {to: {content_id: abc}, k: 5}").contains("`similar.to.content_id`"));
+        assert!(e("similar: {to: {}, k: 5}").contains("`similar.to`: give exactly one"));
+        assert!(e("similar: {to: {file: a.png}, k: 0}").contains("`similar.k`"));
+        assert!(
+            e("similar: {to: {file: a.png}, k: 3, metric: manhattan}").contains("`similar.metric`")
+        );
         assert!(e("- a\n- b").contains("spec specs/cats.yaml"));
     }
 }

@@ -29,8 +29,9 @@ use serde_json::{Map, Value as Json};
 use sha2::{Digest, Sha256};
 
 use crate::catalog::{PROP_LANCE_URI, PROP_LANCE_VERSION, filter};
-use crate::encode::extension_for;
-use crate::spec::{SnapshotSel, Spec};
+use crate::encode::{Encoder, extension_for};
+use crate::similar;
+use crate::spec::{Query, SnapshotSel, Spec};
 use crate::warehouse::parse_table_ident;
 
 /// Name of the listing file at the root of each spec directory.
@@ -72,6 +73,8 @@ pub struct Sample {
     pub lance_row: Option<u64>,
     /// The metadata sidecar's bytes.
     pub metadata: Bytes,
+    /// Rank (0 = nearest) in a similarity view.
+    pub rank: Option<usize>,
 }
 
 /// What a file in a view holds.
@@ -117,6 +120,10 @@ pub struct View {
     pub index: Bytes,
     /// `_receipt.json` bytes.
     pub receipt: Bytes,
+    /// Digest of a similarity view's query vector.
+    pub query_sha256: Option<String>,
+    /// Lance version of the vector index a similarity view searched, `None` for exact.
+    pub index_version: Option<u64>,
     npy_len: u64,
 }
 
@@ -166,7 +173,7 @@ impl View {
 }
 
 /// Resolves `spec` against `catalog`. Every error names the spec file and key.
-pub async fn resolve(spec: &Spec, catalog: &dyn Catalog) -> Result<View> {
+pub async fn resolve(spec: &Spec, catalog: &dyn Catalog, encoder: &dyn Encoder) -> Result<View> {
     let file = spec.file.display().to_string();
     let at = |key: &str| format!("spec {file}: `{key}`");
     let ident = parse_table_ident(&spec.table)?;
@@ -202,9 +209,10 @@ pub async fn resolve(spec: &Spec, catalog: &dyn Catalog) -> Result<View> {
         .unwrap_or_else(|| meta.current_schema())
         .clone();
     for field in spec.layout.fields() {
-        if field != "ext" && schema.field_by_name(field).is_none() {
+        let similarity_field = spec.similar.is_some() && (field == "rank" || field == "distance");
+        if field != "ext" && !similarity_field && schema.field_by_name(field).is_none() {
             bail!(
-                "{}: unknown column `{{{field}}}` in {:?} (columns: {}, and ext)",
+                "{}: unknown column `{{{field}}}` in {:?} (columns: {}, ext, and rank and distance in similarity views)",
                 at("layout"),
                 spec.layout.text(),
                 column_names(&schema)
@@ -230,15 +238,35 @@ pub async fn resolve(spec: &Spec, catalog: &dyn Catalog) -> Result<View> {
     }
     rows.sort_by(|a, b| a.content_id.cmp(&b.content_id));
     rows.dedup_by(|a, b| a.content_id == b.content_id);
-    if let Some(limit) = spec.limit {
-        rows.truncate(limit);
-    }
 
     let lance = open_lance(&table, snapshot_id).await?;
+    if let (Some(pinned), Some(l)) = (spec.pinned.as_ref().and_then(|p| p.lance_version), &lance)
+        && pinned != l.version
+    {
+        bail!(
+            "{}: lance_version {pinned} does not match the Lance version {} that snapshot {snapshot_id} records",
+            at("pinned"),
+            l.version
+        );
+    }
     let row_ids = match &lance {
         Some(l) => crate::vectors::row_ids(&l.dataset).await?,
         None => HashMap::new(),
     };
+    let mut search = Search::default();
+    if let Some(sim) = &spec.similar {
+        let l = lance.as_ref().ok_or_else(|| {
+            anyhow!(
+                "{}: table {} has no Lance dataset with embeddings",
+                at("similar"),
+                spec.table
+            )
+        })?;
+        search = similarity(spec, sim, l, &row_ids, &mut rows, encoder).await?;
+    }
+    if let Some(limit) = spec.limit {
+        rows.truncate(limit);
+    }
     let npy_len = lance.as_ref().map_or(0, |l| {
         crate::npy::write_vector(&vec![0.0; l.dim]).len() as u64
     });
@@ -262,6 +290,7 @@ pub async fn resolve(spec: &Spec, catalog: &dyn Catalog) -> Result<View> {
             names.place(&parts, &row.content_id, want_npy, spec.sidecars.metadata);
         let metadata = Bytes::from(serde_json::to_vec_pretty(&row.json)?);
         samples.push(Sample {
+            rank: row.rank,
             path,
             embedding_path: npy,
             metadata_path: json,
@@ -274,15 +303,23 @@ pub async fn resolve(spec: &Spec, catalog: &dyn Catalog) -> Result<View> {
         });
     }
     samples.sort_by(|a, b| a.path.cmp(&b.path));
+    // The index lists a similarity view in rank order, any other in path order.
+    let mut order: Vec<usize> = (0..samples.len()).collect();
+    order.sort_by_key(|&i| (samples[i].rank, i));
 
     let mut index = Vec::new();
-    for s in &samples {
+    for s in order.iter().map(|&i| &samples[i]) {
         let mut line = Map::new();
         line.insert("path".into(), Json::from(s.path.clone()));
         line.insert("content_id".into(), Json::from(s.content_id.clone()));
         let meta: Map<String, Json> = serde_json::from_slice(&s.metadata)?;
         for key in ["label", "split", "media_type", "size_bytes", "uri"] {
             line.insert(key.into(), meta.get(key).cloned().unwrap_or(Json::Null));
+        }
+        if s.rank.is_some() {
+            for key in ["rank", "distance"] {
+                line.insert(key.into(), meta.get(key).cloned().unwrap_or(Json::Null));
+            }
         }
         line.insert(
             "embedding".into(),
@@ -306,6 +343,23 @@ pub async fn resolve(spec: &Spec, catalog: &dyn Catalog) -> Result<View> {
         "limit": spec.limit,
         "layout": spec.layout.text(),
         "sidecars": {"embedding": spec.sidecars.embedding, "metadata": spec.sidecars.metadata},
+        "similar": spec.similar.as_ref().map(|sim| serde_json::json!({
+            "query": match &sim.to {
+                Query::ContentId(id) => serde_json::json!({"content_id": id}),
+                Query::Vector(p) => serde_json::json!({"vector": p.display().to_string()}),
+                Query::File(p) => serde_json::json!({"file": p.display().to_string()}),
+            },
+            "query_sha256": search.query_sha256,
+            "k": sim.k,
+            "metric": sim.metric.name(),
+            "search": match search.index_version {
+                Some(v) => format!("ivf_pq index at Lance version {v}"),
+                None => "exact".to_string(),
+            },
+            "index_version": search.index_version,
+            "nprobes": search.index_version.map(|_| sim.nprobes.unwrap_or(similar::DEFAULT_NPROBES)),
+            "refine": search.index_version.map(|_| sim.refine.unwrap_or(similar::DEFAULT_REFINE)),
+        })),
         "row_count": samples.len(),
         "listing_sha256": hex::encode(Sha256::digest(&index)),
     });
@@ -313,6 +367,8 @@ pub async fn resolve(spec: &Spec, catalog: &dyn Catalog) -> Result<View> {
     receipt.push(b'\n');
     Ok(View {
         name: spec.name.clone(),
+        query_sha256: search.query_sha256,
+        index_version: search.index_version,
         snapshot_id,
         snapshot_ms: snapshot.timestamp_ms(),
         lance,
@@ -320,6 +376,163 @@ pub async fn resolve(spec: &Spec, catalog: &dyn Catalog) -> Result<View> {
         index: Bytes::from(index),
         receipt: Bytes::from(receipt),
         npy_len,
+    })
+}
+
+/// What a similarity search used.
+#[derive(Default)]
+struct Search {
+    query_sha256: Option<String>,
+    index_version: Option<u64>,
+}
+
+/// Keeps the `k` rows nearest to the spec's query, in rank order, and adds
+/// `rank` and `distance` to their fields and metadata.
+async fn similarity(
+    spec: &Spec,
+    sim: &crate::spec::Similar,
+    lance: &LanceAt,
+    row_ids: &HashMap<String, u64>,
+    rows: &mut Vec<Row>,
+    encoder: &dyn Encoder,
+) -> Result<Search> {
+    let file = spec.file.display().to_string();
+    let at = |key: &str| format!("spec {file}: `{key}`");
+    let query = match &sim.to {
+        Query::ContentId(id) => {
+            let row = row_ids.get(id).ok_or_else(|| {
+                anyhow!(
+                    "{}: no sample with content id {id} in the Lance dataset at version {}",
+                    at("similar.to.content_id"),
+                    lance.version
+                )
+            })?;
+            crate::vectors::take_embeddings(&lance.dataset, &[*row])
+                .await?
+                .pop()
+                .context("Lance returned no row")?
+        }
+        Query::Vector(path) => {
+            let bytes = std::fs::read(path).with_context(|| {
+                format!(
+                    "{}: cannot read {}",
+                    at("similar.to.vector"),
+                    path.display()
+                )
+            })?;
+            let m = crate::npy::read_matrix(&bytes)
+                .with_context(|| format!("{}: {}", at("similar.to.vector"), path.display()))?;
+            if m.rows != 1 {
+                bail!(
+                    "{}: {} holds {} vectors, expected one",
+                    at("similar.to.vector"),
+                    path.display(),
+                    m.rows
+                );
+            }
+            m.data
+        }
+        Query::File(path) => {
+            let bytes = std::fs::read(path).with_context(|| {
+                format!("{}: cannot read {}", at("similar.to.file"), path.display())
+            })?;
+            let mut models: Vec<String> = rows
+                .iter()
+                .filter_map(|r| r.fields.get("embedding_model").cloned().flatten())
+                .collect();
+            models.sort();
+            models.dedup();
+            let ext = path.extension().and_then(|e| e.to_str());
+            similar::embed_file(encoder, &models, &bytes, ext)
+                .map_err(|e| anyhow!("{}: {}: {e:#}", at("similar.to.file"), path.display()))?
+        }
+    };
+    if query.len() != lance.dim {
+        bail!(
+            "{}: the query has {} dimensions, the table's embeddings have {}",
+            at("similar.to"),
+            query.len(),
+            lance.dim
+        );
+    }
+    let digest = similar::query_digest(&query);
+    if let Some(pinned) = spec.pinned.as_ref().and_then(|p| p.query_sha256.as_ref())
+        && pinned != &digest
+    {
+        bail!(
+            "{}: the query vector changed since the spec was pinned (pinned {pinned}, now {digest})",
+            at("similar.to")
+        );
+    }
+    // Which index to search: the pinned one, none when pinned without one,
+    // else the newest one if it was trained for this metric.
+    let index: Option<(Arc<Dataset>, u64)> = match &spec.pinned {
+        Some(p) => match p.index_version {
+            Some(v) => {
+                let ds = lance.dataset.checkout_version(v).await.with_context(|| {
+                    format!("{}: Lance has no version {v}", at("pinned.index_version"))
+                })?;
+                if similar::vector_index(&ds).await?.is_none() {
+                    bail!(
+                        "{}: Lance version {v} has no vector index",
+                        at("pinned.index_version")
+                    );
+                }
+                Some((Arc::new(ds), v))
+            }
+            None => None,
+        },
+        None => match similar::latest_index(&lance.uri).await? {
+            Some((ds, metric)) if metric == sim.metric => {
+                let v = ds.version().version;
+                Some((ds, v))
+            }
+            _ => None,
+        },
+    };
+    let candidates: Vec<(String, u64)> = rows
+        .iter()
+        .filter_map(|r| {
+            row_ids
+                .get(&r.content_id)
+                .map(|id| (r.content_id.clone(), *id))
+        })
+        .collect();
+    let ranked = similar::rank(
+        &lance.dataset,
+        index.as_ref().map(|(ds, _)| ds.as_ref()),
+        &candidates,
+        &query,
+        similar::SearchParams {
+            k: sim.k,
+            metric: sim.metric,
+            nprobes: sim.nprobes.unwrap_or(similar::DEFAULT_NPROBES),
+            refine: sim.refine.unwrap_or(similar::DEFAULT_REFINE),
+        },
+    )
+    .await?;
+    let width = sim.k.saturating_sub(1).to_string().len();
+    let mut by_id: HashMap<String, Row> =
+        rows.drain(..).map(|r| (r.content_id.clone(), r)).collect();
+    for (rank, (i, dist)) in ranked.into_iter().enumerate() {
+        let mut row = by_id
+            .remove(&candidates[i].0)
+            .context("ranked row vanished")?;
+        row.rank = Some(rank);
+        row.fields
+            .insert("rank".into(), Some(format!("{rank:0width$}")));
+        row.fields
+            .insert("distance".into(), Some(format!("{dist:.6}")));
+        row.json.insert("rank".into(), Json::from(rank));
+        row.json.insert(
+            "distance".into(),
+            serde_json::Number::from_f64(f64::from(dist)).map_or(Json::Null, Json::Number),
+        );
+        rows.push(row);
+    }
+    Ok(Search {
+        query_sha256: Some(digest),
+        index_version: index.map(|(_, v)| v),
     })
 }
 
@@ -377,6 +590,8 @@ struct Row {
     fields: HashMap<String, Option<String>>,
     /// Column values as JSON, for the metadata sidecar.
     json: Map<String, Json>,
+    /// Rank in a similarity view.
+    rank: Option<usize>,
 }
 
 fn rows_of(batch: &RecordBatch) -> Result<Vec<Row>> {
@@ -389,6 +604,7 @@ fn rows_of(batch: &RecordBatch) -> Result<Vec<Row>> {
             size: 0,
             fields: HashMap::new(),
             json: Map::new(),
+            rank: None,
         })
         .collect();
     for (field, col) in schema.fields().iter().zip(batch.columns()) {

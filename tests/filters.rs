@@ -132,7 +132,7 @@ async fn every_operator_selects_exactly_the_right_rows() {
         let spec_text = format!("name: f\nfilter: \"{sql}\"\n");
         let spec =
             lakemount::spec::parse(&spec_text, Path::new("f.yaml"), "datasets.samples").unwrap();
-        let view = lakemount::view::resolve(&spec, wh.catalog.as_ref())
+        let view = lakemount::view::resolve(&spec, wh.catalog.as_ref(), &BuiltinEncoder)
             .await
             .unwrap_or_else(|e| panic!("{sql}: {e:#}"));
         let got: BTreeSet<String> = view.samples.iter().map(|s| s.content_id.clone()).collect();
@@ -153,7 +153,7 @@ async fn every_operator_selects_exactly_the_right_rows() {
     // `limit` keeps the first N by content id.
     let spec =
         lakemount::spec::parse("limit: 7\n", Path::new("l.yaml"), "datasets.samples").unwrap();
-    let view = lakemount::view::resolve(&spec, wh.catalog.as_ref())
+    let view = lakemount::view::resolve(&spec, wh.catalog.as_ref(), &BuiltinEncoder)
         .await
         .unwrap();
     let mut ids: Vec<String> = recs.iter().map(|r| r.id.clone()).collect();

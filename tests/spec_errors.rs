@@ -85,7 +85,21 @@ fn each_bad_spec_is_refused_before_mounting_with_file_and_key() {
             "sidecars: [thumbnails]\n",
             &["`sidecars`", "unknown sidecar \"thumbnails\""],
         ),
-        ("similar", "similar: {k: 3}\n", &["`similar`", "reserved"]),
+        (
+            "similar-no-to",
+            "similar: {k: 3}\n",
+            &["missing field `to`"],
+        ),
+        (
+            "similar-unknown-id",
+            "similar: {to: {content_id: \"0000000000000000000000000000000000000000000000000000000000000000\"}, k: 3}\n",
+            &["`similar.to.content_id`", "no sample with content id"],
+        ),
+        (
+            "similar-bad-vector",
+            "similar: {to: {vector: missing.npy}, k: 3}\n",
+            &["`similar.to.vector`", "missing.npy"],
+        ),
     ];
     for (name, text, expected) in cases {
         let path = tmp.path().join(format!("{name}.yaml"));
@@ -125,4 +139,12 @@ fn each_bad_spec_is_refused_before_mounting_with_file_and_key() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("both use the name \"good\""), "{err}");
+}
+
+#[test]
+fn the_example_specs_parse() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("specs");
+    let specs = lakemount::spec::load_all(&[dir], "datasets.samples").unwrap();
+    let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["digits-train", "digits-val-small"]);
 }

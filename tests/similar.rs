@@ -1,0 +1,402 @@
+//! Similarity views, vector indexes, pins and time travel.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use common::*;
+use lakemount::encode::Encoder;
+use lakemount::encode::builtin::BuiltinEncoder;
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    wh: PathBuf,
+    /// content id -> (label, bytes)
+    samples: HashMap<String, (String, Vec<u8>)>,
+}
+
+fn fixture(per_label: u32) -> Fixture {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    let files = image_folder(
+        &root.join("in"),
+        &[("a", per_label), ("b", per_label), ("c", per_label)],
+    );
+    let wh = root.join("wh");
+    ingest_cli(&wh, &[root.join("in").to_str().unwrap()]);
+    let samples = files
+        .into_iter()
+        .map(|(path, bytes)| {
+            let label = path.rsplit('/').nth(1).unwrap().to_string();
+            (sha256(&bytes), (label, bytes))
+        })
+        .collect();
+    Fixture {
+        _tmp: tmp,
+        root,
+        wh,
+        samples,
+    }
+}
+
+/// Brute force, written independently of the library: ids ordered by
+/// (distance, id) under SQL-free, textbook definitions of each metric.
+fn brute_force(
+    f: &Fixture,
+    query: &[f32],
+    metric: &str,
+    k: usize,
+    keep: impl Fn(&str) -> bool,
+) -> Vec<String> {
+    let mut scored: Vec<(f64, String)> = f
+        .samples
+        .iter()
+        .filter(|(_, (label, _))| keep(label))
+        .map(|(id, (_, bytes))| {
+            let v = BuiltinEncoder.encode(bytes, "image/png").unwrap();
+            let dot: f64 = query
+                .iter()
+                .zip(&v)
+                .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                .sum();
+            let d = match metric {
+                "l2" => query
+                    .iter()
+                    .zip(&v)
+                    .map(|(a, b)| f64::from(a - b).powi(2))
+                    .sum(),
+                "dot" => -dot,
+                _ => {
+                    let nq: f64 = query
+                        .iter()
+                        .map(|a| f64::from(*a).powi(2))
+                        .sum::<f64>()
+                        .sqrt();
+                    let nv: f64 = v.iter().map(|a| f64::from(*a).powi(2)).sum::<f64>().sqrt();
+                    1.0 - dot / (nq * nv)
+                }
+            };
+            (d, id.clone())
+        })
+        .collect();
+    scored.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap().then(a.1.cmp(&b.1)));
+    scored.into_iter().take(k).map(|(_, id)| id).collect()
+}
+
+fn spec(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let p = dir.join(format!("{name}.yaml"));
+    std::fs::write(&p, body).unwrap();
+    p
+}
+
+/// The ids of a resolved spec in rank order, from `_index.jsonl` via `lakemount ls` + mount-free resolve.
+async fn ranked(wh: &Path, spec: &Path) -> (Vec<String>, serde_json::Value) {
+    let w = lakemount::warehouse::Warehouse::open(
+        &lakemount::warehouse::WarehouseConfig::new(wh.display().to_string()),
+        false,
+    )
+    .await
+    .unwrap();
+    let s = lakemount::spec::load(spec, "datasets.samples").unwrap();
+    let view = lakemount::view::resolve(&s, w.catalog.as_ref(), &BuiltinEncoder)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let ids = std::str::from_utf8(&view.index)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["content_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    (ids, serde_json::from_slice(&view.receipt).unwrap())
+}
+
+#[tokio::test]
+async fn exact_search_equals_brute_force_for_every_metric_and_query_kind() {
+    let f = fixture(8);
+    let mut ids: Vec<&String> = f.samples.keys().collect();
+    ids.sort();
+    let query_id = ids[3].clone();
+    let query_vec = BuiltinEncoder
+        .encode(&f.samples[&query_id].1, "image/png")
+        .unwrap();
+    for metric in ["cosine", "l2", "dot"] {
+        let s = spec(
+            &f.root,
+            &format!("s-{metric}"),
+            &format!(
+                "similar:\n  to: {{content_id: \"{query_id}\"}}\n  k: 7\n  metric: {metric}\n"
+            ),
+        );
+        let (got, receipt) = ranked(&f.wh, &s).await;
+        assert_eq!(
+            got,
+            brute_force(&f, &query_vec, metric, 7, |_| true),
+            "{metric}"
+        );
+        assert_eq!(
+            got[0], query_id,
+            "{metric}: a sample is its own nearest neighbour"
+        );
+        assert_eq!(receipt["similar"]["search"], "exact");
+    }
+
+    // to: vector, from an .npy file next to the spec (relative path).
+    let other = BuiltinEncoder
+        .encode(&lakemount_test_png(), "image/png")
+        .unwrap();
+    std::fs::write(f.root.join("q.npy"), lakemount::npy::write_vector(&other)).unwrap();
+    let s = spec(
+        &f.root,
+        "vec",
+        "similar: {to: {vector: q.npy}, k: 5, metric: l2}\n",
+    );
+    assert_eq!(
+        ranked(&f.wh, &s).await.0,
+        brute_force(&f, &other, "l2", 5, |_| true)
+    );
+
+    // to: file, embedded with the table's encoder.
+    std::fs::write(f.root.join("q.png"), lakemount_test_png()).unwrap();
+    let s = spec(&f.root, "file", "similar: {to: {file: q.png}, k: 5}\n");
+    assert_eq!(
+        ranked(&f.wh, &s).await.0,
+        brute_force(&f, &other, "cosine", 5, |_| true)
+    );
+}
+
+fn lakemount_test_png() -> Vec<u8> {
+    png(9999, 24)
+}
+
+#[tokio::test]
+async fn filter_first_then_nearest_never_leaves_the_filter() {
+    let f = fixture(8);
+    let q = BuiltinEncoder
+        .encode(&lakemount_test_png(), "image/png")
+        .unwrap();
+    std::fs::write(f.root.join("q.npy"), lakemount::npy::write_vector(&q)).unwrap();
+    let s = spec(
+        &f.root,
+        "filtered",
+        "filter: \"label IN ('a', 'c')\"\nsimilar: {to: {vector: q.npy}, k: 5}\nlayout: '{rank}-{label}-{content_id}{ext}'\n",
+    );
+    let (got, _) = ranked(&f.wh, &s).await;
+    assert_eq!(
+        got,
+        brute_force(&f, &q, "cosine", 5, |l| l == "a" || l == "c")
+    );
+    // k larger than what passes the filter: exactly the filtered rows.
+    let s = spec(
+        &f.root,
+        "all-b",
+        "filter: \"label = 'b'\"\nsimilar: {to: {vector: q.npy}, k: 100}\n",
+    );
+    let (got, _) = ranked(&f.wh, &s).await;
+    assert_eq!(got.len(), 8);
+    assert!(got.iter().all(|id| f.samples[id].0 == "b"));
+    // The rank layout names files in rank order; metadata carries rank and distance.
+    let listing = ls(&f.wh, &[&f.root.join("filtered.yaml")]);
+    let files: Vec<&String> = listing.keys().filter(|p| p.ends_with(".png")).collect();
+    assert_eq!(files.len(), 5);
+    assert!(files[0].starts_with("filtered/0-"), "{files:?}");
+    let mnt = f.root.join("mnt");
+    let _g = MountGuard::start(&f.wh, &[&f.root.join("filtered.yaml")], &mnt);
+    let meta: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(mnt.join(files[4].replace(".png", ".json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(meta["rank"], 4);
+    assert!(meta["distance"].as_f64().unwrap() >= 0.0);
+}
+
+#[tokio::test]
+async fn encoder_and_dimension_mismatches_are_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("a.png"), png(1, 8)).unwrap();
+    std::fs::write(tmp.path().join("m.csv"), "path\na.png\n").unwrap();
+    let mut npy = lakemount::npy::write_vector(&[1.0, 0.0, 0.0, 0.0]);
+    std::fs::write(tmp.path().join("e.npy"), &npy).unwrap();
+    let wh = tmp.path().join("wh");
+    ingest_cli(
+        &wh,
+        &[
+            "--manifest",
+            tmp.path().join("m.csv").to_str().unwrap(),
+            "--embeddings",
+            tmp.path().join("e.npy").to_str().unwrap(),
+            "--embedding-model",
+            "clip-vit-b32",
+        ],
+    );
+    let s = spec(tmp.path(), "f", "similar: {to: {file: a.png}, k: 1}\n");
+    let out = bin()
+        .arg("ls")
+        .arg("--warehouse")
+        .arg(&wh)
+        .arg(&s)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("`similar.to.file`") && err.contains("embedded by `clip-vit-b32`"),
+        "{err}"
+    );
+
+    npy = lakemount::npy::write_vector(&[1.0; 8]);
+    std::fs::write(tmp.path().join("q8.npy"), &npy).unwrap();
+    let s = spec(tmp.path(), "v", "similar: {to: {vector: q8.npy}, k: 1}\n");
+    let out = bin()
+        .arg("ls")
+        .arg("--warehouse")
+        .arg(&wh)
+        .arg(&s)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the query has 8 dimensions, the table's embeddings have 4"),
+        "{err}"
+    );
+}
+
+fn snapshots(wh: &Path) -> Vec<i64> {
+    let out = bin()
+        .arg("snapshots")
+        .arg("--warehouse")
+        .arg(wh)
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().next().unwrap().parse().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn pin_then_ingest_and_index_keeps_listing_bytes_and_receipt() {
+    // 300 samples: enough rows to train an index.
+    let f = fixture(100);
+    let q = BuiltinEncoder
+        .encode(&lakemount_test_png(), "image/png")
+        .unwrap();
+    std::fs::write(f.root.join("q.npy"), lakemount::npy::write_vector(&q)).unwrap();
+    let s = spec(
+        &f.root,
+        "sim",
+        "# nearest to the query\nname: sim\nsnapshot: latest\nfilter: \"label != 'b'\"\nsimilar: {to: {vector: q.npy}, k: 20}\n",
+    );
+    let pinned = f.root.join("sim.pinned.yaml");
+    let out = bin()
+        .args(["pin", "--warehouse"])
+        .arg(&f.wh)
+        .arg(&s)
+        .arg("-o")
+        .arg(&pinned)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&pinned).unwrap();
+    let snap = snapshots(&f.wh)[0];
+    assert!(
+        text.starts_with("# nearest to the query\nname: sim\n"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("snapshot: {snap}")), "{text}");
+    assert!(
+        text.contains("lance_version: 1") && text.contains(&lakemount::similar::query_digest(&q)),
+        "{text}"
+    );
+
+    let before_listing = ls(&f.wh, &[&pinned]);
+    let (before_ids, before_receipt) = ranked(&f.wh, &pinned).await;
+    assert_eq!(before_ids, brute_force(&f, &q, "cosine", 20, |l| l != "b"));
+
+    // More data, then an index.
+    image_folder(&f.root.join("more"), &[("a", 0)]);
+    std::fs::create_dir_all(f.root.join("more/a")).unwrap();
+    for i in 0..5 {
+        std::fs::write(f.root.join(format!("more/a/n{i}.png")), png(7000 + i, 24)).unwrap();
+    }
+    ingest_cli(&f.wh, &[f.root.join("more").to_str().unwrap()]);
+    let out = bin()
+        .args(["index", "--warehouse"])
+        .arg(&f.wh)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    assert_eq!(ls(&f.wh, &[&pinned]), before_listing);
+    let (after_ids, after_receipt) = ranked(&f.wh, &pinned).await;
+    assert_eq!(after_ids, before_ids);
+    assert_eq!(after_receipt, before_receipt);
+    let mnt = f.root.join("mnt");
+    {
+        let _g = MountGuard::start(&f.wh, &[&pinned], &mnt);
+        for (p, _) in before_listing.iter().filter(|(p, _)| p.ends_with(".png")) {
+            let id = p.rsplit('/').next().unwrap().trim_end_matches(".png");
+            assert_eq!(std::fs::read(mnt.join(p)).unwrap(), f.samples[id].1);
+        }
+        let receipt = std::fs::read(mnt.join("sim/_receipt.json")).unwrap();
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&receipt).unwrap(),
+            before_receipt
+        );
+    }
+
+    // The unpinned spec now sees the new rows and searches with the index,
+    // still only inside its filter, with high overlap with exact search.
+    let (latest_ids, latest_receipt) = ranked(&f.wh, &s).await;
+    assert!(
+        latest_receipt["similar"]["search"]
+            .as_str()
+            .unwrap()
+            .starts_with("ivf_pq"),
+        "{latest_receipt}"
+    );
+    assert_eq!(latest_ids.len(), 20);
+    let exact: Vec<String> = brute_force_with_new(&f, &q, 20);
+    let overlap = latest_ids.iter().filter(|id| exact.contains(id)).count();
+    assert!(
+        overlap >= 16,
+        "indexed search found {overlap}/20 of the exact neighbours"
+    );
+
+    // Time travel: a spec pinned to the first snapshot shows the older dataset.
+    let old = spec(&f.root, "old", &format!("snapshot: {snap}\n"));
+    let new = spec(&f.root, "new", "snapshot: latest\n");
+    let count = |m: BTreeMap<String, u64>| m.keys().filter(|p| p.ends_with(".png")).count();
+    assert_eq!(count(ls(&f.wh, &[&old])), 300);
+    assert_eq!(count(ls(&f.wh, &[&new])), 305);
+}
+
+/// Exact neighbours among all rows now in the table with label != 'b'.
+fn brute_force_with_new(f: &Fixture, q: &[f32], k: usize) -> Vec<String> {
+    let mut all = f.samples.clone();
+    for i in 0..5 {
+        let b = png(7000 + i, 24);
+        all.insert(sha256(&b), ("a".into(), b));
+    }
+    let g = Fixture {
+        _tmp: tempfile::tempdir().unwrap(),
+        root: f.root.clone(),
+        wh: f.wh.clone(),
+        samples: all,
+    };
+    brute_force(&g, q, "cosine", k, |l| l != "b")
+}
