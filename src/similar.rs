@@ -181,6 +181,44 @@ pub async fn indexed(
     Ok(out)
 }
 
+/// Candidate sets at most this large are scored by fetching every
+/// embedding; larger ones use Lance's brute-force kernel first.
+const TAKE_ALL_LIMIT: usize = 4096;
+/// Extra exact candidates fetched past k so ties at the boundary still
+/// break by content id.
+const TIE_MARGIN: usize = 16;
+
+/// Exact k nearest among `allowed` by Lance's flat (index-free) search.
+async fn flat(
+    ds: &Dataset,
+    allowed: &[u64],
+    query: &[f32],
+    k: usize,
+    metric: Metric,
+) -> Result<Vec<u64>> {
+    let mut scan = ds.scan();
+    let q = Float32Array::from(query.to_vec());
+    scan.nearest(EMBEDDING_COLUMN, &q, k)?
+        .use_index(false)
+        .distance_metric(lance_metric(metric))
+        .prefilter(true)
+        .with_row_id_prefilter(RowAddrMask::from_allowed(RowAddrTreeMap::from_iter(
+            allowed.iter().copied(),
+        )))
+        .project(&["content_id"])?
+        .with_row_id();
+    let batches: Vec<_> = scan.try_into_stream().await?.try_collect().await?;
+    let mut out = Vec::new();
+    for b in batches {
+        let ids = b
+            .column_by_name("_rowid")
+            .and_then(|c| c.as_any().downcast_ref::<UInt64Array>())
+            .context("vector search returned no _rowid")?;
+        out.extend(ids.iter().flatten());
+    }
+    Ok(out)
+}
+
 /// Ranks candidates: `(candidate index, distance)` for the `k` nearest, ordered
 /// by distance then content id. `candidates` are (content id, row id).
 pub async fn rank(
@@ -195,10 +233,15 @@ pub async fn rank(
         .enumerate()
         .map(|(i, (_, r))| (*r, i))
         .collect();
+    let allowed = || candidates.iter().map(|(_, r)| *r).collect::<Vec<u64>>();
     let chosen: Vec<usize> = match index_ds {
-        Some(ids) if candidates.len() > p.k => {
-            let allowed: Vec<u64> = candidates.iter().map(|(_, r)| *r).collect();
-            indexed(ids, &allowed, query, p)
+        Some(ids) if candidates.len() > p.k => indexed(ids, &allowed(), query, p)
+            .await?
+            .into_iter()
+            .filter_map(|r| pos.get(&r).copied())
+            .collect(),
+        None if candidates.len() > TAKE_ALL_LIMIT.max(p.k + TIE_MARGIN) => {
+            flat(rows_ds, &allowed(), query, p.k + TIE_MARGIN, p.metric)
                 .await?
                 .into_iter()
                 .filter_map(|r| pos.get(&r).copied())

@@ -400,3 +400,64 @@ fn brute_force_with_new(f: &Fixture, q: &[f32], k: usize) -> Vec<String> {
     };
     brute_force(&g, q, "cosine", k, |l| l != "b")
 }
+
+#[tokio::test]
+async fn large_candidate_sets_use_the_flat_kernel_and_stay_exact() {
+    use lakemount::similar::{SearchParams, rank};
+    use lakemount::spec::Metric;
+    let tmp = tempfile::tempdir().unwrap();
+    let uri = tmp.path().join("v.lance").display().to_string();
+    let mut x = 12345u64;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+    };
+    let rows: Vec<lakemount::vectors::VectorRow> = (0..6000)
+        .map(|i| lakemount::vectors::VectorRow {
+            content_id: format!("{i:064x}"),
+            embedding: (0..8).map(|_| next()).collect(),
+            uri: "x://".into(),
+            media_type: "application/octet-stream".into(),
+            size_bytes: 0,
+            inline: None,
+        })
+        .collect();
+    lakemount::vectors::append(&uri, None, &rows, 8)
+        .await
+        .unwrap();
+    let ds = lakemount::vectors::open(&uri).await.unwrap().unwrap();
+    let ids = lakemount::vectors::row_ids(&ds).await.unwrap();
+    // Every other row is allowed.
+    let candidates: Vec<(String, u64)> = rows
+        .iter()
+        .step_by(2)
+        .map(|r| (r.content_id.clone(), ids[&r.content_id]))
+        .collect();
+    let q: Vec<f32> = (0..8).map(|_| next()).collect();
+    for metric in [Metric::Cosine, Metric::L2, Metric::Dot] {
+        let p = SearchParams {
+            k: 25,
+            metric,
+            nprobes: 1,
+            refine: 1,
+        };
+        let got: Vec<String> = rank(&ds, None, &candidates, &q, p)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(i, _)| candidates[i].0.clone())
+            .collect();
+        let mut want: Vec<(f32, String)> = candidates
+            .iter()
+            .map(|(id, _)| {
+                let v = &rows.iter().find(|r| &r.content_id == id).unwrap().embedding;
+                (lakemount::similar::distance(metric, &q, v), id.clone())
+            })
+            .collect();
+        want.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        let want: Vec<String> = want.into_iter().take(25).map(|w| w.1).collect();
+        assert_eq!(got, want, "{metric:?}");
+    }
+}
