@@ -136,6 +136,20 @@ pub async fn vector_index(ds: &Dataset) -> Result<Option<(u64, Metric)>> {
     Ok(Some((ds.version().version, metric)))
 }
 
+/// Runs a nearest-neighbour scan and returns the row ids it found.
+async fn row_ids_of(scan: &lance::dataset::scanner::Scanner) -> Result<Vec<u64>> {
+    let batches: Vec<_> = scan.try_into_stream().await?.try_collect().await?;
+    let mut out = Vec::new();
+    for b in batches {
+        let ids = b
+            .column_by_name("_rowid")
+            .and_then(|c| c.as_any().downcast_ref::<UInt64Array>())
+            .context("vector search returned no _rowid")?;
+        out.extend(ids.iter().flatten());
+    }
+    Ok(out)
+}
+
 /// How many neighbours, by which distance, and how hard an index searches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SearchParams {
@@ -169,16 +183,7 @@ pub async fn indexed(
         )))
         .project(&["content_id"])?
         .with_row_id();
-    let batches: Vec<_> = scan.try_into_stream().await?.try_collect().await?;
-    let mut out = Vec::new();
-    for b in batches {
-        let ids = b
-            .column_by_name("_rowid")
-            .and_then(|c| c.as_any().downcast_ref::<UInt64Array>())
-            .context("vector search returned no _rowid")?;
-        out.extend(ids.iter().flatten());
-    }
-    Ok(out)
+    row_ids_of(&scan).await
 }
 
 /// Candidate sets at most this large are scored by fetching every
@@ -207,16 +212,7 @@ async fn flat(
         )))
         .project(&["content_id"])?
         .with_row_id();
-    let batches: Vec<_> = scan.try_into_stream().await?.try_collect().await?;
-    let mut out = Vec::new();
-    for b in batches {
-        let ids = b
-            .column_by_name("_rowid")
-            .and_then(|c| c.as_any().downcast_ref::<UInt64Array>())
-            .context("vector search returned no _rowid")?;
-        out.extend(ids.iter().flatten());
-    }
-    Ok(out)
+    row_ids_of(&scan).await
 }
 
 /// Ranks candidates: `(candidate index, distance)` for the `k` nearest, ordered

@@ -298,7 +298,7 @@ fn unreadable_blobs_give_eio_and_the_mount_stays_up() {
 #[test]
 fn pinned_spec_shows_the_same_dataset_after_more_ingests() {
     let f = fixture();
-    let table = lakemount_snapshots(&f.wh);
+    let table = snapshot_ids(&f.wh);
     let pinned = spec(&f.root, "pinned", &format!("snapshot: {}\n", table[0]));
     let latest = spec(&f.root, "latest", "snapshot: latest\n");
     let before = ls(&f.wh, &[&pinned]);
@@ -324,21 +324,6 @@ fn pinned_spec_shows_the_same_dataset_after_more_ingests() {
         serde_json::from_slice(&std::fs::read(mnt.join("pinned/_receipt.json")).unwrap()).unwrap();
     assert_eq!(receipt["snapshot_id"].as_i64(), Some(table[0]));
     assert_eq!(receipt["lance_version"], 1);
-}
-
-fn lakemount_snapshots(wh: &Path) -> Vec<i64> {
-    let out = bin()
-        .arg("snapshots")
-        .arg("--warehouse")
-        .arg(wh)
-        .output()
-        .unwrap();
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .skip(1)
-        .map(|l| l.split_whitespace().next().unwrap().parse().unwrap())
-        .collect()
 }
 
 #[test]

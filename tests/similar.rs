@@ -265,21 +265,6 @@ async fn encoder_and_dimension_mismatches_are_errors() {
     );
 }
 
-fn snapshots(wh: &Path) -> Vec<i64> {
-    let out = bin()
-        .arg("snapshots")
-        .arg("--warehouse")
-        .arg(wh)
-        .output()
-        .unwrap();
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .skip(1)
-        .map(|l| l.split_whitespace().next().unwrap().parse().unwrap())
-        .collect()
-}
-
 #[tokio::test]
 async fn pin_then_ingest_and_index_keeps_listing_bytes_and_receipt() {
     // 300 samples: enough rows to train an index.
@@ -308,7 +293,7 @@ async fn pin_then_ingest_and_index_keeps_listing_bytes_and_receipt() {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = std::fs::read_to_string(&pinned).unwrap();
-    let snap = snapshots(&f.wh)[0];
+    let snap = snapshot_ids(&f.wh)[0];
     assert!(
         text.starts_with("# nearest to the query\nname: sim\n"),
         "{text}"

@@ -304,3 +304,19 @@ pub fn ingest_cli(wh: &Path, args: &[&str]) -> String {
     );
     stdout
 }
+
+/// Snapshot ids from `lakemount snapshots`, newest first.
+pub fn snapshot_ids(wh: &Path) -> Vec<i64> {
+    let out = bin()
+        .arg("snapshots")
+        .arg("--warehouse")
+        .arg(wh)
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().next().unwrap().parse().unwrap())
+        .collect()
+}
