@@ -9,6 +9,7 @@
 //! median latencies, their ratio, and recall@k of indexed against exact.
 //!
 //! cargo run --release --example bench_similar -- [--rows 200000] [--dim 512] [--k 100] [--queries 30]
+//!     [--clusters 1000] [--spread 35]   (within-cluster spread, in hundredths)
 
 use std::time::Instant;
 
@@ -57,6 +58,8 @@ async fn main() -> Result<()> {
     let k = arg("--k", 100);
     let queries = arg("--queries", 30);
     let clusters = arg("--clusters", 1000);
+    // Within-cluster spread in hundredths of the centres' spread.
+    let spread = arg("--spread", 35) as f32 / 100.0;
     let dir = tempfile::tempdir()?;
     let uri = dir.path().join("bench.lance").display().to_string();
 
@@ -67,7 +70,7 @@ async fn main() -> Result<()> {
     let make = |rng: &mut Rng, i: usize| -> Vec<f32> {
         let c = &centres[(rng.next() % clusters as u64) as usize];
         let _ = i;
-        c.iter().map(|x| x + 0.35 * rng.normal()).collect()
+        c.iter().map(|x| x + spread * rng.normal()).collect()
     };
     let start = Instant::now();
     let mut existing = None;
@@ -140,7 +143,9 @@ async fn main() -> Result<()> {
     let (e, i, r) = (median(exact_ms), median(index_ms), median(recalls.clone()));
     let min_recall = recalls.iter().cloned().fold(1.0, f64::min);
     let mean_recall = recalls.iter().sum::<f64>() / recalls.len() as f64;
-    println!("similarity search, {rows} vectors x {dim} dims, k={k}, {queries} queries, cosine");
+    println!(
+        "similarity search, {rows} vectors x {dim} dims in {clusters} clusters (spread {spread}), k={k}, {queries} queries, cosine"
+    );
     println!(
         "  index: {} partitions, {} sub-vectors, built in {build_s:.1} s",
         params.partitions, params.sub_vectors
@@ -154,7 +159,7 @@ async fn main() -> Result<()> {
     );
     println!("  recall@{k}: median {r:.3}, mean {mean_recall:.3}, min {min_recall:.3}");
     let json = serde_json::json!({
-        "rows": rows, "dim": dim, "k": k, "queries": queries,
+        "rows": rows, "dim": dim, "k": k, "queries": queries, "clusters": clusters, "spread": spread,
         "partitions": params.partitions, "sub_vectors": params.sub_vectors, "build_s": build_s,
         "exact_median_ms": e, "indexed_median_ms": i, "speedup": e / i,
         "recall_median": r, "recall_mean": mean_recall, "recall_min": min_recall,

@@ -141,7 +141,12 @@ impl Filesystem for FuseAdapter {
             // sending OPEN and RELEASE for this mount and to keep page caches.
             return reply.error(Errno::ENOSYS);
         }
-        reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
+        // Kernels without no-open support: keep page caches across opens and
+        // skip the FLUSH round trip on close.
+        reply.opened(
+            FileHandle(0),
+            FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
+        );
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
