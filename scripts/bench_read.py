@@ -4,7 +4,8 @@ In one run, on the same files: the originals on the local disk (warm page
 cache: the limit); a passthrough FUSE mount of them with bindfs (defaults,
 and with kernel_cache and long TTLs: the cost of FUSE itself); a lakemount
 view on first touch (fresh mount, nothing cached in lakemount or the
-kernel's view of it), and the same view's second epoch (everything cached). Each at 1 and 2 reader threads, repeated
+kernel's view of it), and the same view's second epoch (everything cached); and the same two with `--passthrough` (the kernel
+reads blob-store files directly). Each at 1 and 2 reader threads, repeated
 --runs times; reports medians of files/s (open, read all, close) and the
 ratio to the local disk.
 
@@ -92,12 +93,17 @@ def main():
                 assert len(view) == len(paths), (len(view), len(paths))
                 results.setdefault(("lakemount first touch", threads), []).append(read_files(view, threads, seed=run))
                 results.setdefault(("lakemount second epoch", threads), []).append(read_files(view, threads, seed=run + 100))
+            with Mount(binary, wh, [spec], mnt, extra=["--passthrough"]) as m:
+                view = sorted((m.mnt / "bench").rglob("*.png"))
+                results.setdefault(("lakemount --passthrough first touch", threads), []).append(read_files(view, threads, seed=run))
+                results.setdefault(("lakemount --passthrough second epoch", threads), []).append(read_files(view, threads, seed=run + 100))
         print(f"run {run + 1} done", flush=True)
 
     rows = []
     for threads in (1, 2):
         local = median(results[("local disk", threads)])
-        for name in ("local disk", *BINDFS, "lakemount first touch", "lakemount second epoch"):
+        for name in ("local disk", *BINDFS, "lakemount first touch", "lakemount second epoch",
+                     "lakemount --passthrough first touch", "lakemount --passthrough second epoch"):
             if (name, threads) not in results:
                 continue
             v = median(results[(name, threads)])

@@ -148,6 +148,13 @@ struct MountArgs {
     /// Let other users read the mount (needs root or user_allow_other in /etc/fuse.conf).
     #[arg(long, help_heading = "Serving")]
     allow_other: bool,
+    /// Let the kernel read samples kept as local files (a local warehouse's
+    /// blob store) directly, bypassing lakemount: much faster first reads,
+    /// but no content-id check (a corrupt blob is served as it is; a missing
+    /// or resized one still gives EIO). Needs root and Linux 6.9+; falls back
+    /// to normal reads where unavailable.
+    #[arg(long, help_heading = "Serving")]
+    passthrough: bool,
     #[command(flatten)]
     warehouse: WarehouseArgs,
 }
@@ -433,6 +440,7 @@ async fn run_mount(args: MountArgs) -> Result<ExitCode> {
         cache_bytes: args.cache_size,
         threads: args.threads,
         allow_other: args.allow_other,
+        passthrough: args.passthrough,
     };
     let mounted = crate::mount::mount(views, &mountpoint, &opts)?;
     eprintln!(

@@ -243,6 +243,28 @@ impl ViewFs {
         Ok(out)
     }
 
+    /// The local file that holds a sample's bytes, with the size the table
+    /// records, when the sample's URI is a `file://` URL. Used to let the
+    /// kernel read such files directly (FUSE passthrough); every other
+    /// storage goes through [`ViewFs::read`].
+    pub fn local_file(&self, ino: u64) -> Option<(std::path::PathBuf, u64)> {
+        let Body::File {
+            view,
+            content: Content::Sample(i),
+            size,
+        } = self.node(ino).ok()?.body
+        else {
+            return None;
+        };
+        let uri = &self.views[view as usize].samples[i].uri;
+        let path = url::Url::parse(uri)
+            .ok()
+            .filter(|u| u.scheme() == "file")?
+            .to_file_path()
+            .ok()?;
+        Some((path, size))
+    }
+
     /// Reads up to `size` bytes at `offset`; short only at end of file.
     pub async fn read(&self, ino: u64, offset: u64, size: u32) -> Result<Bytes, FsError> {
         let n = self.node(ino)?;

@@ -9,17 +9,18 @@
 //! opens are skipped altogether (no-open support), which lets a second epoch
 //! be served from the page cache without any round trip.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, ReplyXattr, Request,
-    TimeOrNow, WriteFlags,
+    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, ReplyXattr,
+    Request, TimeOrNow, WriteFlags,
 };
 
 use crate::fs::{Attr, FsError, Kind, ViewFs};
@@ -41,6 +42,47 @@ pub fn errno(e: &FsError) -> Errno {
     }
 }
 
+/// Backing files registered with the kernel for passthrough, by inode: the
+/// kernel wants one registration per inode while any handle is open.
+type Backings = Arc<Mutex<HashMap<u64, (Arc<BackingId>, usize)>>>;
+
+/// Opens `path` and hands it to the kernel as the backing file of `ino`;
+/// falls back to reads through lakemount if the kernel refuses.
+fn open_passthrough(ino: u64, path: &Path, size: u64, backings: &Backings, reply: ReplyOpen) {
+    let Ok(mut map) = backings.lock() else {
+        return reply.error(Errno::EIO);
+    };
+    if let Some((id, n)) = map.get_mut(&ino) {
+        *n += 1;
+        return reply.opened_passthrough(FileHandle(ino), FopenFlags::FOPEN_NOFLUSH, id);
+    }
+    let file = match std::fs::File::open(path) {
+        Ok(f) if f.metadata().is_ok_and(|m| m.len() == size) => f,
+        Ok(_) => {
+            tracing::error!(path = %path.display(), "blob size differs from the table's size_bytes");
+            return reply.error(Errno::EIO);
+        }
+        Err(e) => {
+            tracing::error!(path = %path.display(), "cannot open blob: {e}");
+            return reply.error(Errno::EIO);
+        }
+    };
+    match reply.open_backing(&file) {
+        Ok(id) => {
+            let id = Arc::new(id);
+            map.insert(ino, (id.clone(), 1));
+            reply.opened_passthrough(FileHandle(ino), FopenFlags::FOPEN_NOFLUSH, &id);
+        }
+        Err(e) => {
+            tracing::warn!(path = %path.display(), "kernel refused passthrough ({e}); serving reads");
+            reply.opened(
+                FileHandle(0),
+                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
+            );
+        }
+    }
+}
+
 /// Serves a [`ViewFs`] to the kernel.
 pub struct FuseAdapter {
     fs: Arc<ViewFs>,
@@ -48,17 +90,32 @@ pub struct FuseAdapter {
     uid: u32,
     gid: u32,
     no_open: AtomicBool,
+    want_passthrough: bool,
+    passthrough: AtomicBool,
+    backings: Backings,
 }
 
 impl FuseAdapter {
     /// Files appear owned by `uid`/`gid`; reads run on `rt`.
-    pub fn new(fs: Arc<ViewFs>, rt: tokio::runtime::Handle, uid: u32, gid: u32) -> Self {
+    /// With `passthrough`, samples stored as local files are read by the
+    /// kernel straight from the blob store (FUSE passthrough, Linux 6.9+),
+    /// skipping the daemon and its content-id check.
+    pub fn new(
+        fs: Arc<ViewFs>,
+        rt: tokio::runtime::Handle,
+        uid: u32,
+        gid: u32,
+        passthrough: bool,
+    ) -> Self {
         Self {
             fs,
             rt,
             uid,
             gid,
             no_open: AtomicBool::new(false),
+            want_passthrough: passthrough,
+            passthrough: AtomicBool::new(false),
+            backings: Arc::default(),
         }
     }
 
@@ -98,7 +155,17 @@ impl Filesystem for FuseAdapter {
         ] {
             let _ = config.add_capabilities(cap);
         }
-        if config
+        if self.want_passthrough {
+            // Passthrough needs every OPEN, so it excludes no-open support.
+            let ok = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+                && config.set_max_stack_depth(1).is_ok();
+            self.passthrough.store(ok, Ordering::Relaxed);
+            if !ok {
+                tracing::warn!(
+                    "the kernel does not offer FUSE passthrough; reads go through lakemount"
+                );
+            }
+        } else if config
             .add_capabilities(InitFlags::FUSE_NO_OPEN_SUPPORT)
             .is_ok()
         {
@@ -136,6 +203,14 @@ impl Filesystem for FuseAdapter {
         if let Err(e) = self.fs.getattr(ino.0) {
             return reply.error(errno(&e));
         }
+        if self.passthrough.load(Ordering::Relaxed)
+            && let Some((path, size)) = self.fs.local_file(ino.0)
+        {
+            let backings = self.backings.clone();
+            self.rt
+                .spawn_blocking(move || open_passthrough(ino.0, &path, size, &backings, reply));
+            return;
+        }
         if self.no_open.load(Ordering::Relaxed) {
             // With no-open support negotiated, ENOSYS tells the kernel to stop
             // sending OPEN and RELEASE for this mount and to keep page caches.
@@ -147,6 +222,27 @@ impl Filesystem for FuseAdapter {
             FileHandle(0),
             FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
         );
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        if let Ok(mut map) = self.backings.lock()
+            && let Some((_, n)) = map.get_mut(&ino.0)
+        {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&ino.0);
+            }
+        }
+        reply.ok();
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {

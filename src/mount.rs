@@ -26,6 +26,8 @@ pub struct MountOptions {
     pub threads: usize,
     /// Let other users (e.g. a training job under another uid) read the mount.
     pub allow_other: bool,
+    /// Let the kernel read samples stored as local files directly (FUSE passthrough).
+    pub passthrough: bool,
 }
 
 impl Default for MountOptions {
@@ -34,6 +36,7 @@ impl Default for MountOptions {
             cache_bytes: 1 << 30,
             threads: 4,
             allow_other: false,
+            passthrough: false,
         }
     }
 }
@@ -122,7 +125,13 @@ pub fn mount_with_source(
     let fs = Arc::new(ViewFs::new(views, cache));
     // SAFETY: getuid/getgid have no preconditions and cannot fail.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-    let adapter = FuseAdapter::new(fs, tokio::runtime::Handle::current(), uid, gid);
+    let adapter = FuseAdapter::new(
+        fs,
+        tokio::runtime::Handle::current(),
+        uid,
+        gid,
+        opts.passthrough,
+    );
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::RO,

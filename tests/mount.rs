@@ -394,3 +394,44 @@ fn inline_blobs_are_served_from_lance() {
         assert_eq!(std::fs::read(mnt.join(p)).unwrap(), originals[stem(p)]);
     }
 }
+
+#[test]
+fn passthrough_serves_the_same_bytes_and_refuses_missing_blobs() {
+    let f = fixture();
+    let s = spec(&f.root, "pt", "name: pt\n");
+    let mnt = f.root.join("mnt");
+    let _guard = MountGuard::start_with(&f.wh, &[&s], &mnt, &["--passthrough"]);
+    let walked = walk(&mnt);
+    assert_eq!(walked, ls(&f.wh, &[&s]));
+    let samples: Vec<&String> = walked
+        .keys()
+        .filter(|p| p.ends_with(".png") || p.ends_with(".bin"))
+        .collect();
+    for p in &samples {
+        assert_eq!(
+            &std::fs::read(mnt.join(p)).unwrap(),
+            &f.originals[stem(p)],
+            "{p}"
+        );
+    }
+    // Sidecars still come through lakemount.
+    let npy = samples[0].replace(".png", ".npy").replace(".bin", ".npy");
+    assert!(lakemount::npy::read_matrix(&std::fs::read(mnt.join(npy)).unwrap()).is_ok());
+    // A deleted or resized blob is refused at open; other files still read.
+    let pngs: Vec<&&String> = samples.iter().filter(|p| p.ends_with(".png")).collect();
+    let (gone, resized) = (stem(pngs[0]), stem(pngs[1]));
+    // Every open reaches lakemount in passthrough mode, so the next read re-checks.
+    std::fs::remove_file(f.wh.join("blobs").join(&gone[..2]).join(gone)).unwrap();
+    let path = f.wh.join("blobs").join(&resized[..2]).join(resized);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes.push(0);
+    std::fs::write(&path, bytes).unwrap();
+    for p in &pngs[..2] {
+        let e = std::fs::read(mnt.join(p)).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EIO), "{p}: {e}");
+    }
+    assert_eq!(
+        &std::fs::read(mnt.join(pngs[2])).unwrap(),
+        &f.originals[stem(pngs[2])]
+    );
+}

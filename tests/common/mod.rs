@@ -184,9 +184,14 @@ pub fn is_mounted(path: &Path) -> bool {
 impl MountGuard {
     /// Mounts `specs` from warehouse `wh` at `mountpoint` (created), waits until ready.
     pub fn start(wh: &Path, specs: &[&Path], mountpoint: &Path) -> Self {
+        Self::start_with(wh, specs, mountpoint, &[])
+    }
+
+    /// [`MountGuard::start`] with extra `lakemount mount` options.
+    pub fn start_with(wh: &Path, specs: &[&Path], mountpoint: &Path, extra: &[&str]) -> Self {
         std::fs::create_dir_all(mountpoint).unwrap();
         let mut cmd = bin();
-        cmd.arg("mount").arg("--warehouse").arg(wh);
+        cmd.arg("mount").arg("--warehouse").arg(wh).args(extra);
         for s in specs {
             cmd.arg(s);
         }
