@@ -136,9 +136,11 @@ struct IngestArgs {
 
 #[derive(Debug, Args)]
 struct MountArgs {
-    /// Spec files or directories of *.yaml specs, then the mountpoint.
-    #[arg(required = true, num_args = 2.., value_name = "SPEC_OR_DIR... MOUNTPOINT")]
-    paths: Vec<PathBuf>,
+    /// Spec files, or directories whose *.yaml files are specs.
+    #[arg(required = true, value_name = "SPEC_OR_DIR")]
+    specs: Vec<PathBuf>,
+    /// An existing empty directory to mount on.
+    mountpoint: PathBuf,
     /// Bytes of sample data kept in memory (suffixes K, M, G, KiB, MiB, GiB).
     #[arg(long, default_value = "1GiB", value_parser = parse_size, help_heading = "Serving")]
     cache_size: u64,
@@ -426,11 +428,10 @@ async fn resolve_specs(
 }
 
 async fn run_mount(args: MountArgs) -> Result<ExitCode> {
-    let mut paths = args.paths.clone();
-    let mountpoint = paths.pop().context("missing mountpoint")?;
+    let mountpoint = args.mountpoint.clone();
     crate::mount::check_mountpoint(&mountpoint)?;
     let start = std::time::Instant::now();
-    let views = resolve_specs(&paths, &args.warehouse).await?;
+    let views = resolve_specs(&args.specs, &args.warehouse).await?;
     let samples: usize = views.iter().map(|v| v.samples.len()).sum();
     let names: Vec<String> = views
         .iter()
