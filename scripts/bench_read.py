@@ -5,7 +5,11 @@ cache: the limit); a passthrough FUSE mount of them with bindfs (defaults,
 and with kernel_cache and long TTLs: the cost of FUSE itself); a lakemount
 view on first touch (fresh mount, nothing cached in lakemount or the
 kernel's view of it), and the same view's second epoch (everything cached); and the same two with `--passthrough` (the kernel
-reads blob-store files directly). Each at 1 and 2 reader threads, repeated
+reads blob-store files directly). Then the engines without FUSE, on the same
+bytes stored inline in Lance: pylance `take_blobs` one row at a time, and
+single-row reads from a Parquet file (row groups of 64 rows) with pyarrow,
+which is what an Iceberg-only path costs; plus a lakemount view of that
+inline table (first touch). Each at 1 and 2 reader threads, repeated
 --runs times; reports medians of files/s (open, read all, close) and the
 ratio to the local disk.
 
@@ -53,6 +57,24 @@ BINDFS = {
 }
 
 
+def engine_rows(fn, n: int, threads: int, seed: int) -> float:
+    """Calls fn(i) for every row index in a seeded random order over
+    `threads` threads; returns rows per second."""
+    import random as _random
+    import threading as _threading
+
+    order = list(range(n))
+    _random.Random(seed).shuffle(order)
+    parts = [order[i::threads] for i in range(threads)]
+    ts = [_threading.Thread(target=lambda part=part: [fn(i) for i in part]) for part in parts]
+    start = time.perf_counter()
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return n / (time.perf_counter() - start)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--files", type=int, default=2000)
@@ -73,6 +95,31 @@ def main():
                        stdout=subprocess.DEVNULL)
     spec = work / "bench.yaml"
     spec.write_text("name: bench\nsidecars: []\n")
+    inline_spec = work / "inline.yaml"
+    inline_spec.write_text("name: inline\ntable: bench.inline\nsidecars: []\n")
+    if not (wh / "lance" / "bench.inline.lance").exists():
+        subprocess.run([binary, "ingest", "--quiet", "--inline-blobs", "--table", "bench.inline",
+                        "--warehouse", str(wh), str(data)], check=True, stdout=subprocess.DEVNULL)
+    import lance
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ds = lance.dataset(str(wh / "lance" / "bench.inline.lance"))
+    parquet = work / "images.parquet"
+    if not parquet.exists():
+        table = pa.table({"path": [str(p) for p in paths], "bytes": [p.read_bytes() for p in paths]})
+        pq.write_table(table, parquet, row_group_size=64)
+    pf = pq.ParquetFile(parquet)
+    rg_rows = pf.metadata.row_group(0).num_rows
+
+    def lance_take(i):
+        with ds.take_blobs("blob", indices=[i])[0] as f:
+            f.read()
+
+    def parquet_row(i):
+        # Each reader opens its own handle, as a DataLoader worker would.
+        f = pq.ParquetFile(parquet)
+        f.read_row_group(i // rg_rows, columns=["bytes"]).column(0)[i % rg_rows].as_py()
     mnt = work / "mnt"
     have_bindfs = ensure_bindfs()
     if not have_bindfs:
@@ -97,13 +144,21 @@ def main():
                 view = sorted((m.mnt / "bench").rglob("*.png"))
                 results.setdefault(("lakemount --passthrough first touch", threads), []).append(read_files(view, threads, seed=run))
                 results.setdefault(("lakemount --passthrough second epoch", threads), []).append(read_files(view, threads, seed=run + 100))
+            results.setdefault(("pylance take_blobs, 1 row", threads), []).append(
+                engine_rows(lance_take, len(paths), threads, seed=run))
+            results.setdefault(("parquet row read (pyarrow)", threads), []).append(
+                engine_rows(parquet_row, min(len(paths), 500), threads, seed=run))
+            with Mount(binary, wh, [inline_spec], mnt) as m:
+                view = sorted((m.mnt / "inline").rglob("*.png"))
+                results.setdefault(("lakemount inline first touch", threads), []).append(read_files(view, threads, seed=run))
         print(f"run {run + 1} done", flush=True)
 
     rows = []
     for threads in (1, 2):
         local = median(results[("local disk", threads)])
         for name in ("local disk", *BINDFS, "lakemount first touch", "lakemount second epoch",
-                     "lakemount --passthrough first touch", "lakemount --passthrough second epoch"):
+                     "lakemount --passthrough first touch", "lakemount --passthrough second epoch",
+                     "pylance take_blobs, 1 row", "parquet row read (pyarrow)", "lakemount inline first touch"):
             if (name, threads) not in results:
                 continue
             v = median(results[(name, threads)])
