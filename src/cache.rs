@@ -20,8 +20,8 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use moka::future::Cache;
 use object_store::ObjectStore;
-use object_store::ObjectStoreExt;
 use object_store::path::Path as StorePath;
+use object_store::{ObjectStoreExt, ObjectStoreScheme};
 use sha2::{Digest, Sha256};
 use url::Url;
 
@@ -177,17 +177,21 @@ pub struct LakeSource {
 }
 
 impl LakeSource {
+    /// The store serving `url` (one per scheme and authority, built once)
+    /// and the object's path in it.
     fn store_for(&self, url: &Url) -> Result<(Arc<dyn ObjectStore>, StorePath), String> {
+        let (_, path) = ObjectStoreScheme::parse(url).map_err(|e| e.to_string())?;
         let key = format!("{}://{}", url.scheme(), url.authority());
-        let (store, path) = object_store::parse_url(url).map_err(|e| e.to_string())?;
         let mut stores = self
             .stores
             .lock()
             .map_err(|_| "store map poisoned".to_string())?;
-        let store = stores
-            .entry(key)
-            .or_insert_with(|| Arc::from(store))
-            .clone();
+        if let Some(store) = stores.get(&key) {
+            return Ok((store.clone(), path));
+        }
+        let (store, _) = object_store::parse_url(url).map_err(|e| e.to_string())?;
+        let store: Arc<dyn ObjectStore> = Arc::from(store);
+        stores.insert(key, store.clone());
         Ok((store, path))
     }
 }

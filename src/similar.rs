@@ -163,29 +163,6 @@ pub struct SearchParams {
     pub refine: u32,
 }
 
-/// Approximate k nearest among `allowed` row ids with the index of `ds`
-/// (checked out at the index's version). Returns candidate row ids.
-pub async fn indexed(
-    ds: &Dataset,
-    allowed: &[u64],
-    query: &[f32],
-    p: SearchParams,
-) -> Result<Vec<u64>> {
-    let mut scan = ds.scan();
-    let q = Float32Array::from(query.to_vec());
-    scan.nearest(EMBEDDING_COLUMN, &q, p.k)?
-        .distance_metric(lance_metric(p.metric))
-        .nprobes(p.nprobes)
-        .refine(p.refine)
-        .prefilter(true)
-        .with_row_id_prefilter(RowAddrMask::from_allowed(RowAddrTreeMap::from_iter(
-            allowed.iter().copied(),
-        )))
-        .project(&["content_id"])?
-        .with_row_id();
-    row_ids_of(&scan).await
-}
-
 /// Candidate sets at most this large are scored by fetching every
 /// embedding; larger ones use Lance's brute-force kernel first.
 const TAKE_ALL_LIMIT: usize = 4096;
@@ -193,18 +170,20 @@ const TAKE_ALL_LIMIT: usize = 4096;
 /// break by content id.
 const TIE_MARGIN: usize = 16;
 
-/// Exact k nearest among `allowed` by Lance's flat (index-free) search.
-async fn flat(
+/// The `k` nearest among `allowed` row ids by Lance's search on `ds`:
+/// through its vector index with `index = Some((nprobes, refine))`
+/// (approximate), or by its flat kernel with `None` (exact). Returns row ids.
+async fn nearest(
     ds: &Dataset,
     allowed: &[u64],
     query: &[f32],
     k: usize,
     metric: Metric,
+    index: Option<(usize, u32)>,
 ) -> Result<Vec<u64>> {
     let mut scan = ds.scan();
     let q = Float32Array::from(query.to_vec());
     scan.nearest(EMBEDDING_COLUMN, &q, k)?
-        .use_index(false)
         .distance_metric(lance_metric(metric))
         .prefilter(true)
         .with_row_id_prefilter(RowAddrMask::from_allowed(RowAddrTreeMap::from_iter(
@@ -212,6 +191,10 @@ async fn flat(
         )))
         .project(&["content_id"])?
         .with_row_id();
+    match index {
+        Some((nprobes, refine)) => scan.nprobes(nprobes).refine(refine),
+        None => scan.use_index(false),
+    };
     row_ids_of(&scan).await
 }
 
@@ -230,20 +213,22 @@ pub async fn rank(
         .map(|(i, (_, r))| (*r, i))
         .collect();
     let allowed = || candidates.iter().map(|(_, r)| *r).collect::<Vec<u64>>();
-    let chosen: Vec<usize> = match index_ds {
-        Some(ids) if candidates.len() > p.k => indexed(ids, &allowed(), query, p)
-            .await?
+    let searched = match index_ds {
+        Some(ids) if candidates.len() > p.k => {
+            let index = Some((p.nprobes, p.refine));
+            Some(nearest(ids, &allowed(), query, p.k, p.metric, index).await?)
+        }
+        None if candidates.len() > TAKE_ALL_LIMIT.max(p.k + TIE_MARGIN) => {
+            Some(nearest(rows_ds, &allowed(), query, p.k + TIE_MARGIN, p.metric, None).await?)
+        }
+        _ => None,
+    };
+    let chosen: Vec<usize> = match searched {
+        Some(rows) => rows
             .into_iter()
             .filter_map(|r| pos.get(&r).copied())
             .collect(),
-        None if candidates.len() > TAKE_ALL_LIMIT.max(p.k + TIE_MARGIN) => {
-            flat(rows_ds, &allowed(), query, p.k + TIE_MARGIN, p.metric)
-                .await?
-                .into_iter()
-                .filter_map(|r| pos.get(&r).copied())
-                .collect()
-        }
-        _ => (0..candidates.len()).collect(),
+        None => (0..candidates.len()).collect(),
     };
     let rows: Vec<u64> = chosen.iter().map(|&i| candidates[i].1).collect();
     let dists = exact(rows_ds, &rows, query, p.metric).await?;
