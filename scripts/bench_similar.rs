@@ -91,8 +91,7 @@ async fn main() -> Result<()> {
                 }
             })
             .collect();
-        vectors::append(&uri, existing.take(), &batch, dim).await?;
-        existing = vectors::open(&uri).await?;
+        existing = Some(vectors::append(&uri, existing.take(), &batch, dim).await?);
     }
     eprintln!(
         "wrote {rows} x {dim} vectors in {:.1} s",

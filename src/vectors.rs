@@ -97,23 +97,20 @@ pub async fn content_ids(ds: &Dataset) -> Result<HashSet<String>> {
     let mut stream = scan.try_into_stream().await?;
     let mut ids = HashSet::new();
     while let Some(batch) = stream.try_next().await? {
-        let col = batch
-            .column(0)
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .context("Lance content_id is not a string column")?;
+        let col = crate::catalog::string_column(&batch, "content_id")?;
         ids.extend(col.iter().flatten().map(str::to_string));
     }
     Ok(ids)
 }
 
-/// Appends `rows` (creating the dataset on first use) and returns the new version.
+/// Appends `rows` (creating the dataset on first use) and returns the
+/// dataset at its new version.
 pub async fn append(
     uri: &str,
     existing: Option<Dataset>,
     rows: &[VectorRow],
     dim: usize,
-) -> Result<u64> {
+) -> Result<Dataset> {
     let schema = schema(dim)?;
     let batch = rows_to_batch(&schema, rows, dim)?;
     let reader = RecordBatchIterator::new(vec![Ok(batch)], schema);
@@ -137,7 +134,7 @@ pub async fn append(
                 .with_context(|| format!("cannot create Lance dataset {uri}"))?
         }
     };
-    Ok(ds.version().version)
+    Ok(ds)
 }
 
 fn rows_to_batch(schema: &Arc<Schema>, rows: &[VectorRow], dim: usize) -> Result<RecordBatch> {

@@ -128,11 +128,6 @@ pub struct View {
 }
 
 impl View {
-    /// Size of every `.npy` sidecar of this view.
-    pub fn npy_len(&self) -> u64 {
-        self.npy_len
-    }
-
     /// Every file of the view, sorted by path.
     pub fn files(&self) -> Vec<FileEntry> {
         let mut out = Vec::with_capacity(self.samples.len() * 3 + 2);
@@ -288,46 +283,58 @@ pub async fn resolve(spec: &Spec, catalog: &dyn Catalog, encoder: &dyn Encoder) 
         let want_npy = spec.sidecars.embedding && lance_row.is_some();
         let (path, npy, json) =
             names.place(&parts, &row.content_id, want_npy, spec.sidecars.metadata);
-        let metadata = Bytes::from(serde_json::to_vec_pretty(&row.json)?);
-        samples.push(Sample {
-            rank: row.rank,
-            path,
-            embedding_path: npy,
-            metadata_path: json,
-            content_id: row.content_id,
-            uri: row.uri,
-            media_type: row.media_type,
-            size: row.size,
-            lance_row,
-            metadata,
-        });
-    }
-    samples.sort_by(|a, b| a.path.cmp(&b.path));
-    // The index lists a similarity view in rank order, any other in path order.
-    let mut order: Vec<usize> = (0..samples.len()).collect();
-    order.sort_by_key(|&i| (samples[i].rank, i));
-
-    let mut index = Vec::new();
-    for s in order.iter().map(|&i| &samples[i]) {
         let mut line = Map::new();
-        line.insert("path".into(), Json::from(s.path.clone()));
-        line.insert("content_id".into(), Json::from(s.content_id.clone()));
-        let meta: Map<String, Json> = serde_json::from_slice(&s.metadata)?;
-        for key in ["label", "split", "media_type", "size_bytes", "uri"] {
-            line.insert(key.into(), meta.get(key).cloned().unwrap_or(Json::Null));
-        }
-        if s.rank.is_some() {
-            for key in ["rank", "distance"] {
-                line.insert(key.into(), meta.get(key).cloned().unwrap_or(Json::Null));
-            }
+        line.insert("path".into(), Json::from(path.clone()));
+        line.insert("content_id".into(), Json::from(row.content_id.clone()));
+        let ranked: &[&str] = if row.rank.is_some() {
+            &["rank", "distance"]
+        } else {
+            &[]
+        };
+        for key in ["label", "split", "media_type", "size_bytes", "uri"]
+            .iter()
+            .chain(ranked)
+        {
+            line.insert(
+                (*key).into(),
+                row.json.get(*key).cloned().unwrap_or(Json::Null),
+            );
         }
         line.insert(
             "embedding".into(),
-            s.embedding_path.clone().map_or(Json::Null, Json::from),
+            npy.clone().map_or(Json::Null, Json::from),
         );
-        serde_json::to_writer(&mut index, &Json::Object(line))?;
-        index.push(b'\n');
+        let mut index_line = serde_json::to_vec(&Json::Object(line))?;
+        index_line.push(b'\n');
+        let metadata = match json {
+            Some(_) => Bytes::from(serde_json::to_vec_pretty(&row.json)?),
+            None => Bytes::new(),
+        };
+        samples.push((
+            Sample {
+                rank: row.rank,
+                path,
+                embedding_path: npy,
+                metadata_path: json,
+                content_id: row.content_id,
+                uri: row.uri,
+                media_type: row.media_type,
+                size: row.size,
+                lance_row,
+                metadata,
+            },
+            index_line,
+        ));
     }
+    samples.sort_by(|a, b| a.0.path.cmp(&b.0.path));
+    // The index lists a similarity view in rank order, any other in path order.
+    let mut order: Vec<usize> = (0..samples.len()).collect();
+    order.sort_by_key(|&i| (samples[i].0.rank, i));
+    let index: Vec<u8> = order
+        .iter()
+        .flat_map(|&i| samples[i].1.iter().copied())
+        .collect();
+    let samples: Vec<Sample> = samples.into_iter().map(|(s, _)| s).collect();
     let receipt = serde_json::json!({
         "spec": spec.name,
         "table": spec.table,

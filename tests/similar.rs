@@ -409,10 +409,9 @@ async fn large_candidate_sets_use_the_flat_kernel_and_stay_exact() {
             inline: None,
         })
         .collect();
-    lakemount::vectors::append(&uri, None, &rows, 8)
+    let ds = lakemount::vectors::append(&uri, None, &rows, 8)
         .await
         .unwrap();
-    let ds = lakemount::vectors::open(&uri).await.unwrap().unwrap();
     let ids = lakemount::vectors::row_ids(&ds).await.unwrap();
     // Every other row is allowed.
     let candidates: Vec<(String, u64)> = rows

@@ -16,7 +16,6 @@ pub mod progress;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
@@ -338,8 +337,9 @@ pub async fn run(
                     inline: config.inline_blobs.then(|| p.bytes.clone()),
                 })
                 .collect();
-            let v = vectors::append(&warehouse.lance_uri, lance.take(), &rows, dim).await?;
-            lance = vectors::open(&warehouse.lance_uri).await?;
+            let ds = vectors::append(&warehouse.lance_uri, lance.take(), &rows, dim).await?;
+            let v = ds.version().version;
+            lance = Some(ds);
             in_lance.extend(rows.into_iter().map(|r| r.content_id));
             v
         };
@@ -489,6 +489,3 @@ fn prepare_one(
         embedding,
     })
 }
-
-/// Shared handle used by the CLI and tests.
-pub type EncoderRef = Arc<dyn Encoder>;
