@@ -6,7 +6,6 @@
 //! own hash, writes are idempotent: a re-run that stores the same bytes
 //! again finds them already there.
 
-use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -61,19 +60,5 @@ impl BlobStore {
                 .await
                 .map(|_| ()),
         }
-    }
-
-    /// Reads a byte range of a stored blob.
-    pub async fn get_range(
-        &self,
-        content_id: &str,
-        range: Range<u64>,
-    ) -> object_store::Result<Bytes> {
-        self.store.get_range(&self.key(content_id), range).await
-    }
-
-    /// Reads a whole stored blob.
-    pub async fn get(&self, content_id: &str) -> object_store::Result<Bytes> {
-        self.store.get(&self.key(content_id)).await?.bytes().await
     }
 }

@@ -166,16 +166,6 @@ impl ViewFs {
             .ok_or(FsError::NotFound)
     }
 
-    /// Number of inodes (files and directories, root included).
-    pub fn len(&self) -> usize {
-        self.nodes.len()
-    }
-
-    /// Whether the tree has only the root.
-    pub fn is_empty(&self) -> bool {
-        self.nodes.len() == 1
-    }
-
     /// Attributes of `ino`.
     pub fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
         let n = self.node(ino)?;
@@ -210,11 +200,6 @@ impl ViewFs {
             .binary_search_by(|c| self.nodes[(*c - 1) as usize].name.as_ref().cmp(name))
             .map_err(|_| FsError::NotFound)?;
         self.getattr(children[i])
-    }
-
-    /// Parent directory of `ino` (the root is its own parent).
-    pub fn parent(&self, ino: u64) -> Result<u64, FsError> {
-        Ok(self.node(ino)?.parent)
     }
 
     /// Lists `ino` from `offset` (0 = start): `.`, `..`, then children by name.

@@ -2,16 +2,7 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
-
-fn lakemount() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_lakemount"));
-    c.env_remove("LAKEMOUNT_WAREHOUSE")
-        .env_remove("LAKEMOUNT_CATALOG");
-    c
-}
 
 fn text(out: &std::process::Output) -> (String, String) {
     (
@@ -22,7 +13,7 @@ fn text(out: &std::process::Output) -> (String, String) {
 
 #[test]
 fn help_explains_every_ingest_option() {
-    let out = lakemount().args(["ingest", "--help"]).output().unwrap();
+    let out = bin().args(["ingest", "--help"]).output().unwrap();
     assert!(out.status.success());
     let (help, _) = text(&out);
     for opt in [
@@ -47,7 +38,7 @@ fn ingest_then_snapshots_and_exit_status_reflects_rejections() {
     image_folder(&dir, &[("a", 3)]);
     let wh = tmp.path().join("wh");
 
-    let out = lakemount()
+    let out = bin()
         .args(["ingest", "--quiet", "--warehouse"])
         .arg(&wh)
         .arg(&dir)
@@ -59,7 +50,7 @@ fn ingest_then_snapshots_and_exit_status_reflects_rejections() {
     assert!(stdout.contains("Lance version 1"), "{stdout}");
 
     std::fs::write(dir.join("a/empty.png"), b"").unwrap();
-    let out = lakemount()
+    let out = bin()
         .args(["ingest", "--quiet", "--warehouse"])
         .arg(&wh)
         .arg(&dir)
@@ -73,7 +64,7 @@ fn ingest_then_snapshots_and_exit_status_reflects_rejections() {
     );
     assert!(stdout.contains("empty.png: file is empty"), "{stdout}");
 
-    let out = lakemount()
+    let out = bin()
         .args(["snapshots", "--warehouse"])
         .arg(&wh)
         .output()
@@ -90,7 +81,7 @@ fn ingest_then_snapshots_and_exit_status_reflects_rejections() {
 #[test]
 fn errors_say_what_to_do_next() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = lakemount()
+    let out = bin()
         .args(["snapshots", "--warehouse"])
         .arg(tmp.path().join("nope"))
         .output()
@@ -100,7 +91,7 @@ fn errors_say_what_to_do_next() {
     assert!(stderr.contains("no warehouse at"), "{stderr}");
     assert!(stderr.contains("lakemount ingest"), "{stderr}");
 
-    let out = lakemount()
+    let out = bin()
         .args(["ingest", "--warehouse"])
         .arg(tmp.path().join("wh"))
         .arg(tmp.path().join("missing-dir"))
@@ -110,7 +101,7 @@ fn errors_say_what_to_do_next() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr.contains("cannot read input directory"), "{stderr}");
 
-    let out = lakemount()
+    let out = bin()
         .args(["ingest", "--split", "0.5,0.6,0.1", "x"])
         .output()
         .unwrap();

@@ -195,12 +195,12 @@ pub async fn published_content_ids(table: &Table) -> Result<HashSet<String>> {
         .to_arrow()
         .await?;
     while let Some(batch) = stream.try_next().await? {
-        let col = batch
-            .column(0)
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .context("content_id column is not a string column")?;
-        ids.extend(col.iter().flatten().map(str::to_string));
+        ids.extend(
+            string_column(&batch, "content_id")?
+                .iter()
+                .flatten()
+                .map(str::to_string),
+        );
     }
     Ok(ids)
 }
@@ -257,18 +257,6 @@ pub fn extra_columns(table: &Table) -> HashMap<String, Option<ExtraType>> {
         .filter(|f| !is_base_column(&f.name))
         .map(|f| (f.name.clone(), ExtraType::from_iceberg(&f.field_type)))
         .collect()
-}
-
-/// Extracts the Lance version from a snapshot summary.
-pub fn lance_version_of(table: &Table, snapshot_id: i64) -> Option<u64> {
-    table
-        .metadata()
-        .snapshot_by_id(snapshot_id)?
-        .summary()
-        .additional_properties
-        .get(PROP_LANCE_VERSION)?
-        .parse()
-        .ok()
 }
 
 /// Checks that a string array column is what the contract says (used by readers).
