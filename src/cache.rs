@@ -10,7 +10,9 @@
 //! Where bytes come from is the [`Source`] trait: the real one reads the
 //! blob store (or any object-store URI) with range requests and inline blobs
 //! through Lance's blob API at the view's pinned version; tests swap in a
-//! failing one.
+//! failing one. `file://` blobs are read with `pread` on the calling thread:
+//! together with the FUSE adapter's poll-once read, a first touch of a local
+//! sample never leaves the FUSE thread.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -196,6 +198,32 @@ impl LakeSource {
     }
 }
 
+/// The local path behind a `file://` URI.
+fn local_path(uri: &str) -> Option<std::path::PathBuf> {
+    if !uri.starts_with("file:") {
+        return None;
+    }
+    Url::parse(uri).ok()?.to_file_path().ok()
+}
+
+/// Bytes `range` of a local file; shorter only if the file is.
+fn read_local(path: &std::path::Path, range: Range<u64>) -> std::io::Result<Bytes> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; (range.end - range.start) as usize];
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read_at(&mut buf[filled..], range.start + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(filled);
+    Ok(Bytes::from(buf))
+}
+
 impl Source for LakeSource {
     fn read_range(
         &self,
@@ -204,6 +232,23 @@ impl Source for LakeSource {
         range: Range<u64>,
     ) -> BoxFuture<'static, Result<Bytes, FetchError>> {
         let uri = &view.samples[i].uri;
+        if let Some(path) = local_path(uri) {
+            // A blob on a local disk: read it on the calling thread. A page
+            // cache hit costs a copy, which is less than handing the request
+            // to object_store's blocking pool and back.
+            let s = &view.samples[i];
+            let result = read_local(&path, range).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => FetchError::NotFound {
+                    content_id: s.content_id.clone(),
+                    uri: s.uri.clone(),
+                },
+                _ => FetchError::Backend {
+                    content_id: s.content_id.clone(),
+                    detail: format!("{}: {e}", path.display()),
+                },
+            });
+            return Box::pin(std::future::ready(result));
+        }
         let store = if uri.starts_with("lance:") {
             None
         } else {

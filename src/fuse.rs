@@ -1,9 +1,10 @@
 //! The fuser adapter: the only module that knows fuser's types.
 //!
-//! Callbacks never block. Lookups, attributes and listings are answered
-//! from the in-memory tree right away; a read copies its arguments, hands
-//! the request to the tokio runtime and replies from the task when the data
-//! arrives. Every error reaching the kernel goes through [`errno`], one
+//! Callbacks never wait on the network. Lookups, attributes and listings
+//! are answered from the in-memory tree right away; a read is polled once
+//! on the FUSE thread, which answers cache hits and local blob files at
+//! once, and anything still pending moves to the tokio runtime, which
+//! replies when the data arrives. Every error reaching the kernel goes through [`errno`], one
 //! exhaustive match. The view is immutable, so entries and attributes carry
 //! a long TTL, files open with keep-cache, and when the kernel supports it
 //! opens are skipped altogether (no-open support), which lets a second epoch
@@ -13,7 +14,9 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
@@ -39,6 +42,13 @@ pub fn errno(e: &FsError) -> Errno {
         FsError::NotDir => Errno::ENOTDIR,
         FsError::IsDir => Errno::EISDIR,
         FsError::Fetch(_) => Errno::EIO,
+    }
+}
+
+fn reply_read(result: Result<bytes::Bytes, FsError>, reply: ReplyData) {
+    match result {
+        Ok(bytes) => reply.data(&bytes),
+        Err(e) => reply.error(errno(&e)),
     }
 }
 
@@ -268,12 +278,20 @@ impl Filesystem for FuseAdapter {
         reply: ReplyData,
     ) {
         let fs = self.fs.clone();
-        self.rt.spawn(async move {
-            match fs.read(ino.0, offset, size).await {
-                Ok(bytes) => reply.data(&bytes),
-                Err(e) => reply.error(errno(&e)),
+        let mut read = Box::pin(async move { fs.read(ino.0, offset, size).await });
+        // Poll once on this thread: a cached chunk or a local blob file is
+        // answered right here, without handing the request to another thread.
+        // Anything that has to wait (a remote fetch, a chunk another reader
+        // is fetching) moves to the runtime, which polls it again with a
+        // real waker.
+        let _runtime = self.rt.enter();
+        let mut cx = Context::from_waker(Waker::noop());
+        match read.as_mut().poll(&mut cx) {
+            Poll::Ready(result) => reply_read(result, reply),
+            Poll::Pending => {
+                self.rt.spawn(async move { reply_read(read.await, reply) });
             }
-        });
+        }
     }
 
     fn readdir(
