@@ -18,7 +18,7 @@ from PIL import Image
 def find_bin(explicit: str | None) -> str:
     if explicit:
         return explicit
-    target = Path(os.environ.get("CARGO_TARGET_DIR", Path(__file__).resolve().parents[1] / "target"))
+    target = Path(os.environ.get("CARGO_TARGET_DIR", Path(__file__).resolve().parents[2] / "target"))
     for profile in ("release", "debug"):
         b = target / profile / "lakemount"
         if b.is_file():

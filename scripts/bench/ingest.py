@@ -5,7 +5,7 @@ Generates a few thousand ~100 KB PNGs, then, repeated --runs times, times
 the least any ingest must do, and (b) `lakemount ingest` into a fresh
 warehouse. Reports medians and the ratio of (b) to (a).
 
-Usage: python scripts/bench_ingest.py [--files 3000] [--size-kb 100] [--runs 3] [--bin PATH]
+Usage: python scripts/bench/ingest.py [--files 3000] [--size-kb 100] [--runs 3] [--bin PATH]
 """
 
 import argparse

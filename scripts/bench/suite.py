@@ -1,0 +1,326 @@
+"""The read-path benchmark suite: lakemount side by side with its limits.
+
+One run, on one machine, each row a median over --runs repetitions with its
+ratio to the local-disk baseline measured in the same run:
+
+1. Random-order open/read/close of N generated ~100 KB images (ingested
+   with their embeddings), files/s, with 1 and 2 reader threads and a
+   DataLoader-like pool of 2 reader processes, for: the files on the local
+   disk (warm page cache: the limit); bindfs over them, with defaults and
+   with kernel_cache and long TTLs (the cost of FUSE itself); lakemount on
+   first touch (fresh mount; the blob files are in the page cache like the
+   local baseline's), moka warm (the page cache dropped, lakemount's cache
+   full) and warm epochs (the better of epochs 2 and 3); the engines without
+   FUSE: pylance `take_blobs` of one row at a time from the same bytes
+   stored inline, and single-row reads from a Parquet file of them with
+   pyarrow (what an Iceberg-only path costs).
+2. A generated metadata-only table of --meta-rows samples: mount-ready
+   time, RSS of the mount (and per sample, above an empty mount's RSS) and
+   the time of a `find` over the whole mount.
+3. Memory bound: one random epoch over the images with the cache set to a
+   quarter of their size; peak RSS against the cache size plus the mount's
+   fixed overhead (its RSS when ready, before any read).
+
+Prints a table and writes JSON (--json). Needs root (drops the page cache,
+mounts bindfs). Run it with scripts/bench/run, which installs what it needs
+and builds the release binary.
+"""
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import Mount, drop_page_cache, find_bin, generate_images, median, read_files  # noqa: E402
+
+
+class Bindfs:
+    def __init__(self, src: Path, mnt: Path, options: list[str]):
+        mnt.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["bindfs", *options, str(src), str(mnt)], check=True)
+        while not os.path.ismount(mnt):
+            time.sleep(0.01)
+        self.mnt = mnt
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        subprocess.run(["umount", str(self.mnt)], check=False)
+
+
+BINDFS = {
+    "bindfs default": ["--multithreaded"],
+    "bindfs kernel_cache, long TTLs": ["--multithreaded", "-o", "kernel_cache,entry_timeout=3600,attr_timeout=3600"],
+}
+
+
+def _read_chunk(paths):
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            while os.read(fd, 1 << 20):
+                pass
+        finally:
+            os.close(fd)
+    return len(paths)
+
+
+def read_processes(pool, paths, seed: int, batch: int = 32) -> float:
+    """Like a DataLoader with workers: a pool of processes is handed batches
+    of a shuffled order; returns files per second."""
+    order = [str(p) for p in paths]
+    random.Random(seed).shuffle(order)
+    batches = [order[i:i + batch] for i in range(0, len(order), batch)]
+    start = time.perf_counter()
+    n = sum(pool.imap_unordered(_read_chunk, batches))
+    return n / (time.perf_counter() - start)
+
+
+def engine_rows(fn, n: int, threads: int, seed: int) -> float:
+    """Calls fn(i) for every row index in a seeded random order over
+    `threads` threads; returns rows per second."""
+    import threading
+
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    parts = [order[i::threads] for i in range(threads)]
+    ts = [threading.Thread(target=lambda part=part: [fn(i) for i in part]) for part in parts]
+    start = time.perf_counter()
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return n / (time.perf_counter() - start)
+
+
+def rss_kb(pid: int, key: str = "VmRSS") -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {key} for pid {pid}")
+
+
+def listing(root: Path, expect: int) -> list[Path]:
+    files = sorted(p for p in root.rglob("*.png"))
+    if len(files) != expect:
+        raise RuntimeError(f"{root}: {len(files)} files, expected {expect}")
+    return files
+
+
+def read_section(args, binary, work, data, paths, wh, results, pool):
+    spec = work / "bench.yaml"
+    spec.write_text("name: bench\nsidecars: []\n")
+    import lance
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ds = lance.dataset(str(wh / "lance" / "bench.inline.lance"))
+    parquet = work / "images.parquet"
+    if not parquet.exists():
+        table = pa.table({"path": [str(p) for p in paths], "bytes": [p.read_bytes() for p in paths]})
+        pq.write_table(table, parquet, row_group_size=64)
+    rg_rows = pq.ParquetFile(parquet).metadata.row_group(0).num_rows
+
+    def lance_take(i):
+        with ds.take_blobs("blob", indices=[i])[0] as f:
+            f.read()
+
+    def parquet_row(i):
+        # Each read opens its own handle, as a DataLoader worker would.
+        f = pq.ParquetFile(parquet)
+        f.read_row_group(i // rg_rows, columns=["bytes"]).column(0)[i % rg_rows].as_py()
+
+    blobs = [p for p in (wh / "blobs").rglob("*") if p.is_file()]
+    # Enough cache for the whole data set: moka warm means everything is in it.
+    cache = f"{max(1, args.samples * args.size_kb * 2 // 1024)}MiB"
+    mnt = work / "mnt"
+    readers = [("1 thread", 1), ("2 threads", 2), ("2 processes", "p")]
+
+    def measure(files, how, seed):
+        if how == "p":
+            return read_processes(pool, files, seed)
+        return read_files(files, how, seed=seed)
+
+    def record(name, label, value):
+        results.setdefault((name, label), []).append(value)
+
+    for run in range(args.runs):
+        for label, how in readers:
+            read_files(paths, 2)  # the local baseline reads from a warm page cache
+            record("local disk", label, measure(paths, how, run))
+            for name, opts in BINDFS.items():
+                with Bindfs(data, work / "bindfs", opts) as b:
+                    view = [b.mnt / p.relative_to(data) for p in paths]
+                    record(name, label, measure(view, how, run))
+            read_files(blobs, 2)  # first touch: nothing in lakemount, blob files in the page cache
+            with Mount(binary, wh, [spec], mnt, extra=["--cache-size", cache]) as m:
+                view = listing(m.mnt / "bench", len(paths))
+                record("lakemount first touch", label, measure(view, how, run))
+                drop_page_cache()
+                view = listing(m.mnt / "bench", len(paths))
+                record("lakemount moka warm (page cache dropped)", label, measure(view, how, run + 100))
+                e2 = measure(view, how, run + 200)
+                e3 = measure(view, how, run + 300)
+                record("lakemount warm epoch (best of 2, 3)", label, max(e2, e3))
+            if how != "p":
+                n = min(len(paths), args.engine_rows)
+                record("pylance take_blobs, 1 row", label, engine_rows(lance_take, n, how, seed=run))
+                record("parquet row read (pyarrow)", label, engine_rows(parquet_row, min(n, 500), how, seed=run))
+        print(f"read run {run + 1}/{args.runs} done", flush=True)
+
+
+def meta_section(args, binary, work, out):
+    wh = work / "meta-wh"
+    if not wh.exists():
+        here = Path(__file__).resolve().parent
+        subprocess.run([sys.executable, str(here / "gen_meta.py"), str(wh), "--rows", str(args.meta_rows),
+                        "--bin", binary], check=True)
+    spec = work / "meta.yaml"
+    spec.write_text("name: meta\ntable: bench.meta\nsidecars: []\n")
+    empty = work / "empty.yaml"
+    empty.write_text("name: empty\ntable: bench.meta\nfilter: \"split = 'none'\"\nsidecars: []\n")
+    mnt = work / "mnt-meta"
+    ready, rss, finds, base = [], [], [], []
+    for _ in range(args.runs):
+        with Mount(binary, wh, [empty], mnt) as m:
+            time.sleep(0.5)
+            base.append(rss_kb(m.proc.pid))
+        with Mount(binary, wh, [spec], mnt) as m:
+            ready.append(m.ready_s)
+            time.sleep(0.5)
+            rss.append(rss_kb(m.proc.pid))
+            start = time.perf_counter()
+            res = subprocess.run(["find", str(mnt)], stdout=subprocess.PIPE, check=True)
+            finds.append(time.perf_counter() - start)
+            entries = res.stdout.count(b"\n")
+    per_sample = (median(rss) - median(base)) * 1024 / args.meta_rows
+    out["meta"] = {
+        "rows": args.meta_rows,
+        "ready_s": round(median(ready), 2),
+        "rss_mb": round(median(rss) / 1024, 1),
+        "empty_mount_rss_mb": round(median(base) / 1024, 1),
+        "bytes_per_sample_above_empty": round(per_sample),
+        "bytes_per_sample_total": round(median(rss) * 1024 / args.meta_rows),
+        "find_s": round(median(finds), 2),
+        "find_entries": entries,
+    }
+
+
+def memory_section(args, binary, work, paths, wh, out):
+    spec = work / "bench.yaml"
+    total = sum(p.stat().st_size for p in paths)
+    cache = total // 4
+    mnt = work / "mnt"
+    with Mount(binary, wh, [spec], mnt, extra=["--cache-size", str(cache)]) as m:
+        view = listing(m.mnt / "bench", len(paths))
+        time.sleep(0.5)
+        fixed = rss_kb(m.proc.pid) * 1024
+        read_files(view, 2, seed=9)
+        drop_page_cache()  # the kernel's copies go; lakemount must re-read
+        read_files(view, 2, seed=10)
+        peak = rss_kb(m.proc.pid, "VmHWM") * 1024
+    out["memory"] = {
+        "data_mb": round(total / 2**20),
+        "cache_mb": round(cache / 2**20),
+        "fixed_overhead_mb": round(fixed / 2**20),
+        "peak_rss_mb": round(peak / 2**20),
+        "bound_mb": round((cache + fixed) / 2**20),
+        "within_bound": peak <= cache + fixed,
+        "peak_over_bound_mb": round((peak - cache - fixed) / 2**20),
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--samples", type=int, default=20000, help="generated images (default 20000)")
+    ap.add_argument("--size-kb", type=int, default=100, help="size of each image (default 100)")
+    ap.add_argument("--runs", type=int, default=3, help="repetitions; rows are medians (default 3)")
+    ap.add_argument("--meta-rows", type=int, default=1_000_000, help="rows of the metadata-only table")
+    ap.add_argument("--engine-rows", type=int, default=3000, help="rows read per pylance/Parquet measurement")
+    ap.add_argument("--bin", help="lakemount binary (default: the release build)")
+    ap.add_argument("--work", type=Path, help="keep generated data here and reuse it")
+    ap.add_argument("--json", type=Path, default=Path("scripts/out/bench.json"))
+    ap.add_argument("--only", choices=["read", "meta", "memory"], action="append",
+                    help="run only these sections (repeatable)")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("the suite drops the page cache and mounts bindfs: run it as root")
+    if not shutil.which("bindfs"):
+        raise SystemExit("bindfs is missing: run scripts/bench/run, or apt-get install bindfs")
+    sections = args.only or ["read", "meta", "memory"]
+    binary = find_bin(args.bin)
+    work = args.work or Path(tempfile.mkdtemp(prefix="lakemount-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    out = {"binary": binary, "samples": args.samples, "size_kb": args.size_kb, "runs": args.runs}
+
+    if "read" in sections or "memory" in sections:
+        data = work / "images"
+        print(f"generating {args.samples} images of ~{args.size_kb} KB in {data} ...", flush=True)
+        paths = generate_images(data, args.samples, args.size_kb, labels=100)
+        wh = work / "wh"
+        if not (wh / "lance" / "bench.inline.lance").exists():
+            print("ingesting (blob store, then inline) ...", flush=True)
+            subprocess.run([binary, "ingest", "--quiet", "--warehouse", str(wh), str(data)], check=True,
+                           stdout=subprocess.DEVNULL)
+            subprocess.run([binary, "ingest", "--quiet", "--inline-blobs", "--table", "bench.inline",
+                            "--warehouse", str(wh), str(data)], check=True, stdout=subprocess.DEVNULL)
+        (work / "bench.yaml").write_text("name: bench\nsidecars: []\n")
+
+    if "read" in sections:
+        results = {}
+        with mp.get_context("fork").Pool(2) as pool:
+            read_section(args, binary, work, data, paths, wh, results, pool)
+        rows = []
+        for label in ("1 thread", "2 threads", "2 processes"):
+            local = median(results[("local disk", label)])
+            for (name, lab), vals in results.items():
+                if lab != label:
+                    continue
+                v = median(vals)
+                rows.append({"path": name, "readers": label, "files_per_s": round(v),
+                             "ratio_to_local": round(v / local, 3)})
+        out["read"] = rows
+    if "meta" in sections:
+        print(f"metadata-only table of {args.meta_rows} rows ...", flush=True)
+        meta_section(args, binary, work, out)
+    if "memory" in sections:
+        print("memory bound ...", flush=True)
+        memory_section(args, binary, work, paths, wh, out)
+    out["suite_s"] = round(time.perf_counter() - started)
+
+    print_report(out)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"(json: {args.json})")
+    if not args.work:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def print_report(out):
+    if "read" in out:
+        rows = out["read"]
+        print(f"\nrandom-order reads of {out['samples']} files of ~{out['size_kb']} KB, "
+              f"median of {out['runs']} runs ({out['binary']})")
+        keys = list(rows[0].keys())
+        widths = [max(len(k), *(len(str(r[k])) for r in rows)) for k in keys]
+        print("  ".join(k.ljust(w) for k, w in zip(keys, widths)))
+        for r in rows:
+            print("  ".join(str(r[k]).ljust(w) for k, w in zip(keys, widths)))
+    for section in ("meta", "memory"):
+        if section in out:
+            print(f"\n{section}: " + ", ".join(f"{k}={v}" for k, v in out[section].items()))
+    print(f"\nsuite took {out['suite_s']} s")
+
+
+if __name__ == "__main__":
+    main()
