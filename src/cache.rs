@@ -127,7 +127,7 @@ impl ChunkCache {
                 let s = &view.samples[i];
                 if bytes.len() as u64 != expected {
                     return Err(FetchError::Corrupt {
-                        content_id: s.content_id.clone(),
+                        content_id: view.content_id(i),
                         detail: format!(
                             "expected {expected} bytes at chunk {chunk}, got {}",
                             bytes.len()
@@ -137,10 +137,10 @@ impl ChunkCache {
                 // A sample that fits in one chunk is checked against its content id.
                 if chunk == 0
                     && s.size <= CHUNK
-                    && hex::encode(Sha256::digest(&bytes)) != s.content_id
+                    && Sha256::digest(&bytes).as_slice() != s.content_id
                 {
                     return Err(FetchError::Corrupt {
-                        content_id: s.content_id.clone(),
+                        content_id: view.content_id(i),
                         detail: "bytes do not hash to the content id".into(),
                     });
                 }
@@ -231,19 +231,18 @@ impl Source for LakeSource {
         i: usize,
         range: Range<u64>,
     ) -> BoxFuture<'static, Result<Bytes, FetchError>> {
-        let uri = &view.samples[i].uri;
-        if let Some(path) = local_path(uri) {
+        let uri = view.uri(i).into_owned();
+        if let Some(path) = local_path(&uri) {
             // A blob on a local disk: read it on the calling thread. A page
             // cache hit costs a copy, which is less than handing the request
             // to object_store's blocking pool and back.
-            let s = &view.samples[i];
             let result = read_local(&path, range).map_err(|e| match e.kind() {
                 std::io::ErrorKind::NotFound => FetchError::NotFound {
-                    content_id: s.content_id.clone(),
-                    uri: s.uri.clone(),
+                    content_id: view.content_id(i),
+                    uri,
                 },
                 _ => FetchError::Backend {
-                    content_id: s.content_id.clone(),
+                    content_id: view.content_id(i),
                     detail: format!("{}: {e}", path.display()),
                 },
             });
@@ -253,7 +252,7 @@ impl Source for LakeSource {
             None
         } else {
             Some(
-                Url::parse(uri)
+                Url::parse(&uri)
                     .map_err(|e| format!("bad uri {uri}: {e}"))
                     .and_then(|u| self.store_for(&u)),
             )
@@ -261,7 +260,7 @@ impl Source for LakeSource {
         Box::pin(async move {
             let s = &view.samples[i];
             let backend = |detail: String| FetchError::Backend {
-                content_id: s.content_id.clone(),
+                content_id: view.content_id(i),
                 detail,
             };
             let Some(store) = store else {
@@ -288,8 +287,8 @@ impl Source for LakeSource {
             let (store, path) = store.map_err(backend)?;
             store.get_range(&path, range).await.map_err(|e| match e {
                 object_store::Error::NotFound { .. } => FetchError::NotFound {
-                    content_id: s.content_id.clone(),
-                    uri: s.uri.clone(),
+                    content_id: view.content_id(i),
+                    uri: uri.clone(),
                 },
                 other => backend(other.to_string()),
             })
@@ -304,7 +303,7 @@ impl Source for LakeSource {
         Box::pin(async move {
             let s = &view.samples[i];
             let backend = |detail: String| FetchError::Backend {
-                content_id: s.content_id.clone(),
+                content_id: view.content_id(i),
                 detail,
             };
             let (Some(lance), Some(row)) = (&view.lance, s.lance_row) else {

@@ -144,7 +144,8 @@ struct MountArgs {
     /// Bytes of sample data kept in memory (suffixes K, M, G, KiB, MiB, GiB).
     #[arg(long, default_value = "1GiB", value_parser = parse_size, help_heading = "Serving")]
     cache_size: u64,
-    /// FUSE worker threads (reads themselves run on the async runtime).
+    /// FUSE worker threads (cache hits and local blob files are read on them;
+    /// remote fetches run on the async runtime).
     #[arg(long, default_value_t = 4, help_heading = "Serving")]
     threads: usize,
     /// Let other users read the mount (needs root or user_allow_other in /etc/fuse.conf).
@@ -366,7 +367,7 @@ async fn run_pin(args: PinArgs) -> Result<ExitCode> {
     // The pinned text must resolve to the very same listing.
     let check = crate::spec::parse(&pinned, &args.spec, &args.warehouse.table)?;
     let again = crate::view::resolve(&check, wh.catalog.as_ref(), &BuiltinEncoder).await?;
-    if again.index != view.index {
+    if again.listing_sha256() != view.listing_sha256() {
         anyhow::bail!("internal: the pinned spec resolves to a different listing");
     }
     match &args.output {
@@ -428,6 +429,7 @@ async fn resolve_specs(
 }
 
 async fn run_mount(args: MountArgs) -> Result<ExitCode> {
+    fixed_mmap_threshold();
     let mountpoint = args.mountpoint.clone();
     crate::mount::check_mountpoint(&mountpoint)?;
     let start = std::time::Instant::now();
@@ -445,6 +447,7 @@ async fn run_mount(args: MountArgs) -> Result<ExitCode> {
         passthrough: args.passthrough,
     };
     let mounted = crate::mount::mount(views, &mountpoint, &opts)?;
+    release_freed_memory();
     eprintln!(
         "mounted {} at {} ({samples} samples, ready in {:.2} s); Ctrl-C or `lakemount umount {}` to unmount",
         names.join(", "),
@@ -455,6 +458,19 @@ async fn run_mount(args: MountArgs) -> Result<ExitCode> {
     crate::mount::serve(mounted).await?;
     eprintln!("unmounted {}", mountpoint.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// A mount is a long-running process whose large buffers (resolution
+/// scratch, cache chunks) come and go: serve every allocation of 128 KiB or
+/// more with its own mapping, returned to the system when freed. Without a
+/// fixed threshold glibc raises it as big blocks are freed, and later big
+/// blocks land in the heap where freed space fragments instead of returning.
+fn fixed_mmap_threshold() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning; it has no preconditions.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
 }
 
 /// Resolving a view allocates per-row scratch (maps, Arrow batches) that is

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::{Bytes, BytesMut};
 
 use crate::cache::{CHUNK, ChunkCache, FetchError};
-use crate::view::{Content, View};
+use crate::view::{Content, FileName, View};
 
 /// Inode number of the mount's root directory.
 pub const ROOT: u64 = 1;
@@ -71,27 +71,33 @@ pub enum FsError {
     Fetch(Arc<FetchError>),
 }
 
+/// A node of the tree. Files hold no name or size of their own: both come
+/// from the view, which keeps each sample's path once.
+struct Node {
+    parent: u32,
+    body: Body,
+}
+
 enum Body {
-    Dir {
-        children: Vec<u64>,
-    },
+    /// Index into `ViewFs::dirs`.
+    Dir(u32),
     File {
         view: u32,
         content: Content,
-        size: u64,
     },
 }
 
-struct Node {
-    parent: u64,
+struct Dir {
     name: Box<str>,
     view: Option<u32>,
-    body: Body,
+    /// Children's inode numbers, sorted by name.
+    children: Vec<u32>,
 }
 
 /// The mounted tree.
 pub struct ViewFs {
     nodes: Vec<Node>,
+    dirs: Vec<Dir>,
     views: Vec<Arc<View>>,
     cache: ChunkCache,
     mount_time: SystemTime,
@@ -100,64 +106,109 @@ pub struct ViewFs {
 impl ViewFs {
     /// Builds the tree: one directory per view under the root.
     pub fn new(views: Vec<Arc<View>>, cache: ChunkCache) -> Self {
-        let mut nodes = vec![Node {
-            parent: ROOT,
-            name: "".into(),
-            view: None,
-            body: Body::Dir {
-                children: Vec::new(),
-            },
-        }];
-        let mut order: Vec<usize> = (0..views.len()).collect();
-        order.sort_by(|&a, &b| views[a].name.cmp(&views[b].name));
-        for vi in order {
-            let view = &views[vi];
-            let view_no = vi as u32;
-            let view_root = add(
-                &mut nodes,
-                ROOT,
-                &view.name,
-                Some(view_no),
-                Body::Dir {
-                    children: Vec::new(),
-                },
-            );
-            let mut dirs: HashMap<String, u64> = HashMap::new();
-            for f in view.files() {
-                let (dir_path, file_name) = match f.path.rsplit_once('/') {
-                    Some((d, n)) => (Some(d), n),
-                    None => (None, f.path.as_str()),
-                };
-                let parent = match dir_path {
-                    None => view_root,
-                    Some(d) => ensure_dir(&mut nodes, &mut dirs, view_root, view_no, d),
-                };
-                add(
-                    &mut nodes,
-                    parent,
-                    file_name,
-                    Some(view_no),
-                    Body::File {
-                        view: view_no,
-                        content: f.content,
-                        size: f.size,
-                    },
-                );
-            }
-        }
-        // Children sorted by name: lookups binary-search, listings are ordered.
-        let names: Vec<Box<str>> = nodes.iter().map(|n| n.name.clone()).collect();
-        for n in &mut nodes {
-            if let Body::Dir { children } = &mut n.body {
-                children.sort_by(|a, b| names[(*a - 1) as usize].cmp(&names[(*b - 1) as usize]));
-            }
-        }
-        Self {
-            nodes,
+        let mut fs = Self {
+            nodes: Vec::new(),
+            dirs: Vec::new(),
             views,
             cache,
             mount_time: SystemTime::now(),
+        };
+        fs.add_dir(ROOT, "", None);
+        let mut order: Vec<usize> = (0..fs.views.len()).collect();
+        order.sort_by(|&a, &b| fs.views[a].name.cmp(&fs.views[b].name));
+        for vi in order {
+            let view = fs.views[vi].clone();
+            let view_no = vi as u32;
+            let view_root = fs.add_dir(ROOT, &view.name, Some(view_no));
+            for content in [Content::Index, Content::Receipt] {
+                fs.add(
+                    view_root,
+                    Body::File {
+                        view: view_no,
+                        content,
+                    },
+                );
+            }
+            // Samples come in path order, each followed by its sidecars.
+            let mut dirs: HashMap<String, u64> = HashMap::new();
+            for i in 0..view.samples.len() {
+                let parent = match view.dir_of(i) {
+                    "" => view_root,
+                    d => fs.ensure_dir(&mut dirs, view_root, view_no, d),
+                };
+                for content in view.contents_of(i) {
+                    fs.add(
+                        parent,
+                        Body::File {
+                            view: view_no,
+                            content,
+                        },
+                    );
+                }
+            }
         }
+        // Children sorted by name: lookups binary-search, listings are ordered.
+        let sorted: Vec<Vec<u32>> = fs
+            .dirs
+            .iter()
+            .map(|d| {
+                let mut named: Vec<(FileName<'_>, u32)> = d
+                    .children
+                    .iter()
+                    .map(|&c| (fs.name(u64::from(c)), c))
+                    .collect();
+                named.sort_by(|a, b| a.0.cmp_name(&b.0));
+                named.into_iter().map(|(_, c)| c).collect()
+            })
+            .collect();
+        for (d, children) in fs.dirs.iter_mut().zip(sorted) {
+            d.children = children;
+            d.children.shrink_to_fit();
+        }
+        fs.nodes.shrink_to_fit();
+        fs
+    }
+
+    fn add(&mut self, parent: u64, body: Body) -> u64 {
+        self.nodes.push(Node {
+            parent: parent as u32,
+            body,
+        });
+        let ino = self.nodes.len() as u64;
+        if ino != ROOT
+            && let Body::Dir(d) = self.nodes[(parent - 1) as usize].body
+        {
+            self.dirs[d as usize].children.push(ino as u32);
+        }
+        ino
+    }
+
+    fn add_dir(&mut self, parent: u64, name: &str, view: Option<u32>) -> u64 {
+        self.dirs.push(Dir {
+            name: name.into(),
+            view,
+            children: Vec::new(),
+        });
+        self.add(parent, Body::Dir((self.dirs.len() - 1) as u32))
+    }
+
+    fn ensure_dir(
+        &mut self,
+        dirs: &mut HashMap<String, u64>,
+        root: u64,
+        view: u32,
+        path: &str,
+    ) -> u64 {
+        if let Some(&ino) = dirs.get(path) {
+            return ino;
+        }
+        let (parent, name) = match path.rsplit_once('/') {
+            Some((p, n)) => (self.ensure_dir(dirs, root, view, p), n),
+            None => (root, path),
+        };
+        let ino = self.add_dir(parent, name, Some(view));
+        dirs.insert(path.to_string(), ino);
+        ino
     }
 
     fn node(&self, ino: u64) -> Result<&Node, FsError> {
@@ -166,66 +217,80 @@ impl ViewFs {
             .ok_or(FsError::NotFound)
     }
 
+    /// Name of an existing node.
+    fn name(&self, ino: u64) -> FileName<'_> {
+        match self.nodes[(ino - 1) as usize].body {
+            Body::Dir(d) => FileName::plain(&self.dirs[d as usize].name),
+            Body::File { view, content } => self.views[view as usize].file_name(content),
+        }
+    }
+
     /// Attributes of `ino`.
     pub fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
         let n = self.node(ino)?;
-        let mtime = match n.view {
+        let (view, kind, size) = match n.body {
+            Body::Dir(d) => (self.dirs[d as usize].view, Kind::Dir, 0),
+            Body::File { view, content } => (
+                Some(view),
+                Kind::File,
+                self.views[view as usize].file_size(content),
+            ),
+        };
+        let mtime = match view {
             Some(v) => {
                 UNIX_EPOCH + Duration::from_millis(self.views[v as usize].snapshot_ms.max(0) as u64)
             }
             None => self.mount_time,
         };
-        Ok(match n.body {
-            Body::Dir { .. } => Attr {
-                ino,
-                kind: Kind::Dir,
-                size: 0,
-                mtime,
-            },
-            Body::File { size, .. } => Attr {
-                ino,
-                kind: Kind::File,
-                size,
-                mtime,
-            },
+        Ok(Attr {
+            ino,
+            kind,
+            size,
+            mtime,
         })
+    }
+
+    fn children(&self, ino: u64) -> Result<&[u32], FsError> {
+        match self.node(ino)?.body {
+            Body::Dir(d) => Ok(&self.dirs[d as usize].children),
+            Body::File { .. } => Err(FsError::NotDir),
+        }
     }
 
     /// Finds `name` in directory `parent`.
     pub fn lookup(&self, parent: u64, name: &str) -> Result<Attr, FsError> {
-        let Body::Dir { children } = &self.node(parent)?.body else {
-            return Err(FsError::NotDir);
-        };
+        let children = self.children(parent)?;
         let i = children
-            .binary_search_by(|c| self.nodes[(*c - 1) as usize].name.as_ref().cmp(name))
+            .binary_search_by(|&c| self.name(u64::from(c)).cmp_str(name))
             .map_err(|_| FsError::NotFound)?;
-        self.getattr(children[i])
+        self.getattr(u64::from(children[i]))
     }
 
-    /// Lists `ino` from `offset` (0 = start): `.`, `..`, then children by name.
-    pub fn readdir(&self, ino: u64, offset: u64) -> Result<Vec<DirEntry>, FsError> {
-        let n = self.node(ino)?;
-        let Body::Dir { children } = &n.body else {
-            return Err(FsError::NotDir);
-        };
-        let mut out = Vec::new();
+    /// Lists `ino` from `offset` (0 = start): `.`, `..`, then children by
+    /// name. Lazy: the caller takes as many entries as fit in its reply.
+    pub fn readdir(
+        &self,
+        ino: u64,
+        offset: u64,
+    ) -> Result<impl Iterator<Item = DirEntry> + '_, FsError> {
+        let children = self.children(ino)?;
+        let parent = u64::from(self.node(ino)?.parent);
         let total = children.len() as u64 + 2;
-        for pos in offset..total {
+        Ok((offset..total).filter_map(move |pos| {
             let (name, child) = match pos {
                 0 => (".".to_string(), ino),
-                1 => ("..".to_string(), n.parent),
+                1 => ("..".to_string(), parent),
                 _ => {
-                    let c = children[(pos - 2) as usize];
-                    (self.nodes[(c - 1) as usize].name.to_string(), c)
+                    let c = u64::from(children[(pos - 2) as usize]);
+                    (self.name(c).to_string(), c)
                 }
             };
-            out.push(DirEntry {
+            Some(DirEntry {
                 name,
-                attr: self.getattr(child)?,
+                attr: self.getattr(child).ok()?,
                 next_offset: pos + 1,
-            });
-        }
-        Ok(out)
+            })
+        }))
     }
 
     /// The local file that holds a sample's bytes, with the size the table
@@ -236,18 +301,17 @@ impl ViewFs {
         let Body::File {
             view,
             content: Content::Sample(i),
-            size,
         } = self.node(ino).ok()?.body
         else {
             return None;
         };
-        let uri = &self.views[view as usize].samples[i].uri;
-        let path = url::Url::parse(uri)
+        let view = &self.views[view as usize];
+        let path = url::Url::parse(&view.uri(i as usize))
             .ok()
             .filter(|u| u.scheme() == "file")?
             .to_file_path()
             .ok()?;
-        Some((path, size))
+        Some((path, view.samples[i as usize].size))
     }
 
     /// Reads up to `size` bytes at `offset`; short only at end of file.
@@ -256,22 +320,23 @@ impl ViewFs {
         let Body::File {
             view: view_no,
             content,
-            size: len,
         } = n.body
         else {
             return Err(FsError::IsDir);
         };
+        let view = &self.views[view_no as usize];
+        let len = view.file_size(content);
         if offset >= len || size == 0 {
             return Ok(Bytes::new());
         }
         let end = len.min(offset + u64::from(size));
-        let view = &self.views[view_no as usize];
         let slice = |b: &Bytes| b.slice(offset as usize..end as usize);
         match content {
-            Content::Index => Ok(slice(&view.index)),
-            Content::Receipt => Ok(slice(&view.receipt)),
-            Content::Metadata(i) => Ok(slice(&view.samples[i].metadata)),
+            Content::Index => Ok(view.index_bytes(offset..end)),
+            Content::Receipt => Ok(slice(&view.receipt())),
+            Content::Metadata(i) => Ok(slice(&Bytes::from(view.metadata_json(i as usize)))),
             Content::Embedding(i) => {
+                let i = i as usize;
                 let npy = self
                     .cache
                     .embedding_npy(view_no, view, i)
@@ -280,6 +345,7 @@ impl ViewFs {
                 Ok(slice(&npy))
             }
             Content::Sample(i) => {
+                let i = i as usize;
                 let first = offset / CHUNK;
                 let last = (end - 1) / CHUNK;
                 let chunks = futures::future::try_join_all(
@@ -307,50 +373,9 @@ impl ViewFs {
 fn fetch_failed(view: &View, i: usize, e: Arc<FetchError>) -> FsError {
     tracing::error!(
         view = %view.name,
-        path = %view.samples[i].path,
-        content_id = %view.samples[i].content_id,
+        path = %view.path(i),
+        content_id = %view.content_id(i),
         "read failed: {e}"
     );
     FsError::Fetch(e)
-}
-
-fn add(nodes: &mut Vec<Node>, parent: u64, name: &str, view: Option<u32>, body: Body) -> u64 {
-    nodes.push(Node {
-        parent,
-        name: name.into(),
-        view,
-        body,
-    });
-    let ino = nodes.len() as u64;
-    if let Body::Dir { children } = &mut nodes[(parent - 1) as usize].body {
-        children.push(ino);
-    }
-    ino
-}
-
-fn ensure_dir(
-    nodes: &mut Vec<Node>,
-    dirs: &mut HashMap<String, u64>,
-    root: u64,
-    view: u32,
-    path: &str,
-) -> u64 {
-    if let Some(&ino) = dirs.get(path) {
-        return ino;
-    }
-    let (parent, name) = match path.rsplit_once('/') {
-        Some((p, n)) => (ensure_dir(nodes, dirs, root, view, p), n),
-        None => (root, path),
-    };
-    let ino = add(
-        nodes,
-        parent,
-        name,
-        Some(view),
-        Body::Dir {
-            children: Vec::new(),
-        },
-    );
-    dirs.insert(path.to_string(), ino);
-    ino
 }

@@ -104,6 +104,45 @@ impl Layout {
         })
     }
 
+    /// Appends one sample's path (components joined by `/`) to `out`
+    /// without allocating: `value` appends a field's text to the buffer it
+    /// is given and returns false for null. Same result as [`Layout::render`].
+    pub fn render_into(
+        &self,
+        out: &mut String,
+        scratch: &mut String,
+        mut value: impl FnMut(&str, &mut String) -> bool,
+    ) {
+        for (k, seg) in self.segments.iter().enumerate() {
+            if k > 0 {
+                out.push('/');
+            }
+            scratch.clear();
+            for p in seg {
+                match p {
+                    Piece::Lit(l) => scratch.push_str(l),
+                    Piece::Field(f) => {
+                        let mark = scratch.len();
+                        if !value(f, scratch) {
+                            scratch.truncate(mark);
+                            scratch.push_str("_null_");
+                        }
+                    }
+                }
+            }
+            let plain = !scratch.is_empty()
+                && scratch != "."
+                && scratch != ".."
+                && scratch.len() <= NAME_MAX
+                && !scratch.contains(['/', '\0']);
+            if plain {
+                out.push_str(scratch);
+            } else {
+                out.push_str(&safe_component(scratch));
+            }
+        }
+    }
+
     /// Renders the path components for one sample; `value` gives a field's
     /// text (`None` for null).
     pub fn render(&self, value: impl Fn(&str) -> Option<String>) -> Vec<String> {
@@ -135,10 +174,11 @@ fn check_lit(lit: &str, text: &str) -> Result<String> {
 
 /// Makes one path component safe (see the module docs).
 pub fn safe_component(s: &str) -> String {
-    let mut out: String = s
-        .chars()
-        .map(|c| if c == '/' || c == '\0' { '_' } else { c })
-        .collect();
+    let mut out = if s.contains(['/', '\0']) {
+        s.replace(['/', '\0'], "_")
+    } else {
+        s.to_string()
+    };
     if out.is_empty() {
         out = "_empty_".into();
     } else if out == "." || out == ".." {
@@ -203,6 +243,42 @@ mod tests {
         let a = safe_component(&long);
         assert!(a.len() <= NAME_MAX);
         assert_ne!(a, safe_component(&"é".repeat(201)));
+    }
+
+    #[test]
+    fn render_into_matches_render() {
+        let l = Layout::parse("{split}/x-{label}/{content_id}{ext}").unwrap();
+        let long = "é".repeat(200);
+        let values = [
+            None,
+            Some(""),
+            Some("."),
+            Some(".."),
+            Some("a/b"),
+            Some("c\0d"),
+            Some(long.as_str()),
+            Some("plain"),
+        ];
+        let (mut out, mut scratch) = (String::new(), String::new());
+        for a in values {
+            for b in values {
+                let v = |f: &str| match f {
+                    "split" => a,
+                    "label" => b,
+                    "content_id" => Some("abc"),
+                    _ => Some(".png"),
+                };
+                out.clear();
+                l.render_into(&mut out, &mut scratch, |f, buf| match v(f) {
+                    Some(t) => {
+                        buf.push_str(t);
+                        true
+                    }
+                    None => false,
+                });
+                assert_eq!(out, l.render(|f| v(f).map(str::to_string)).join("/"));
+            }
+        }
     }
 
     #[test]

@@ -435,3 +435,101 @@ fn passthrough_serves_the_same_bytes_and_refuses_missing_blobs() {
         &f.originals[stem(pngs[2])]
     );
 }
+
+#[test]
+fn long_listings_read_at_any_offset_and_clashing_names_get_suffixes() {
+    // 230 samples: the listing spans several of the marks it is rendered
+    // from, and a layout without the content id makes names clash.
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let files = image_folder(&root.join("in"), &[("cat", 150), ("dog", 80)]);
+    let wh = root.join("wh");
+    ingest_cli(&wh, &[root.join("in").to_str().unwrap()]);
+    let s = spec(
+        root,
+        "flat",
+        "layout: '{label}{ext}'\nsidecars: [metadata]\n",
+    );
+    let mnt = root.join("mnt");
+    let _guard = MountGuard::start(&wh, &[&s], &mnt);
+
+    let walked = walk(&mnt);
+    assert_eq!(walked, ls(&wh, &[&s]));
+    let by_id: HashMap<String, Vec<u8>> = files.into_values().map(|b| (sha256(&b), b)).collect();
+    let pngs: Vec<&String> = walked.keys().filter(|p| p.ends_with(".png")).collect();
+    assert_eq!(pngs.len(), by_id.len());
+    // The first cat in content-id order keeps `cat.png`; the others carry a
+    // prefix of their content id, and every sidecar follows its sample.
+    assert!(walked.contains_key("flat/cat.png") && walked.contains_key("flat/dog.png"));
+    for p in &pngs {
+        let bytes = std::fs::read(mnt.join(p)).unwrap();
+        let id = sha256(&bytes);
+        assert!(by_id.contains_key(&id));
+        let name = p
+            .strip_prefix("flat/")
+            .unwrap()
+            .strip_suffix(".png")
+            .unwrap();
+        if let Some((_, tag)) = name.split_once('~') {
+            assert!(id.starts_with(tag), "{p} holds {id}");
+        }
+        let json = format!("{}.json", p.strip_suffix(".png").unwrap());
+        let meta: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(mnt.join(&json)).unwrap()).unwrap();
+        assert_eq!(meta["content_id"], id, "{json}");
+    }
+
+    // The listing, read first in random pieces (each page the kernel asks
+    // for is rendered from the nearest mark) and then whole, is one
+    // consistent file whose digest the receipt records.
+    let file = std::fs::File::open(mnt.join("flat/_index.jsonl")).unwrap();
+    let len = file.metadata().unwrap().len();
+    let mut pieces = Vec::new();
+    let mut x = 5u64;
+    for _ in 0..200 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let offset = (x % (len + 50)) as usize;
+        let size = 1 + ((x >> 24) % 40_000) as usize;
+        let mut buf = vec![0u8; size];
+        let mut got = 0;
+        while got < size {
+            let n = file
+                .read_at(&mut buf[got..], (offset + got) as u64)
+                .unwrap();
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        pieces.push((offset, buf[..got].to_vec()));
+    }
+    let index = std::fs::read(mnt.join("flat/_index.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = index
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), by_id.len());
+    let mut listed: Vec<&str> = lines.iter().map(|l| l["path"].as_str().unwrap()).collect();
+    let sorted = {
+        let mut s = listed.clone();
+        s.sort();
+        s
+    };
+    assert_eq!(listed, sorted, "the listing is in path order");
+    listed.dedup();
+    assert_eq!(listed.len(), lines.len());
+    let receipt: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(mnt.join("flat/_receipt.json")).unwrap()).unwrap();
+    assert_eq!(receipt["listing_sha256"], sha256(&index));
+    for (offset, piece) in pieces {
+        let end = (offset + piece.len()).min(index.len());
+        assert_eq!(
+            piece,
+            index.get(offset..end).unwrap_or(&[]),
+            "offset {offset}"
+        );
+    }
+}

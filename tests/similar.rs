@@ -103,7 +103,10 @@ async fn ranked(wh: &Path, spec: &Path) -> (Vec<String>, serde_json::Value) {
     let view = lakemount::view::resolve(&s, w.catalog.as_ref(), &BuiltinEncoder)
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
-    let ids = std::str::from_utf8(&view.index)
+    let index = view.index_bytes(0..u64::MAX);
+    // The listing is rendered on demand; the receipt's digest covers exactly it.
+    assert_eq!(sha256(&index), view.listing_sha256());
+    let ids = std::str::from_utf8(&index)
         .unwrap()
         .lines()
         .map(|l| {
@@ -113,7 +116,7 @@ async fn ranked(wh: &Path, spec: &Path) -> (Vec<String>, serde_json::Value) {
                 .to_string()
         })
         .collect();
-    (ids, serde_json::from_slice(&view.receipt).unwrap())
+    (ids, serde_json::from_slice(&view.receipt()).unwrap())
 }
 
 #[tokio::test]
