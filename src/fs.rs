@@ -3,11 +3,14 @@
 //! fuser types, so it is tested without a kernel in the loop.
 //!
 //! The tree is built once at mount and never changes: views are pinned.
-//! Inode numbers are assigned in sorted path order (root = 1, then each
-//! spec directory and its contents), so the same specs always give the same
-//! numbers, `forget` has nothing to free, and the kernel may cache entries
-//! and attributes indefinitely. Lookups and listings touch only this
-//! in-memory tree; only `read` may wait on storage.
+//! Inode numbers are assigned in a fixed order (root = 1, then each spec
+//! directory by name: its listing and receipt, then its samples in path
+//! order, each preceded by any directory it is the first in and followed
+//! by its sidecars), so the same specs always give the same numbers,
+//! `forget` has nothing to free, and the kernel may cache entries and
+//! attributes indefinitely. A file node holds no name: names come from the
+//! view, which stores each sample's path once. Lookups and listings touch
+//! only this in-memory tree; only `read` may wait on storage.
 
 use std::collections::HashMap;
 use std::sync::Arc;
