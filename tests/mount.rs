@@ -55,6 +55,21 @@ fn spec(dir: &Path, name: &str, body: &str) -> PathBuf {
     p
 }
 
+/// Up to `size` bytes at `offset`, fewer only at the end of the file.
+fn read_at_most(file: &std::fs::File, offset: u64, size: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; size];
+    let mut got = 0;
+    while got < size {
+        let n = file.read_at(&mut buf[got..], offset + got as u64).unwrap();
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    buf.truncate(got);
+    buf
+}
+
 fn stem(path: &str) -> &str {
     let file = path.rsplit('/').next().unwrap();
     file.split('.').next().unwrap()
@@ -159,24 +174,14 @@ fn reads_at_any_offset_and_size_are_exact() {
         x ^= x << 17;
         let offset = (x % (original.len() as u64 + 10)) as usize;
         let size = ((x >> 20) % 3_000_000) as usize;
-        let mut buf = vec![0u8; size];
-        let mut got = 0;
-        while got < size {
-            let n = file
-                .read_at(&mut buf[got..], (offset + got) as u64)
-                .unwrap();
-            if n == 0 {
-                break;
-            }
-            got += n;
-        }
+        let buf = read_at_most(&file, offset as u64, size);
         let end = (offset + size).min(original.len());
         let expected = if offset >= original.len() {
             &[][..]
         } else {
             &original[offset..end]
         };
-        assert_eq!(&buf[..got], expected, "offset {offset} size {size}");
+        assert_eq!(&buf[..], expected, "offset {offset} size {size}");
     }
     // Seek to the end and read nothing.
     let mut file = file;
@@ -492,18 +497,8 @@ fn long_listings_read_at_any_offset_and_clashing_names_get_suffixes() {
         x ^= x << 17;
         let offset = (x % (len + 50)) as usize;
         let size = 1 + ((x >> 24) % 40_000) as usize;
-        let mut buf = vec![0u8; size];
-        let mut got = 0;
-        while got < size {
-            let n = file
-                .read_at(&mut buf[got..], (offset + got) as u64)
-                .unwrap();
-            if n == 0 {
-                break;
-            }
-            got += n;
-        }
-        pieces.push((offset, buf[..got].to_vec()));
+        let buf = read_at_most(&file, offset as u64, size);
+        pieces.push((offset, buf));
     }
     let index = std::fs::read(mnt.join("flat/_index.jsonl")).unwrap();
     let lines: Vec<serde_json::Value> = index

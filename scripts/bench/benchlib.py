@@ -43,6 +43,18 @@ def generate_images(dest: Path, count: int, size_kb: int, labels: int = 10, seed
     return paths
 
 
+def read_all(paths) -> int:
+    """Opens, reads to the end and closes each file, as a data loader would."""
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            while os.read(fd, 1 << 20):
+                pass
+        finally:
+            os.close(fd)
+    return len(paths)
+
+
 def read_files(paths: list[Path], threads: int, seed: int = 7) -> float:
     """Reads every file once (open, read all, close) in a seeded random
     order split across `threads` threads; returns files per second."""
@@ -53,13 +65,7 @@ def read_files(paths: list[Path], threads: int, seed: int = 7) -> float:
 
     def worker(part):
         try:
-            for p in part:
-                fd = os.open(p, os.O_RDONLY)
-                try:
-                    while os.read(fd, 1 << 20):
-                        pass
-                finally:
-                    os.close(fd)
+            read_all(part)
         except OSError as e:  # reported, never silently skipped
             errors.append(e)
 

@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import Mount, drop_page_cache, find_bin, generate_images, median, read_files  # noqa: E402
+from benchlib import Mount, drop_page_cache, find_bin, generate_images, median, read_all, read_files  # noqa: E402
 
 
 class Bindfs:
@@ -66,17 +66,6 @@ BINDFS = {
 }
 
 
-def _read_chunk(paths):
-    for p in paths:
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            while os.read(fd, 1 << 20):
-                pass
-        finally:
-            os.close(fd)
-    return len(paths)
-
-
 def read_processes(pool, paths, seed: int, batch: int = 32) -> float:
     """Like a DataLoader with workers: a pool of processes is handed batches
     of a shuffled order; returns files per second."""
@@ -84,7 +73,7 @@ def read_processes(pool, paths, seed: int, batch: int = 32) -> float:
     random.Random(seed).shuffle(order)
     batches = [order[i:i + batch] for i in range(0, len(order), batch)]
     start = time.perf_counter()
-    n = sum(pool.imap_unordered(_read_chunk, batches))
+    n = sum(pool.imap_unordered(read_all, batches))
     return n / (time.perf_counter() - start)
 
 
