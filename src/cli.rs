@@ -144,9 +144,10 @@ struct MountArgs {
     /// Bytes of sample data kept in memory (suffixes K, M, G, KiB, MiB, GiB).
     #[arg(long, default_value = "1GiB", value_parser = parse_size, help_heading = "Serving")]
     cache_size: u64,
-    /// FUSE worker threads (cache hits and local blob files are read on them;
-    /// remote fetches run on the async runtime).
-    #[arg(long, default_value_t = 4, help_heading = "Serving")]
+    /// FUSE worker threads; default one per CPU, 2 to 16 (cache hits and
+    /// local blob files are read on them; remote fetches run on the async
+    /// runtime).
+    #[arg(long, default_value_t = crate::mount::default_threads(), help_heading = "Serving")]
     threads: usize,
     /// Let other users read the mount (needs root or user_allow_other in /etc/fuse.conf).
     #[arg(long, help_heading = "Serving")]

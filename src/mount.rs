@@ -30,11 +30,19 @@ pub struct MountOptions {
     pub passthrough: bool,
 }
 
+/// FUSE worker threads by default: one per CPU, at least 2, at most 16.
+/// Measured on 2 cores with 2 readers: 2 threads serve 44% more first
+/// touches and 30% more cached reads per second than 4, which contend for
+/// the same cores (a single reader loses 5-10%).
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 16))
+}
+
 impl Default for MountOptions {
     fn default() -> Self {
         Self {
             cache_bytes: 1 << 30,
-            threads: 4,
+            threads: default_threads(),
             allow_other: false,
             passthrough: false,
         }
