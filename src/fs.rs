@@ -155,12 +155,17 @@ impl ViewFs {
             .dirs
             .iter()
             .map(|d| {
-                let mut named: Vec<(FileName<'_>, u32)> = d
+                // Sort on the first 16 bytes kept next to each child; only
+                // ties compare whole names.
+                let mut named: Vec<(u128, u32)> = d
                     .children
                     .iter()
-                    .map(|&c| (fs.name(u64::from(c)), c))
+                    .map(|&c| (fs.name(u64::from(c)).prefix16(), c))
                     .collect();
-                named.sort_by(|a, b| a.0.cmp_name(&b.0));
+                named.sort_unstable_by(|a, b| {
+                    a.0.cmp(&b.0)
+                        .then_with(|| fs.name(u64::from(a.1)).cmp_name(&fs.name(u64::from(b.1))))
+                });
                 named.into_iter().map(|(_, c)| c).collect()
             })
             .collect();

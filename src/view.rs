@@ -38,7 +38,7 @@ use futures::TryStreamExt;
 use iceberg::Catalog;
 use iceberg::table::Table;
 use lance::Dataset;
-use serde_json::{Map, Value as Json};
+use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
 
 use crate::catalog::{PROP_LANCE_URI, PROP_LANCE_VERSION, filter};
@@ -86,6 +86,16 @@ pub struct Sample {
     json_len: u32,
     /// Whether the `.npy` sidecar exists.
     npy: bool,
+}
+
+/// Where a `.json` sidecar key's value comes from.
+#[derive(Debug, Clone, Copy)]
+enum MetaField {
+    Column(usize),
+    ContentId,
+    Uri,
+    Rank,
+    Distance,
 }
 
 /// Marks a [`Sample::uri`] that indexes [`View::uris`] (else [`View::uri_prefixes`]).
@@ -149,6 +159,8 @@ pub struct View {
     columns: Vec<(String, ArrayRef)>,
     /// Where the [`INDEX_COLUMNS`] are in `columns`.
     index_cols: [Option<usize>; 4],
+    /// The keys of a `.json` sidecar, sorted, and where their values are.
+    meta_fields: Vec<(String, MetaField)>,
     /// (rank, distance) of sample `i` in a similarity view; empty otherwise.
     ranks: Vec<(u32, f32)>,
     /// Samples in listing order when it is not path order (similarity views).
@@ -315,19 +327,42 @@ impl View {
         ))
     }
 
-    /// The `.json` sidecar of sample `i`: every column, pretty-printed.
+    /// The `.json` sidecar of sample `i`: every column, pretty-printed with
+    /// keys in sorted order (as `serde_json` prints a map), written straight
+    /// from the columns: resolution renders a million of these for sizes.
     pub fn metadata_json(&self, i: usize) -> Vec<u8> {
-        let mut map = Map::new();
-        for (name, col) in &self.columns {
-            map.insert(name.clone(), json_value(col.as_ref(), i));
+        let mut out = Vec::with_capacity(512);
+        out.push(b'{');
+        for (k, (key, field)) in self.meta_fields.iter().enumerate() {
+            out.extend_from_slice(if k == 0 { b"\n  " } else { b",\n  " });
+            serde_json::to_writer(&mut out, key).ok();
+            out.extend_from_slice(b": ");
+            match field {
+                MetaField::Column(c) => self.write_value(Some(*c), i, &mut out),
+                MetaField::ContentId => {
+                    out.push(b'"');
+                    out.extend_from_slice(&hex_bytes(&self.samples[i].content_id));
+                    out.push(b'"');
+                }
+                MetaField::Uri => {
+                    serde_json::to_writer(&mut out, self.uri(i).as_ref()).ok();
+                }
+                MetaField::Rank | MetaField::Distance => {
+                    let (rank, dist) = self.rank_json(i).unwrap_or((Json::Null, Json::Null));
+                    let v = if matches!(field, MetaField::Rank) {
+                        rank
+                    } else {
+                        dist
+                    };
+                    serde_json::to_writer(&mut out, &v).ok();
+                }
+            }
         }
-        map.insert("content_id".into(), Json::from(self.content_id(i)));
-        map.insert("uri".into(), Json::from(self.uri(i).into_owned()));
-        if let Some((rank, dist)) = self.rank_json(i) {
-            map.insert("rank".into(), rank);
-            map.insert("distance".into(), dist);
+        if !self.meta_fields.is_empty() {
+            out.push(b'\n');
         }
-        serde_json::to_vec_pretty(&Json::Object(map)).unwrap_or_default()
+        out.push(b'}');
+        out
     }
 
     /// Appends sample `i`'s `_index.jsonl` line to `out`. Keys in sorted
@@ -502,6 +537,16 @@ impl<'a> FileName<'a> {
     /// Compares with `other` as strings compare.
     pub fn cmp_str(&self, other: &str) -> std::cmp::Ordering {
         self.bytes().cmp(other.bytes())
+    }
+
+    /// The first 16 bytes, big-endian, zero-padded: orders as the names do
+    /// wherever they differ in those bytes (names hold no NUL).
+    pub fn prefix16(&self) -> u128 {
+        let mut head = [0u8; 16];
+        for (slot, b) in head.iter_mut().zip(self.bytes()) {
+            *slot = b;
+        }
+        u128::from_be_bytes(head)
     }
 
     /// Compares two names as strings compare.
@@ -876,6 +921,7 @@ pub async fn resolve(spec: &Spec, catalog: &dyn Catalog, encoder: &dyn Encoder) 
         uri_prefixes,
         uris,
         index_cols: INDEX_COLUMNS.map(|c| columns.iter().position(|(n, _)| n == c)),
+        meta_fields: meta_fields(&columns, !ranks.is_empty()),
         columns,
         ranks,
         index_order,
@@ -979,6 +1025,24 @@ impl<'a> Phases<'a> {
         );
         self.last = now;
     }
+}
+
+/// The keys of a `.json` sidecar in sorted order: every column, the
+/// content id and URI, and rank and distance in a similarity view (which
+/// win over columns of the same name).
+fn meta_fields(columns: &[(String, ArrayRef)], ranked: bool) -> Vec<(String, MetaField)> {
+    let mut fields: std::collections::BTreeMap<String, MetaField> = columns
+        .iter()
+        .enumerate()
+        .map(|(c, (name, _))| (name.clone(), MetaField::Column(c)))
+        .collect();
+    fields.insert("content_id".into(), MetaField::ContentId);
+    fields.insert("uri".into(), MetaField::Uri);
+    if ranked {
+        fields.insert("rank".into(), MetaField::Rank);
+        fields.insert("distance".into(), MetaField::Distance);
+    }
+    fields.into_iter().collect()
 }
 
 /// Appends the concatenation of `parts` as a JSON string.
