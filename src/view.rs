@@ -196,10 +196,20 @@ impl View {
             .chain((s.json_len > 0).then_some(Content::Metadata(n)))
     }
 
+    /// Path of `content`'s file, relative to the spec directory.
+    pub fn file_path(&self, content: Content) -> String {
+        let dir = match content {
+            Content::Index | Content::Receipt => "",
+            Content::Sample(i) | Content::Embedding(i) | Content::Metadata(i) => {
+                self.stored_path(i as usize).0
+            }
+        };
+        format!("{dir}{}", self.file_name(content))
+    }
+
     /// Path of sample `i`, relative to the spec directory.
     pub fn path(&self, i: usize) -> String {
-        let (dir, _) = self.stored_path(i);
-        format!("{dir}{}", self.file_name(Content::Sample(i as u32)))
+        self.file_path(Content::Sample(i as u32))
     }
 
     /// Hex content id of sample `i`.
@@ -224,18 +234,9 @@ impl View {
 
     /// Path of sample `i`'s `.npy` sidecar, if it has one.
     pub fn npy_path(&self, i: usize) -> Option<String> {
-        self.samples[i].npy.then(|| {
-            let (dir, _) = self.stored_path(i);
-            format!("{dir}{}", self.file_name(Content::Embedding(i as u32)))
-        })
-    }
-
-    /// Path of sample `i`'s `.json` sidecar, if it has one.
-    pub fn json_path(&self, i: usize) -> Option<String> {
-        (self.samples[i].json_len > 0).then(|| {
-            let (dir, _) = self.stored_path(i);
-            format!("{dir}{}", self.file_name(Content::Metadata(i as u32)))
-        })
+        self.samples[i]
+            .npy
+            .then(|| self.file_path(Content::Embedding(i as u32)))
     }
 
     /// The last component of `content`'s path, without allocating.
@@ -249,12 +250,7 @@ impl View {
         };
         let (_, mut name) = self.stored_path(i);
         if !suffix.is_empty() {
-            // A sidecar replaces the sample's extension, or follows it when
-            // the sample is itself a .npy or .json file.
-            let (_, ext) = split_ext(name);
-            if ext != ".npy" && ext != ".json" {
-                name = &name[..name.len() - ext.len()];
-            }
+            name = sidecar_base(name);
         }
         match name.split_once(ID_MARK) {
             Some((head, tail)) => FileName {
@@ -285,36 +281,15 @@ impl View {
 
     /// Every file of the view, sorted by path.
     pub fn files(&self) -> Vec<FileEntry> {
-        let mut out = Vec::with_capacity(self.samples.len() * 3 + 2);
-        for content in [Content::Index, Content::Receipt] {
-            out.push(FileEntry {
-                path: self.file_name(content).to_string(),
+        let mut out: Vec<FileEntry> = [Content::Index, Content::Receipt]
+            .into_iter()
+            .chain((0..self.samples.len()).flat_map(|i| self.contents_of(i)))
+            .map(|content| FileEntry {
+                path: self.file_path(content),
                 size: self.file_size(content),
                 content,
-            });
-        }
-        for i in 0..self.samples.len() {
-            let n = i as u32;
-            out.push(FileEntry {
-                path: self.path(i),
-                size: self.file_size(Content::Sample(n)),
-                content: Content::Sample(n),
-            });
-            if let Some(path) = self.npy_path(i) {
-                out.push(FileEntry {
-                    path,
-                    size: self.npy_len,
-                    content: Content::Embedding(n),
-                });
-            }
-            if let Some(path) = self.json_path(i) {
-                out.push(FileEntry {
-                    path,
-                    size: self.file_size(Content::Metadata(n)),
-                    content: Content::Metadata(n),
-                });
-            }
-        }
+            })
+            .collect();
         out.sort_by(|a, b| a.path.cmp(&b.path));
         out
     }
@@ -815,19 +790,10 @@ pub async fn resolve(spec: &Spec, catalog: &dyn Catalog, encoder: &dyn Encoder) 
         names.reserve(RECEIPT_FILE);
         let mut again = Placed::default();
         for (k, &r) in rows.iter().enumerate() {
-            let r = r as usize;
-            let id_hex = hex_id(&table_rows.ids[r]);
-            let ext = media
-                .map(|m| text_value(m.as_ref(), r).unwrap_or_default())
-                .map_or("", |m| extension_for(&m));
-            let parts = spec.layout.render(|f| match f {
-                "ext" => Some(ext.to_string()),
-                "content_id" => Some(id_hex.clone()),
-                "uri" => Some(table_rows.uri(r).into_owned()),
-                "rank" if !ranks.is_empty() => Some(format!("{:0width$}", ranks[k].0)),
-                "distance" if !ranks.is_empty() => Some(format!("{:.6}", ranks[k].1)),
-                _ => layout_cols.get(f).and_then(|c| text_value(c.as_ref(), r)),
-            });
+            // The first-choice path is the layout's components joined by `/`
+            // (a component never holds one).
+            let parts: Vec<String> = placed.path(k).split('/').map(str::to_string).collect();
+            let id_hex = hex_id(&table_rows.ids[r as usize]);
             let npy = placed.npy(k);
             let (path, _, _) = names.place(&parts, &id_hex, npy, spec.sidecars.metadata);
             let start = again.arena.len();
@@ -1202,13 +1168,7 @@ fn first_choices_are_clean(placed: &Placed, json: bool) -> bool {
         if !files.insert(state.hash_one(path)) {
             return false;
         }
-        let name = path.rsplit('/').next().unwrap_or(path);
-        let (_, ext) = split_ext(name);
-        let base = if ext == ".npy" || ext == ".json" {
-            path
-        } else {
-            &path[..path.len() - ext.len()]
-        };
+        let base = sidecar_base(path);
         for suffix in [npy.then_some(".npy"), json.then_some(".json")]
             .into_iter()
             .flatten()
@@ -1780,11 +1740,7 @@ impl Names {
                 _ => format!("~{content_id}"),
             };
             let name = format!("{prefix}{stem}{tag}{ext}");
-            let side_base = if ext == ".npy" || ext == ".json" {
-                name.clone()
-            } else {
-                format!("{prefix}{stem}{tag}")
-            };
+            let side_base = sidecar_base(&name);
             let npy_path = npy.then(|| format!("{side_base}.npy"));
             let json_path = json.then(|| format!("{side_base}.json"));
             let all_free = self.free(&name)
@@ -1799,6 +1755,17 @@ impl Names {
             }
         }
         unreachable!("a name with the full content id is unique among distinct content ids")
+    }
+}
+
+/// What a sidecar's suffix (`.npy`, `.json`) is appended to: the path
+/// without its file name's extension, or whole when the sample is itself a
+/// `.npy` or `.json` file.
+fn sidecar_base(path: &str) -> &str {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    match split_ext(name).1 {
+        ".npy" | ".json" => path,
+        ext => &path[..path.len() - ext.len()],
     }
 }
 
