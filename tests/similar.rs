@@ -150,10 +150,7 @@ async fn exact_search_equals_brute_force_for_every_metric_and_query_kind() {
     }
 
     // to: vector, from an .npy file next to the spec (relative path).
-    let other = BuiltinEncoder
-        .encode(&lakemount_test_png(), "image/png")
-        .unwrap();
-    std::fs::write(f.root.join("q.npy"), lakemount::npy::write_vector(&other)).unwrap();
+    let other = write_query_npy(&f.root);
     let s = spec(
         &f.root,
         "vec",
@@ -177,13 +174,19 @@ fn lakemount_test_png() -> Vec<u8> {
     png(9999, 24)
 }
 
-#[tokio::test]
-async fn filter_first_then_nearest_never_leaves_the_filter() {
-    let f = fixture(8);
+/// Writes the test image's embedding to `dir/q.npy` and returns it.
+fn write_query_npy(dir: &Path) -> Vec<f32> {
     let q = BuiltinEncoder
         .encode(&lakemount_test_png(), "image/png")
         .unwrap();
-    std::fs::write(f.root.join("q.npy"), lakemount::npy::write_vector(&q)).unwrap();
+    std::fs::write(dir.join("q.npy"), lakemount::npy::write_vector(&q)).unwrap();
+    q
+}
+
+#[tokio::test]
+async fn filter_first_then_nearest_never_leaves_the_filter() {
+    let f = fixture(8);
+    let q = write_query_npy(&f.root);
     let s = spec(
         &f.root,
         "filtered",
@@ -272,10 +275,7 @@ async fn encoder_and_dimension_mismatches_are_errors() {
 async fn pin_then_ingest_and_index_keeps_listing_bytes_and_receipt() {
     // 300 samples: enough rows to train an index.
     let f = fixture(100);
-    let q = BuiltinEncoder
-        .encode(&lakemount_test_png(), "image/png")
-        .unwrap();
-    std::fs::write(f.root.join("q.npy"), lakemount::npy::write_vector(&q)).unwrap();
+    let q = write_query_npy(&f.root);
     let s = spec(
         &f.root,
         "sim",
