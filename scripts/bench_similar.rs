@@ -99,8 +99,9 @@ async fn main() -> Result<()> {
     );
 
     let ds = existing.expect("dataset written");
-    let ids = vectors::row_ids(&ds).await?;
-    let mut candidates: Vec<(String, u64)> = ids.into_iter().collect();
+    let ids = vectors::row_ids_by_content(&ds).await?;
+    let mut candidates: Vec<(String, u64)> =
+        ids.into_iter().map(|(id, row)| (id.hex(), row)).collect();
     candidates.sort();
 
     let params = IndexParams::derive(rows, dim, Metric::Cosine);

@@ -1,82 +1,30 @@
-//! The read path's cache and the sources behind it.
+//! The read path's cache: sample bytes in 1 MiB chunks in a moka cache
+//! weighed in bytes, so a cache of N bytes holds about N bytes whatever the
+//! sample sizes, and a 4 GB video does not have to fit in memory to be
+//! read. A miss fetches exactly one chunk; concurrent readers of the same
+//! chunk wait for that one fetch (`try_get_with`). Embedding sidecars are
+//! cached the same way, one entry each.
 //!
-//! Sample bytes are cached in 1 MiB chunks in a moka cache weighed in bytes,
-//! so a cache of N bytes holds about N bytes whatever the sample sizes, and
-//! a 4 GB video does not have to fit in memory to be read. A miss fetches
-//! exactly one chunk; concurrent readers of the same chunk wait for that one
-//! fetch (`try_get_with`). Embedding sidecars are cached the same way, one
-//! entry each.
+//! Every byte that enters the cache is verified before any of it is served:
+//! - a sample that fits in one chunk against its content id;
+//! - a chunk of a larger sample against the digest the table recorded for
+//!   it (`chunk_sha256`, written by `lakemount ingest`);
+//! - for a larger sample without recorded digests (rows other engines
+//!   wrote), the first read fetches the whole sample once, checks it
+//!   against the content id, and keeps the digests of its chunks in memory
+//!   (32 bytes per MiB), so later reads of any chunk are verified alone.
 //!
-//! Where bytes come from is the [`Source`] trait: the real one reads the
-//! blob store (or any object-store URI) with range requests and inline blobs
-//! through Lance's blob API at the view's pinned version; tests swap in a
-//! failing one. `file://` blobs are read with `pread` on the calling thread:
-//! together with the FUSE adapter's poll-once read, a first touch of a local
-//! sample never leaves the FUSE thread.
+//! Where bytes come from is [`crate::source::Source`].
 
-use std::collections::HashMap;
-use std::ops::Range;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::future::BoxFuture;
 use moka::future::Cache;
-use object_store::ObjectStore;
-use object_store::path::Path as StorePath;
-use object_store::{ObjectStoreExt, ObjectStoreScheme};
 use sha2::{Digest, Sha256};
-use url::Url;
 
+use crate::content_id::CHUNK;
+use crate::source::{FetchError, SampleLoc, Source};
 use crate::view::View;
-
-/// Size of one cached piece of a sample.
-pub const CHUNK: u64 = 1 << 20;
-
-/// Why bytes could not be fetched. Every variant names the sample.
-#[derive(Debug, thiserror::Error)]
-pub enum FetchError {
-    /// The object behind the URI is gone.
-    #[error("sample {content_id}: {uri} not found")]
-    NotFound {
-        /// The sample.
-        content_id: String,
-        /// Where it should have been.
-        uri: String,
-    },
-    /// The bytes do not match what the table recorded.
-    #[error("sample {content_id}: corrupt: {detail}")]
-    Corrupt {
-        /// The sample.
-        content_id: String,
-        /// What did not match.
-        detail: String,
-    },
-    /// The storage backend failed.
-    #[error("sample {content_id}: {detail}")]
-    Backend {
-        /// The sample.
-        content_id: String,
-        /// The backend's error.
-        detail: String,
-    },
-}
-
-/// Where the bytes and embeddings of a view's samples come from.
-pub trait Source: Send + Sync {
-    /// Bytes `range` of sample `i` of `view`.
-    fn read_range(
-        &self,
-        view: Arc<View>,
-        i: usize,
-        range: Range<u64>,
-    ) -> BoxFuture<'static, Result<Bytes, FetchError>>;
-    /// The embedding of sample `i` of `view`.
-    fn embedding(
-        &self,
-        view: Arc<View>,
-        i: usize,
-    ) -> BoxFuture<'static, Result<Vec<f32>, FetchError>>;
-}
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 struct ChunkKey {
@@ -86,9 +34,17 @@ struct ChunkKey {
     chunk: u32,
 }
 
+/// Digests learned by reading whole samples, bounded in bytes.
+const LEARNED_DIGESTS_BYTES: u64 = 64 << 20;
+/// Samples up to this size keep the chunks read while learning their
+/// digests (and put them in the cache once verified); larger ones are read
+/// again chunk by chunk.
+const KEEP_WHILE_LEARNING: u64 = 64 << 20;
+
 /// The byte-weighed cache in front of a [`Source`].
 pub struct ChunkCache {
     cache: Cache<ChunkKey, Bytes>,
+    learned: Cache<(u32, u32), Arc<[[u8; 32]]>>,
     source: Arc<dyn Source>,
 }
 
@@ -99,10 +55,23 @@ impl ChunkCache {
             .max_capacity(capacity)
             .weigher(|_k: &ChunkKey, v: &Bytes| u32::try_from(v.len()).unwrap_or(u32::MAX))
             .build();
-        Self { cache, source }
+        let learned = Cache::builder()
+            .max_capacity(LEARNED_DIGESTS_BYTES)
+            .weigher(|_k: &(u32, u32), v: &Arc<[[u8; 32]]>| (v.len() * 32 + 64) as u32)
+            .build();
+        Self {
+            cache,
+            learned,
+            source,
+        }
     }
 
-    /// Chunk `chunk` of sample `i` of view number `view_no`.
+    /// The source behind the cache.
+    pub fn source(&self) -> &Arc<dyn Source> {
+        &self.source
+    }
+
+    /// Chunk `chunk` of sample `i` of view number `view_no`, verified.
     pub async fn sample_chunk(
         &self,
         view_no: u32,
@@ -115,36 +84,68 @@ impl ChunkCache {
             sample: i as u32,
             chunk,
         };
-        let size = view.samples[i].size;
-        let start = u64::from(chunk) * CHUNK;
-        let range = start..(start + CHUNK).min(size);
+        if let Some(hit) = self.cache.get(&key).await {
+            return Ok(hit);
+        }
+        let loc = view.location(i);
+        let digests = match &loc.chunk_digests {
+            Some(d) => Some(d.clone()),
+            None if loc.size > CHUNK => Some(self.learn(view_no, i, &loc).await?),
+            None => None,
+        };
         let source = self.source.clone();
-        let view = view.clone();
         self.cache
             .try_get_with(key, async move {
-                let expected = range.end - range.start;
-                let bytes = source.read_range(view.clone(), i, range).await?;
-                let s = &view.samples[i];
-                if bytes.len() as u64 != expected {
-                    return Err(FetchError::Corrupt {
-                        content_id: view.content_id(i),
-                        detail: format!(
-                            "expected {expected} bytes at chunk {chunk}, got {}",
-                            bytes.len()
-                        ),
-                    });
-                }
-                // A sample that fits in one chunk is checked against its content id.
-                if chunk == 0
-                    && s.size <= CHUNK
-                    && Sha256::digest(&bytes).as_slice() != s.content_id
-                {
-                    return Err(FetchError::Corrupt {
-                        content_id: view.content_id(i),
-                        detail: "bytes do not hash to the content id".into(),
-                    });
-                }
+                let bytes = fetch_chunk(source.as_ref(), &loc, chunk).await?;
+                verify(&loc, chunk, &bytes, digests.as_deref())?;
                 Ok(bytes)
+            })
+            .await
+    }
+
+    /// The digests of every chunk of a sample the table has none for:
+    /// fetched whole once, checked against its content id.
+    async fn learn(
+        &self,
+        view_no: u32,
+        i: usize,
+        loc: &SampleLoc,
+    ) -> Result<Arc<[[u8; 32]]>, Arc<FetchError>> {
+        let source = self.source.clone();
+        let cache = self.cache.clone();
+        let loc = loc.clone();
+        self.learned
+            .try_get_with((view_no, i as u32), async move {
+                let chunks = loc.size.div_ceil(CHUNK) as u32;
+                let mut whole = Sha256::new();
+                let mut digests = Vec::with_capacity(chunks as usize);
+                // Kept to fill the cache once the whole sample checks out
+                // (never before: nothing unverified is served), if small.
+                let keep = loc.size <= KEEP_WHILE_LEARNING;
+                let mut kept = Vec::new();
+                for c in 0..chunks {
+                    let bytes = fetch_chunk(source.as_ref(), &loc, c).await?;
+                    whole.update(&bytes);
+                    digests.push(<[u8; 32]>::from(Sha256::digest(&bytes)));
+                    if keep {
+                        kept.push(bytes);
+                    }
+                }
+                if whole.finalize().as_slice() != loc.content_id.0 {
+                    return Err(FetchError::Corrupt {
+                        content_id: loc.content_id.hex(),
+                        detail: "the bytes do not hash to the content id".into(),
+                    });
+                }
+                for (c, bytes) in kept.into_iter().enumerate() {
+                    let key = ChunkKey {
+                        view: view_no,
+                        sample: i as u32,
+                        chunk: c as u32,
+                    };
+                    cache.insert(key, bytes).await;
+                }
+                Ok(Arc::from(digests))
             })
             .await
     }
@@ -161,159 +162,71 @@ impl ChunkCache {
             sample: i as u32,
             chunk: u32::MAX,
         };
-        let source = self.source.clone();
-        let view = view.clone();
+        if let Some(hit) = self.cache.get(&key).await {
+            return Ok(hit);
+        }
+        let fetch = self.source.embedding(&view.location(i));
         self.cache
             .try_get_with(key, async move {
-                let v = source.embedding(view, i).await?;
+                let v = fetch.await?;
                 Ok(Bytes::from(crate::npy::write_vector(&v)))
             })
             .await
     }
 }
 
-/// The real source: object-store range reads and Lance blobs/embeddings.
-#[derive(Default)]
-pub struct LakeSource {
-    stores: Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
+/// Fetches chunk `chunk` of the sample at `loc`, checking its length.
+async fn fetch_chunk(
+    source: &dyn Source,
+    loc: &SampleLoc,
+    chunk: u32,
+) -> Result<Bytes, FetchError> {
+    let start = u64::from(chunk) * CHUNK;
+    let range = start..(start + CHUNK).min(loc.size);
+    let expected = range.end - range.start;
+    let bytes = source.read_range(loc, range).await?;
+    if bytes.len() as u64 != expected {
+        return Err(FetchError::Corrupt {
+            content_id: loc.content_id.hex(),
+            detail: format!(
+                "expected {expected} bytes at chunk {chunk}, got {} (the object is shorter than the table's size_bytes)",
+                bytes.len()
+            ),
+        });
+    }
+    Ok(bytes)
 }
 
-impl LakeSource {
-    /// The store serving `url` (one per scheme and authority, built once)
-    /// and the object's path in it.
-    fn store_for(&self, url: &Url) -> Result<(Arc<dyn ObjectStore>, StorePath), String> {
-        let (_, path) = ObjectStoreScheme::parse(url).map_err(|e| e.to_string())?;
-        let key = format!("{}://{}", url.scheme(), url.authority());
-        let mut stores = self
-            .stores
-            .lock()
-            .map_err(|_| "store map poisoned".to_string())?;
-        if let Some(store) = stores.get(&key) {
-            return Ok((store.clone(), path));
+/// Checks a fetched chunk: against the content id when the sample fits in
+/// one chunk, else against its digest.
+fn verify(
+    loc: &SampleLoc,
+    chunk: u32,
+    bytes: &[u8],
+    digests: Option<&[[u8; 32]]>,
+) -> Result<(), FetchError> {
+    let corrupt = |detail: String| FetchError::Corrupt {
+        content_id: loc.content_id.hex(),
+        detail,
+    };
+    if loc.size <= CHUNK {
+        if !loc.content_id.matches(bytes) {
+            return Err(corrupt("the bytes do not hash to the content id".into()));
         }
-        let (store, _) = object_store::parse_url(url).map_err(|e| e.to_string())?;
-        let store: Arc<dyn ObjectStore> = Arc::from(store);
-        stores.insert(key, store.clone());
-        Ok((store, path))
+        return Ok(());
     }
-}
-
-/// The local path behind a `file://` URI.
-fn local_path(uri: &str) -> Option<std::path::PathBuf> {
-    if !uri.starts_with("file:") {
-        return None;
+    let expected = loc.size.div_ceil(CHUNK) as usize;
+    let Some(digests) = digests.filter(|d| d.len() == expected) else {
+        return Err(corrupt(format!(
+            "the table records chunk digests for {} chunks, the sample has {expected}",
+            digests.map_or(0, <[_]>::len)
+        )));
+    };
+    if Sha256::digest(bytes).as_slice() != digests[chunk as usize] {
+        return Err(corrupt(format!(
+            "chunk {chunk} (bytes {}..) does not hash to its recorded digest",
+            u64::from(chunk) * CHUNK
+        )));
     }
-    Url::parse(uri).ok()?.to_file_path().ok()
-}
-
-/// Bytes `range` of a local file; shorter only if the file is.
-fn read_local(path: &std::path::Path, range: Range<u64>) -> std::io::Result<Bytes> {
-    use std::os::unix::fs::FileExt;
-    let file = std::fs::File::open(path)?;
-    let mut buf = vec![0u8; (range.end - range.start) as usize];
-    let mut filled = 0;
-    while filled < buf.len() {
-        match file.read_at(&mut buf[filled..], range.start + filled as u64) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    buf.truncate(filled);
-    Ok(Bytes::from(buf))
-}
-
-impl Source for LakeSource {
-    fn read_range(
-        &self,
-        view: Arc<View>,
-        i: usize,
-        range: Range<u64>,
-    ) -> BoxFuture<'static, Result<Bytes, FetchError>> {
-        let uri = view.uri(i).into_owned();
-        if let Some(path) = local_path(&uri) {
-            // A blob on a local disk: read it on the calling thread. A page
-            // cache hit costs a copy, which is less than handing the request
-            // to object_store's blocking pool and back.
-            let result = read_local(&path, range).map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => FetchError::NotFound {
-                    content_id: view.content_id(i),
-                    uri,
-                },
-                _ => FetchError::Backend {
-                    content_id: view.content_id(i),
-                    detail: format!("{}: {e}", path.display()),
-                },
-            });
-            return Box::pin(std::future::ready(result));
-        }
-        let store = if uri.starts_with("lance:") {
-            None
-        } else {
-            Some(
-                Url::parse(&uri)
-                    .map_err(|e| format!("bad uri {uri}: {e}"))
-                    .and_then(|u| self.store_for(&u)),
-            )
-        };
-        Box::pin(async move {
-            let s = &view.samples[i];
-            let backend = |detail: String| FetchError::Backend {
-                content_id: view.content_id(i),
-                detail,
-            };
-            let Some(store) = store else {
-                let (Some(lance), Some(row)) = (&view.lance, s.lance_row) else {
-                    return Err(backend(
-                        "inline blob but the view has no Lance row for it".into(),
-                    ));
-                };
-                let blobs = lance
-                    .dataset
-                    .take_blobs(&[row], crate::vectors::BLOB_COLUMN)
-                    .await
-                    .map_err(|e| backend(e.to_string()))?;
-                let blob = blobs
-                    .into_iter()
-                    .next()
-                    .flatten()
-                    .ok_or_else(|| backend("Lance blob is null".into()))?;
-                return blob
-                    .read_range(range)
-                    .await
-                    .map_err(|e| backend(e.to_string()));
-            };
-            let (store, path) = store.map_err(backend)?;
-            store.get_range(&path, range).await.map_err(|e| match e {
-                object_store::Error::NotFound { .. } => FetchError::NotFound {
-                    content_id: view.content_id(i),
-                    uri: uri.clone(),
-                },
-                other => backend(other.to_string()),
-            })
-        })
-    }
-
-    fn embedding(
-        &self,
-        view: Arc<View>,
-        i: usize,
-    ) -> BoxFuture<'static, Result<Vec<f32>, FetchError>> {
-        Box::pin(async move {
-            let s = &view.samples[i];
-            let backend = |detail: String| FetchError::Backend {
-                content_id: view.content_id(i),
-                detail,
-            };
-            let (Some(lance), Some(row)) = (&view.lance, s.lance_row) else {
-                return Err(backend("no Lance row for this sample".into()));
-            };
-            let mut v = crate::vectors::take_embeddings(&lance.dataset, &[row])
-                .await
-                .map_err(|e| backend(format!("{e:#}")))?;
-            v.pop()
-                .ok_or_else(|| backend("Lance returned no row".into()))
-        })
-    }
+    Ok(())
 }

@@ -10,6 +10,9 @@ use clap::{Args, Parser, Subcommand};
 use crate::encode::builtin::BuiltinEncoder;
 use crate::ingest::progress::ProgressMode;
 use crate::ingest::{self, IngestConfig, InputSource, SplitRatios};
+use crate::mount::release_freed_memory;
+use crate::source::LakeSource;
+use crate::view::Resolver;
 use crate::warehouse::{DEFAULT_TABLE, Warehouse, WarehouseConfig};
 
 /// Exit status when the command worked but some inputs were rejected.
@@ -64,6 +67,13 @@ enum Command {
     ///
     /// One line per file: size, a tab, then <spec name>/<path>.
     Ls(LsArgs),
+    /// Check the table's invariants on every snapshot (or those given).
+    ///
+    /// No content id listed twice; every row's Lance row present at the
+    /// Lance version the snapshot goes with; every row's uri inside the
+    /// warehouse or an allowed prefix. Prints the offending content ids and
+    /// exits with status 1 when any snapshot fails.
+    Check(CheckArgs),
 }
 
 /// Where the warehouse and its catalog are.
@@ -79,11 +89,21 @@ struct WarehouseArgs {
     )]
     warehouse: String,
     /// Iceberg SQL catalog URI [default: sqlite:<WAREHOUSE>/catalog.db].
-    #[arg(long, env = "LAKEMOUNT_CATALOG", help_heading = "Warehouse")]
+    #[arg(
+        long,
+        env = "LAKEMOUNT_CATALOG",
+        hide_env_values = true,
+        help_heading = "Warehouse"
+    )]
     catalog: Option<String>,
     /// Iceberg table, as <namespace>.<table>.
     #[arg(long, default_value = DEFAULT_TABLE, help_heading = "Warehouse")]
     table: String,
+    /// Also read samples whose uri is below this directory or URI prefix
+    /// (repeatable). By default only URIs inside the warehouse are read: the
+    /// table is untrusted input and a row must not point a mount at any file.
+    #[arg(long, value_name = "PATH_OR_URI", help_heading = "Warehouse")]
+    allow_uri_prefix: Vec<String>,
 }
 
 impl WarehouseArgs {
@@ -92,8 +112,18 @@ impl WarehouseArgs {
             location: self.warehouse.clone(),
             catalog: self.catalog.clone(),
             table: self.table.clone(),
+            allow_uri_prefixes: self.allow_uri_prefix.clone(),
         }
     }
+}
+
+#[derive(Debug, Args)]
+struct CheckArgs {
+    /// Snapshot ids to check [default: every snapshot].
+    #[arg(long = "snapshot", value_name = "ID")]
+    snapshots: Vec<i64>,
+    #[command(flatten)]
+    warehouse: WarehouseArgs,
 }
 
 #[derive(Debug, Args)]
@@ -172,7 +202,7 @@ struct IndexArgs {
     #[arg(long)]
     sub_vectors: Option<usize>,
     /// Metric the index serves: cosine, l2 or dot.
-    #[arg(long, default_value = "cosine", value_parser = parse_metric)]
+    #[arg(long, default_value = "cosine")]
     metric: crate::spec::Metric,
     /// Skip the B-tree index on content_id.
     #[arg(long)]
@@ -220,7 +250,7 @@ struct SnapshotsArgs {
 pub fn run(cli: Cli) -> ExitCode {
     if matches!(cli.command, Command::Mount(_)) {
         // Before any thread starts: threads keep the arena they first use.
-        tune_allocator();
+        crate::mount::tune_allocator();
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -245,12 +275,13 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Ls(args) => run_ls(args).await,
             Command::Index(args) => run_index(args).await,
             Command::Pin(args) => run_pin(args).await,
+            Command::Check(args) => run_check(args).await,
         }
     });
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", crate::trust::redact(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }
@@ -275,7 +306,6 @@ async fn run_ingest(args: IngestArgs) -> Result<ExitCode> {
         } else {
             ProgressMode::Auto
         },
-        fault: None,
     };
     let warehouse = Warehouse::open(&args.warehouse.config(), true).await?;
     let report = ingest::run(&config, &warehouse, &BuiltinEncoder).await?;
@@ -317,16 +347,6 @@ async fn run_ingest(args: IngestArgs) -> Result<ExitCode> {
     })
 }
 
-fn parse_metric(s: &str) -> Result<crate::spec::Metric, String> {
-    use crate::spec::Metric;
-    match s {
-        "cosine" => Ok(Metric::Cosine),
-        "l2" => Ok(Metric::L2),
-        "dot" => Ok(Metric::Dot),
-        other => Err(format!("expected cosine, l2 or dot, got {other:?}")),
-    }
-}
-
 async fn run_index(args: IndexArgs) -> Result<ExitCode> {
     let wh = Warehouse::open(&args.warehouse.config(), false).await?;
     let ds = crate::vectors::open(&wh.lance_uri)
@@ -357,38 +377,79 @@ async fn run_index(args: IndexArgs) -> Result<ExitCode> {
 }
 
 async fn run_pin(args: PinArgs) -> Result<ExitCode> {
-    let spec = crate::spec::load(&args.spec, &args.warehouse.table)?;
     let wh = Warehouse::open(&args.warehouse.config(), false).await?;
-    let view = crate::view::resolve(&spec, wh.catalog.as_ref(), &BuiltinEncoder).await?;
-    let text = std::fs::read_to_string(&args.spec)?;
-    let pinned = crate::spec::pin_text(
-        &text,
-        view.snapshot_id,
-        view.lance.as_ref().map(|l| l.version),
-        spec.similar
-            .is_some()
-            .then_some((view.query_sha256.clone(), view.index_version)),
-    );
-    // The pinned text must resolve to the very same listing.
-    let check = crate::spec::parse(&pinned, &args.spec, &args.warehouse.table)?;
-    let again = crate::view::resolve(&check, wh.catalog.as_ref(), &BuiltinEncoder).await?;
-    if again.listing_sha256() != view.listing_sha256() {
-        anyhow::bail!("internal: the pinned spec resolves to a different listing");
-    }
+    let resolver = Resolver {
+        catalog: wh.catalog.as_ref(),
+        encoder: &BuiltinEncoder,
+        trust: &wh.trust,
+    };
+    let (pinned, view) =
+        crate::spec::pin::pin(&args.spec, &args.warehouse.table, &resolver).await?;
     match &args.output {
         Some(out) => {
             std::fs::write(out, &pinned)
                 .with_context(|| format!("cannot write {}", out.display()))?;
             eprintln!(
                 "pinned {} to snapshot {} ({} samples) in {}",
-                spec.name,
+                view.name,
                 view.snapshot_id,
-                view.samples.len(),
+                view.len(),
                 out.display()
             );
         }
         None => print!("{pinned}"),
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_check(args: CheckArgs) -> Result<ExitCode> {
+    let wh = Warehouse::open(&args.warehouse.config(), false).await?;
+    let table = iceberg::Catalog::load_table(wh.catalog.as_ref(), &wh.table)
+        .await
+        .with_context(|| format!("cannot load table {}", wh.table))?;
+    let reports = crate::check::check(&table, &args.snapshots, &wh.trust).await?;
+    let mut failed = 0;
+    for r in &reports {
+        let lance = r.lance_version.map_or("-".to_string(), |v| v.to_string());
+        let verdict = if r.ok() { "ok" } else { "FAILED" };
+        println!(
+            "snapshot {}: {} rows, Lance version {lance}: {verdict}",
+            r.snapshot_id, r.rows
+        );
+        let show = |what: &str, ids: Vec<String>| {
+            if !ids.is_empty() {
+                println!("  {} {what}:", ids.len());
+                for id in ids.iter().take(20) {
+                    println!("    {id}");
+                }
+                if ids.len() > 20 {
+                    println!("    ... and {} more", ids.len() - 20);
+                }
+            }
+        };
+        show("content ids listed more than once", r.duplicates.clone());
+        show(
+            "rows without a Lance row at that version",
+            r.missing_in_lance.clone(),
+        );
+        show(
+            "rows whose uri is outside the warehouse and the allowed prefixes",
+            r.untrusted
+                .iter()
+                .map(|(id, uri)| format!("{id} {}", crate::trust::redact(uri)))
+                .collect(),
+        );
+        show("rows whose content_id is not a SHA-256", r.bad_ids.clone());
+        failed += usize::from(!r.ok());
+    }
+    if failed > 0 {
+        eprintln!(
+            "error: {failed} of {} snapshots break the table's invariants",
+            reports.len()
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    println!("all {} snapshots hold the invariants", reports.len());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -420,14 +481,19 @@ fn parse_size(s: &str) -> Result<u64, String> {
 /// Loads and resolves every spec; fails on the first invalid one.
 async fn resolve_specs(
     paths: &[PathBuf],
-    warehouse: &WarehouseArgs,
+    wh: &Warehouse,
+    table: &str,
 ) -> Result<Vec<std::sync::Arc<crate::view::View>>> {
-    let specs = crate::spec::load_all(paths, &warehouse.table)?;
-    let wh = Warehouse::open(&warehouse.config(), false).await?;
+    let specs = crate::spec::load_all(paths, table)?;
+    let resolver = Resolver {
+        catalog: wh.catalog.as_ref(),
+        encoder: &BuiltinEncoder,
+        trust: &wh.trust,
+    };
     let mut views = Vec::with_capacity(specs.len());
     for spec in &specs {
         views.push(std::sync::Arc::new(
-            crate::view::resolve(spec, wh.catalog.as_ref(), &BuiltinEncoder).await?,
+            crate::view::resolve(spec, &resolver).await?,
         ));
     }
     Ok(views)
@@ -435,11 +501,13 @@ async fn resolve_specs(
 
 async fn run_mount(args: MountArgs) -> Result<ExitCode> {
     let mountpoint = args.mountpoint.clone();
-    crate::mount::check_mountpoint(&mountpoint)?;
+    let local_root = warehouse_dir(&args.warehouse.warehouse);
+    crate::mount::check_mountpoint(&mountpoint, local_root.as_deref())?;
     let start = std::time::Instant::now();
-    let views = resolve_specs(&args.specs, &args.warehouse).await?;
+    let wh = Warehouse::open(&args.warehouse.config(), false).await?;
+    let views = resolve_specs(&args.specs, &wh, &args.warehouse.table).await?;
     release_freed_memory();
-    let samples: usize = views.iter().map(|v| v.samples.len()).sum();
+    let samples: usize = views.iter().map(|v| v.len()).sum();
     let names: Vec<String> = views
         .iter()
         .map(|v| format!("{} (snapshot {})", v.name, v.snapshot_id))
@@ -450,7 +518,9 @@ async fn run_mount(args: MountArgs) -> Result<ExitCode> {
         allow_other: args.allow_other,
         passthrough: args.passthrough,
     };
-    let mounted = crate::mount::mount(views, &mountpoint, &opts)?;
+    let source = LakeSource::new(&wh.trust.local_roots())
+        .context("cannot open the warehouse directory for reading")?;
+    let mounted = crate::mount::mount(views, &mountpoint, &opts, std::sync::Arc::new(source))?;
     release_freed_memory();
     eprintln!(
         "mounted {} at {} ({samples} samples, ready in {:.2} s); Ctrl-C or `lakemount umount {}` to unmount",
@@ -464,37 +534,18 @@ async fn run_mount(args: MountArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A mount is a long-running process whose buffers (resolution scratch,
-/// cache chunks) come and go, so its RSS should follow what it holds:
-/// - every allocation of 128 KiB or more gets its own mapping, returned to
-///   the system when freed (without a fixed threshold glibc raises it as
-///   big blocks are freed, and later big blocks fragment the heap);
-/// - one malloc arena: a sample read on one FUSE thread is evicted on
-///   another, and per-thread arenas would each keep their own freed chunks
-///   (measured: up to 60 MB above the cache size; with one arena, 8 MB).
-fn tune_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator tuning; it has no preconditions.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
-        libc::mallopt(libc::M_ARENA_MAX, 1);
-    }
-}
-
-/// Resolving a view allocates per-row scratch (maps, Arrow batches) that is
-/// freed before mounting; give those pages back so a long-running mount's RSS
-/// reflects what it keeps, not its peak while resolving.
-fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free heap pages; it has no preconditions.
-    unsafe {
-        libc::malloc_trim(0);
-    }
+/// The local directory of a warehouse location, if it is one.
+fn warehouse_dir(location: &str) -> Option<PathBuf> {
+    let url = crate::warehouse::root_url(location).ok()?;
+    (url.scheme() == "file")
+        .then(|| url.to_file_path().ok())
+        .flatten()
 }
 
 async fn run_ls(args: LsArgs) -> Result<ExitCode> {
     use std::io::Write;
-    let views = resolve_specs(&args.specs, &args.warehouse).await?;
+    let wh = Warehouse::open(&args.warehouse.config(), false).await?;
+    let views = resolve_specs(&args.specs, &wh, &args.warehouse.table).await?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for v in &views {
         for f in v.files() {

@@ -18,7 +18,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 
-use crate::cache::{CHUNK, ChunkCache, FetchError};
+use crate::cache::ChunkCache;
+use crate::content_id::CHUNK;
+use crate::source::FetchError;
 use crate::view::{Content, FileName, View};
 
 /// Inode number of the mount's root directory.
@@ -69,9 +71,39 @@ pub enum FsError {
     /// A file operation on a directory.
     #[error("is a directory")]
     IsDir,
-    /// The bytes could not be fetched.
+    /// Any change: views are read-only.
+    #[error("read-only file system")]
+    ReadOnly,
+    /// An operation the filesystem does not implement (the kernel stops
+    /// asking for it: how opens and flushes are skipped).
+    #[error("not supported")]
+    Unsupported,
+    /// No such extended attribute.
+    #[error("no such attribute")]
+    NoData,
+    /// The bytes could not be fetched or verified.
     #[error("{0}")]
     Fetch(Arc<FetchError>),
+}
+
+/// How opens are answered, as negotiated with the kernel at mount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OpenMode {
+    /// The kernel supports skipping OPEN/RELEASE entirely.
+    pub no_open: bool,
+    /// Samples kept as local files are handed to the kernel (passthrough).
+    pub passthrough: bool,
+}
+
+/// What an open resolves to.
+#[derive(Debug)]
+pub enum Opened {
+    /// Tell the kernel not to send opens at all (it keeps page caches).
+    Skip,
+    /// Opened; page caches may be kept across opens.
+    Cached,
+    /// The kernel reads this file directly; it holds the sample's bytes.
+    Passthrough(std::fs::File),
 }
 
 /// A node of the tree. Files hold no name or size of their own: both come
@@ -134,7 +166,7 @@ impl ViewFs {
             }
             // Samples come in path order, each followed by its sidecars.
             let mut dirs: HashMap<String, u64> = HashMap::new();
-            for i in 0..view.samples.len() {
+            for i in 0..view.len() {
                 let parent = match view.dir_of(i) {
                     "" => view_root,
                     d => fs.ensure_dir(&mut dirs, view_root, view_no, d),
@@ -301,25 +333,44 @@ impl ViewFs {
         }))
     }
 
-    /// The local file that holds a sample's bytes, with the size the table
-    /// records, when the sample's URI is a `file://` URL. Used to let the
-    /// kernel read such files directly (FUSE passthrough); every other
-    /// storage goes through [`ViewFs::read`].
-    pub fn local_file(&self, ino: u64) -> Option<(std::path::PathBuf, u64)> {
-        let Body::File {
-            view,
-            content: Content::Sample(i),
-        } = self.node(ino).ok()?.body
-        else {
-            return None;
+    /// Opens `ino` for reading (`write` asks for more: refused). Samples
+    /// kept as local files are passed through to the kernel when `mode`
+    /// allows, after checking the file has the size the table records
+    /// (their bytes are then not verified: `--passthrough` trades that for
+    /// speed); everything else is served by [`ViewFs::read`].
+    pub fn open(&self, ino: u64, write: bool, mode: OpenMode) -> Result<Opened, FsError> {
+        if write {
+            return Err(FsError::ReadOnly);
+        }
+        let node = self.node(ino)?;
+        let Body::File { view, content } = node.body else {
+            return Err(FsError::IsDir);
         };
-        let view = &self.views[view as usize];
-        let path = url::Url::parse(&view.uri(i as usize))
-            .ok()
-            .filter(|u| u.scheme() == "file")?
-            .to_file_path()
-            .ok()?;
-        Some((path, view.samples[i as usize].size))
+        if mode.passthrough
+            && let Content::Sample(i) = content
+        {
+            let view = &self.views[view as usize];
+            let loc = view.location(i as usize);
+            match self.cache.source().open_local(&loc) {
+                Some(Ok(file)) if file.metadata().is_ok_and(|m| m.len() == loc.size) => {
+                    return Ok(Opened::Passthrough(file));
+                }
+                Some(Ok(_)) => {
+                    let e = FetchError::Corrupt {
+                        content_id: loc.content_id.hex(),
+                        detail: "the blob's size differs from the table's size_bytes".into(),
+                    };
+                    return Err(fetch_failed(view, i as usize, Arc::new(e)));
+                }
+                Some(Err(e)) => return Err(fetch_failed(view, i as usize, Arc::new(e))),
+                None => {}
+            }
+        }
+        Ok(if mode.no_open {
+            Opened::Skip
+        } else {
+            Opened::Cached
+        })
     }
 
     /// Reads up to `size` bytes at `offset`; short only at end of file.

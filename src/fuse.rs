@@ -26,7 +26,7 @@ use fuser::{
     Request, TimeOrNow, WriteFlags,
 };
 
-use crate::fs::{Attr, FsError, Kind, ViewFs};
+use crate::fs::{Attr, FsError, Kind, OpenMode, Opened, ViewFs};
 
 /// Entry and attribute TTL: views never change while mounted.
 const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -35,12 +35,15 @@ const MAX_READAHEAD: u32 = 1 << 20;
 /// Background requests the kernel may keep in flight (parallel DataLoader workers).
 const MAX_BACKGROUND: u16 = 64;
 
-/// Maps a core error to its errno.
+/// Maps a core error to its errno: the only place errnos are chosen.
 pub fn errno(e: &FsError) -> Errno {
     match e {
         FsError::NotFound => Errno::ENOENT,
         FsError::NotDir => Errno::ENOTDIR,
         FsError::IsDir => Errno::EISDIR,
+        FsError::ReadOnly => Errno::EROFS,
+        FsError::Unsupported => Errno::ENOSYS,
+        FsError::NoData => Errno::ENODATA,
         FsError::Fetch(_) => Errno::EIO,
     }
 }
@@ -56,27 +59,20 @@ fn reply_read(result: Result<bytes::Bytes, FsError>, reply: ReplyData) {
 /// kernel wants one registration per inode while any handle is open.
 type Backings = Arc<Mutex<HashMap<u64, (Arc<BackingId>, usize)>>>;
 
-/// Opens `path` and hands it to the kernel as the backing file of `ino`;
-/// falls back to reads through lakemount if the kernel refuses.
-fn open_passthrough(ino: u64, path: &Path, size: u64, backings: &Backings, reply: ReplyOpen) {
+/// Registers `file` with the kernel as the backing file of `ino` (one
+/// registration per inode while any handle is open) and opens it for
+/// passthrough; falls back to reads through lakemount if the kernel refuses.
+fn open_passthrough(ino: u64, file: std::fs::File, backings: &Backings, reply: ReplyOpen) {
     let Ok(mut map) = backings.lock() else {
-        return reply.error(Errno::EIO);
+        return reply.opened(
+            FileHandle(0),
+            FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
+        );
     };
     if let Some((id, n)) = map.get_mut(&ino) {
         *n += 1;
         return reply.opened_passthrough(FileHandle(ino), FopenFlags::FOPEN_NOFLUSH, id);
     }
-    let file = match std::fs::File::open(path) {
-        Ok(f) if f.metadata().is_ok_and(|m| m.len() == size) => f,
-        Ok(_) => {
-            tracing::error!(path = %path.display(), "blob size differs from the table's size_bytes");
-            return reply.error(Errno::EIO);
-        }
-        Err(e) => {
-            tracing::error!(path = %path.display(), "cannot open blob: {e}");
-            return reply.error(Errno::EIO);
-        }
-    };
     match reply.open_backing(&file) {
         Ok(id) => {
             let id = Arc::new(id);
@@ -84,7 +80,7 @@ fn open_passthrough(ino: u64, path: &Path, size: u64, backings: &Backings, reply
             reply.opened_passthrough(FileHandle(ino), FopenFlags::FOPEN_NOFLUSH, &id);
         }
         Err(e) => {
-            tracing::warn!(path = %path.display(), "kernel refused passthrough ({e}); serving reads");
+            tracing::warn!(ino, "kernel refused passthrough ({e}); serving reads");
             reply.opened(
                 FileHandle(0),
                 FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
@@ -191,7 +187,7 @@ impl Filesystem for FuseAdapter {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let Some(name) = name.to_str() else {
-            return reply.error(Errno::ENOENT);
+            return reply.error(errno(&FsError::NotFound));
         };
         match self.fs.lookup(parent.0, name) {
             Ok(a) => reply.entry(&TTL, &self.attr(&a), Generation(0)),
@@ -207,31 +203,33 @@ impl Filesystem for FuseAdapter {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
-            return reply.error(Errno::EROFS);
+        let write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
+        let mode = OpenMode {
+            no_open: self.no_open.load(Ordering::Relaxed),
+            passthrough: self.passthrough.load(Ordering::Relaxed),
+        };
+        let fs = self.fs.clone();
+        let backings = self.backings.clone();
+        let answer = move || match fs.open(ino.0, write, mode) {
+            Ok(Opened::Passthrough(file)) => open_passthrough(ino.0, file, &backings, reply),
+            // With no-open support negotiated, ENOSYS tells the kernel to
+            // stop sending OPEN and RELEASE for this mount and to keep page
+            // caches.
+            Ok(Opened::Skip) => reply.error(errno(&FsError::Unsupported)),
+            // Kernels without no-open support: keep page caches across
+            // opens and skip the FLUSH round trip on close.
+            Ok(Opened::Cached) => reply.opened(
+                FileHandle(0),
+                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
+            ),
+            Err(e) => reply.error(errno(&e)),
+        };
+        if mode.passthrough {
+            // Opening a blob file may block on the disk.
+            self.rt.spawn_blocking(answer);
+        } else {
+            answer();
         }
-        if let Err(e) = self.fs.getattr(ino.0) {
-            return reply.error(errno(&e));
-        }
-        if self.passthrough.load(Ordering::Relaxed)
-            && let Some((path, size)) = self.fs.local_file(ino.0)
-        {
-            let backings = self.backings.clone();
-            self.rt
-                .spawn_blocking(move || open_passthrough(ino.0, &path, size, &backings, reply));
-            return;
-        }
-        if self.no_open.load(Ordering::Relaxed) {
-            // With no-open support negotiated, ENOSYS tells the kernel to stop
-            // sending OPEN and RELEASE for this mount and to keep page caches.
-            return reply.error(Errno::ENOSYS);
-        }
-        // Kernels without no-open support: keep page caches across opens and
-        // skip the FLUSH round trip on close.
-        reply.opened(
-            FileHandle(0),
-            FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
-        );
     }
 
     fn release(
@@ -261,7 +259,7 @@ impl Filesystem for FuseAdapter {
                 FileHandle(0),
                 FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
             ),
-            Ok(_) => reply.error(Errno::ENOTDIR),
+            Ok(_) => reply.error(errno(&FsError::NotDir)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -365,7 +363,7 @@ impl Filesystem for FuseAdapter {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        reply.error(Errno::EROFS);
+        reply.error(errno(&FsError::ReadOnly));
     }
 
     fn mknod(
@@ -378,7 +376,7 @@ impl Filesystem for FuseAdapter {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        reply.error(Errno::EROFS);
+        reply.error(errno(&FsError::ReadOnly));
     }
 
     fn mkdir(
@@ -390,15 +388,15 @@ impl Filesystem for FuseAdapter {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        reply.error(Errno::EROFS);
+        reply.error(errno(&FsError::ReadOnly));
     }
 
     fn unlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::EROFS);
+        reply.error(errno(&FsError::ReadOnly));
     }
 
     fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::EROFS);
+        reply.error(errno(&FsError::ReadOnly));
     }
 
     fn symlink(
@@ -409,7 +407,7 @@ impl Filesystem for FuseAdapter {
         _target: &Path,
         reply: ReplyEntry,
     ) {
-        reply.error(Errno::EROFS);
+        reply.error(errno(&FsError::ReadOnly));
     }
 
     fn rename(
@@ -422,7 +420,7 @@ impl Filesystem for FuseAdapter {
         _flags: fuser::RenameFlags,
         reply: ReplyEmpty,
     ) {
-        reply.error(Errno::EROFS);
+        reply.error(errno(&FsError::ReadOnly));
     }
 
     fn link(
@@ -433,7 +431,7 @@ impl Filesystem for FuseAdapter {
         _newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        reply.error(Errno::EROFS);
+        reply.error(errno(&FsError::ReadOnly));
     }
 
     fn write(
@@ -448,7 +446,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        reply.error(Errno::EROFS);
+        reply.error(errno(&FsError::ReadOnly));
     }
 
     fn create(
@@ -461,7 +459,7 @@ impl Filesystem for FuseAdapter {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        reply.error(Errno::EROFS);
+        reply.error(errno(&FsError::ReadOnly));
     }
 
     fn flush(
@@ -475,7 +473,7 @@ impl Filesystem for FuseAdapter {
         // Nothing is ever written, so there is nothing to flush. ENOSYS makes
         // the kernel stop sending FLUSH on every close for this mount, which
         // is what keeps a warm epoch close to local-disk speed.
-        reply.error(Errno::ENOSYS);
+        reply.error(errno(&FsError::Unsupported));
     }
 
     fn getxattr(
@@ -486,7 +484,7 @@ impl Filesystem for FuseAdapter {
         _size: u32,
         reply: ReplyXattr,
     ) {
-        reply.error(Errno::ENODATA);
+        reply.error(errno(&FsError::NoData));
     }
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
@@ -507,11 +505,11 @@ impl Filesystem for FuseAdapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply.error(Errno::EROFS);
+        reply.error(errno(&FsError::ReadOnly));
     }
 
     fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::EROFS);
+        reply.error(errno(&FsError::ReadOnly));
     }
 
     fn fallocate(
@@ -524,6 +522,6 @@ impl Filesystem for FuseAdapter {
         _mode: i32,
         reply: ReplyEmpty,
     ) {
-        reply.error(Errno::EROFS);
+        reply.error(errno(&FsError::ReadOnly));
     }
 }

@@ -5,7 +5,11 @@
 //! extension (with the dot) from its media type. Every rendered segment is
 //! made a safe path component:
 //!
-//! * a null value renders as `_null_`; `/` and NUL become `_`;
+//! * a null value renders as `_null_`; `/`, NUL, other control characters
+//!   (C0, DEL, C1) and the bidirectional marks and overrides (U+061C,
+//!   U+200E/F, U+202A-E, U+2066-9) become `_`, so a listing cannot be made
+//!   ambiguous (a newline in a name) or visually spoofed (`gpj.exe` shown as
+//!   `exe.jpg`); `.json` sidecars and `_index.jsonl` keep the values intact;
 //! * a segment that ends up empty becomes `_empty_`; `.` and `..` become
 //!   `_` and `__`;
 //! * a segment longer than 255 bytes is cut at a character boundary and
@@ -130,11 +134,16 @@ impl Layout {
                     }
                 }
             }
+            // ASCII printable text is the fast path; anything else is checked
+            // character by character.
             let plain = !scratch.is_empty()
                 && scratch != "."
                 && scratch != ".."
                 && scratch.len() <= NAME_MAX
-                && !scratch.contains(['/', '\0']);
+                && (scratch
+                    .bytes()
+                    .all(|b| (0x20..0x7f).contains(&b) && b != b'/')
+                    || !scratch.chars().any(|c| c == '/' || is_unsafe_char(c)));
             if plain {
                 out.push_str(scratch);
             } else {
@@ -172,13 +181,28 @@ fn check_lit(lit: &str, text: &str) -> Result<String> {
     Ok(lit.to_string())
 }
 
+/// Whether `c` may not appear in a file name: a control character (NUL
+/// included) or a bidirectional mark, embedding, override or isolate.
+pub fn is_unsafe_char(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+        )
+}
+
 /// Makes one path component safe (see the module docs).
 pub fn safe_component(s: &str) -> String {
-    let mut out = if s.contains(['/', '\0']) {
-        s.replace(['/', '\0'], "_")
-    } else {
-        s.to_string()
-    };
+    let mut out: String = s
+        .chars()
+        .map(|c| {
+            if c == '/' || is_unsafe_char(c) {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
     if out.is_empty() {
         out = "_empty_".into();
     } else if out == "." || out == ".." {
@@ -239,6 +263,9 @@ mod tests {
         assert_eq!(safe_component("."), "_");
         assert_eq!(safe_component(""), "_empty_");
         assert_eq!(safe_component("x\0y"), "x_y");
+        assert_eq!(safe_component("a\nb\tc\u{7f}d\u{85}"), "a_b_c_d_");
+        assert_eq!(safe_component("photo\u{202E}gpj.exe"), "photo_gpj.exe");
+        assert_eq!(safe_component("\u{2066}x\u{2069}\u{200F}"), "_x__");
         let long = "é".repeat(200);
         let a = safe_component(&long);
         assert!(a.len() <= NAME_MAX);
@@ -284,7 +311,7 @@ mod tests {
     #[test]
     fn arbitrary_values_never_escape_their_component() {
         // Seeded pseudo-random strings over a hostile alphabet.
-        let alphabet: Vec<char> = "./\0a_é ..".chars().collect();
+        let alphabet: Vec<char> = "./\0a_é ..\n\u{202e}\u{85}".chars().collect();
         let mut state = 0x2545_f491_4f6c_dd1du64;
         for _ in 0..2000 {
             let len = (state % 12) as usize;
@@ -298,7 +325,10 @@ mod tests {
                 .collect();
             let c = safe_component(&s);
             assert!(
-                !c.is_empty() && c != "." && c != ".." && !c.contains(['/', '\0']),
+                !c.is_empty()
+                    && c != "."
+                    && c != ".."
+                    && !c.chars().any(|x| x == '/' || is_unsafe_char(x)),
                 "{s:?} -> {c:?}"
             );
         }

@@ -3,12 +3,19 @@
 //! The modules follow the data flow: [`warehouse`] opens storage and the
 //! catalog; [`ingest`] reads inputs, stores [`blobs`], computes embeddings
 //! with an [`encode::Encoder`], appends to the Lance table ([`vectors`]) and
-//! publishes through the Iceberg table ([`catalog`]).
+//! publishes through the Iceberg table ([`catalog`]). A [`spec`] resolves
+//! to a [`view`] (what one spec directory shows); the [`fs`] core serves
+//! views through the [`cache`] in front of a [`source`], and [`fuse`] is the
+//! kernel adapter, [`mount`] the session. [`check`] tests the tables'
+//! invariants; [`trust`] is the boundary between table contents and the
+//! machine.
 
 pub mod blobs;
 pub mod cache;
 pub mod catalog;
+pub mod check;
 pub mod cli;
+pub mod content_id;
 pub mod encode;
 pub mod fs;
 pub mod fuse;
@@ -17,7 +24,9 @@ pub mod layout;
 pub mod mount;
 pub mod npy;
 pub mod similar;
+pub mod source;
 pub mod spec;
+pub mod trust;
 pub mod vectors;
 pub mod view;
 pub mod warehouse;

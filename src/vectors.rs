@@ -11,6 +11,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
+
+use crate::content_id::ContentId;
 use arrow_array::{
     Array, ArrayRef, FixedSizeListArray, Float32Array, Int64Array, RecordBatch,
     RecordBatchIterator, StringArray,
@@ -70,6 +72,16 @@ pub async fn open(uri: &str) -> Result<Option<Dataset>> {
     })?))
 }
 
+/// Whether a Lance dataset exists at `uri`.
+pub async fn exists(uri: &str) -> bool {
+    if dataset_exists(uri) {
+        return !uri.contains("://")
+            || uri.starts_with("file://")
+            || Dataset::open(uri).await.is_ok();
+    }
+    false
+}
+
 fn dataset_exists(uri: &str) -> bool {
     if uri.contains("://") && !uri.starts_with("file://") {
         return true;
@@ -90,17 +102,19 @@ pub fn dim_of(ds: &Dataset) -> Result<usize> {
     }
 }
 
-/// Every content id in the dataset's current version.
-pub async fn content_ids(ds: &Dataset) -> Result<HashSet<String>> {
-    let mut scan = ds.scan();
-    scan.project(&["content_id"])?;
-    let mut stream = scan.try_into_stream().await?;
-    let mut ids = HashSet::new();
-    while let Some(batch) = stream.try_next().await? {
-        let col = crate::catalog::string_column(&batch, "content_id")?;
-        ids.extend(col.iter().flatten().map(str::to_string));
-    }
-    Ok(ids)
+/// Every content id in the dataset's current version. Rows whose id is
+/// not a SHA-256 (another writer broke the contract) join nothing; they are
+/// counted in a warning.
+pub async fn content_ids(ds: &Dataset) -> Result<HashSet<ContentId>> {
+    Ok(row_ids_by_content(ds).await?.into_keys().collect())
+}
+
+/// The newest version of the dataset at `uri`.
+pub async fn latest_version(uri: &str) -> Result<u64> {
+    let ds = Dataset::open(uri)
+        .await
+        .with_context(|| format!("cannot open Lance dataset {uri}"))?;
+    Ok(ds.version().version)
 }
 
 /// Appends `rows` (creating the dataset on first use) and returns the
@@ -113,14 +127,9 @@ pub async fn append(
 ) -> Result<Dataset> {
     let schema = schema(dim)?;
     let batch = rows_to_batch(&schema, rows, dim)?;
-    let reader = RecordBatchIterator::new(vec![Ok(batch)], schema);
-    let ds = match existing {
-        Some(mut ds) => {
-            ds.append(reader, None)
-                .await
-                .with_context(|| format!("Lance append to {uri} failed"))?;
-            ds
-        }
+    let reader = || RecordBatchIterator::new(vec![Ok(batch.clone())], schema.clone());
+    let mut ds = match existing {
+        Some(ds) => ds,
         None => {
             let params = WriteParams {
                 mode: WriteMode::Create,
@@ -129,11 +138,22 @@ pub async fn append(
                 enable_stable_row_ids: true,
                 ..Default::default()
             };
-            Dataset::write(reader, uri, Some(params))
-                .await
-                .with_context(|| format!("cannot create Lance dataset {uri}"))?
+            match Dataset::write(reader(), uri, Some(params)).await {
+                Ok(ds) => return Ok(ds),
+                // Another ingest created it first: append to theirs.
+                Err(e) => match open(uri).await {
+                    Ok(Some(ds)) => ds,
+                    _ => {
+                        return Err(anyhow::Error::new(e))
+                            .with_context(|| format!("cannot create Lance dataset {uri}"));
+                    }
+                },
+            }
         }
     };
+    ds.append(reader(), None)
+        .await
+        .with_context(|| format!("Lance append to {uri} failed"))?;
     Ok(ds)
 }
 
@@ -181,11 +201,15 @@ fn rows_to_batch(schema: &Arc<Schema>, rows: &[VectorRow], dim: usize) -> Result
 }
 
 /// Stable row id of every content id in the dataset's current version.
-pub async fn row_ids(ds: &Dataset) -> Result<std::collections::HashMap<String, u64>> {
+/// A content id held by several rows (two ingests raced to append the same
+/// bytes) maps to the first in row order, so rows appended later never
+/// change what an existing id resolves to.
+pub async fn row_ids_by_content(ds: &Dataset) -> Result<foldhash::HashMap<ContentId, u64>> {
     let mut scan = ds.scan();
     scan.project(&["content_id"])?.with_row_id();
     let mut stream = scan.try_into_stream().await?;
-    let mut out = std::collections::HashMap::new();
+    let mut out = foldhash::HashMap::default();
+    let mut bad = 0usize;
     while let Some(batch) = stream.try_next().await? {
         let ids = crate::catalog::string_column(&batch, "content_id")?;
         let rows = batch
@@ -193,10 +217,19 @@ pub async fn row_ids(ds: &Dataset) -> Result<std::collections::HashMap<String, u
             .and_then(|c| c.as_any().downcast_ref::<arrow_array::UInt64Array>())
             .context("Lance scan returned no _rowid column")?;
         for (id, row) in ids.iter().zip(rows.iter()) {
-            if let (Some(id), Some(row)) = (id, row) {
-                out.insert(id.to_string(), row);
+            match (id.map(ContentId::parse), row) {
+                (Some(Ok(id)), Some(row)) => {
+                    out.entry(id).or_insert(row);
+                }
+                _ => bad += 1,
             }
         }
+    }
+    if bad > 0 {
+        tracing::warn!(
+            rows = bad,
+            "Lance rows without a valid content id (not a SHA-256 in hex) are ignored"
+        );
     }
     Ok(out)
 }

@@ -22,13 +22,14 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use iceberg::io::LocalFsStorageFactory;
-use iceberg::{CatalogBuilder, NamespaceIdent, TableIdent};
-use iceberg_catalog_sql::{SqlBindStyle, SqlCatalog, SqlCatalogBuilder};
+use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableIdent};
+use iceberg_catalog_sql::{SqlBindStyle, SqlCatalogBuilder};
 use object_store::ObjectStore;
 use object_store::local::LocalFileSystem;
 use url::Url;
 
 use crate::blobs::BlobStore;
+use crate::trust::{UriTrust, redact};
 
 /// Name under which the catalog's rows are stored; other readers (PyIceberg's
 /// `SqlCatalog`, Spark's JDBC catalog) must load the catalog under this name.
@@ -45,6 +46,8 @@ pub struct WarehouseConfig {
     pub catalog: Option<String>,
     /// `namespace.table` of the Iceberg table.
     pub table: String,
+    /// Locations outside the warehouse that samples may be read from.
+    pub allow_uri_prefixes: Vec<String>,
 }
 
 impl WarehouseConfig {
@@ -54,6 +57,7 @@ impl WarehouseConfig {
             location: location.into(),
             catalog: None,
             table: DEFAULT_TABLE.to_string(),
+            allow_uri_prefixes: Vec::new(),
         }
     }
 }
@@ -64,13 +68,15 @@ pub struct Warehouse {
     /// Root URL, always ending in `/`.
     pub root_url: Url,
     /// The catalog holding the table.
-    pub catalog: Arc<SqlCatalog>,
+    pub catalog: Arc<dyn Catalog>,
     /// The Iceberg table this warehouse serves.
     pub table: TableIdent,
     /// Blobs by content id.
     pub blobs: BlobStore,
     /// Location of the Lance dataset for `table` (a path for local warehouses).
     pub lance_uri: String,
+    /// Where samples may be read from: the warehouse and the allowed prefixes.
+    pub trust: UriTrust,
 }
 
 impl Warehouse {
@@ -127,15 +133,23 @@ impl Warehouse {
             .with_storage_factory(Arc::new(LocalFsStorageFactory))
             .load(CATALOG_NAME, HashMap::new())
             .await
-            .with_context(|| format!("cannot open the Iceberg catalog at {catalog_uri}"))?;
+            .map_err(|e| anyhow::anyhow!(redact(&format!("{e:#}"))))
+            .with_context(|| {
+                format!(
+                    "cannot open the Iceberg catalog at {}",
+                    redact(&catalog_uri)
+                )
+            })?;
 
         let lance_uri = lance_location(&root, &table);
+        let trust = UriTrust::new(&root_url, &config.allow_uri_prefixes)?;
         Ok(Self {
             root_url,
             catalog: Arc::new(catalog),
             table,
             blobs,
             lance_uri,
+            trust,
         })
     }
 }

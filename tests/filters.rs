@@ -132,12 +132,10 @@ async fn every_operator_selects_exactly_the_right_rows() {
         let spec_text = format!("name: f\nfilter: \"{sql}\"\n");
         let spec =
             lakemount::spec::parse(&spec_text, Path::new("f.yaml"), "datasets.samples").unwrap();
-        let view = lakemount::view::resolve(&spec, wh.catalog.as_ref(), &BuiltinEncoder)
+        let view = resolve(&wh, &spec)
             .await
             .unwrap_or_else(|e| panic!("{sql}: {e:#}"));
-        let got: BTreeSet<String> = (0..view.samples.len())
-            .map(|i| view.content_id(i))
-            .collect();
+        let got: BTreeSet<String> = (0..view.len()).map(|i| view.content_id(i)).collect();
         let want: BTreeSet<String> = recs
             .iter()
             .filter(|r| expected(r))
@@ -155,13 +153,9 @@ async fn every_operator_selects_exactly_the_right_rows() {
     // `limit` keeps the first N by content id.
     let spec =
         lakemount::spec::parse("limit: 7\n", Path::new("l.yaml"), "datasets.samples").unwrap();
-    let view = lakemount::view::resolve(&spec, wh.catalog.as_ref(), &BuiltinEncoder)
-        .await
-        .unwrap();
+    let view = resolve(&wh, &spec).await.unwrap();
     let mut ids: Vec<String> = recs.iter().map(|r| r.id.clone()).collect();
     ids.sort();
-    let got: BTreeSet<String> = (0..view.samples.len())
-        .map(|i| view.content_id(i))
-        .collect();
+    let got: BTreeSet<String> = (0..view.len()).map(|i| view.content_id(i)).collect();
     assert_eq!(got, ids[..7].iter().cloned().collect());
 }

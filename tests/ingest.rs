@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use common::*;
 use lakemount::encode::Encoder;
 use lakemount::encode::builtin::BuiltinEncoder;
-use lakemount::ingest::{self, FaultPoint, InputSource};
+use lakemount::ingest::{self, InputSource};
 
 #[tokio::test]
 async fn directory_ingest_reads_back_equal() {
@@ -235,16 +235,24 @@ async fn crash_between_lance_and_iceberg_leaves_nothing_visible_and_rerun_comple
     let files = image_folder(&tmp.path().join("in"), &[("a", 4), ("b", 3)]);
     let wh = open(&tmp.path().join("wh")).await;
 
-    let mut cfg = quiet(InputSource::Dir(tmp.path().join("in")));
-    cfg.fault = Some(FaultPoint::AfterLanceCommit);
-    let err = ingest::run(&cfg, &wh, &BuiltinEncoder).await.unwrap_err();
-    assert!(err.to_string().contains("injected fault"), "{err:#}");
+    let cfg = quiet(InputSource::Dir(tmp.path().join("in")));
+    // The table exists first (its creation is not what fails).
+    lakemount::catalog::ensure_table(wh.catalog.as_ref(), &wh.table, &wh.lance_uri, 256)
+        .await
+        .unwrap();
+    let mut dying = wh.clone();
+    dying.catalog = std::sync::Arc::new(FailingCommits {
+        inner: wh.catalog.clone(),
+    });
+    let err = ingest::run(&cfg, &dying, &BuiltinEncoder)
+        .await
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("injected fault"), "{err:#}");
     // Lance has the rows, but no Iceberg snapshot lists them: invisible.
     assert_eq!(lance_row_count(&wh).await, 7);
     assert_eq!(snapshot_count(&wh).await, 0);
     assert!(iceberg_rows(&wh).await.is_empty());
 
-    cfg.fault = None;
     let r = ingest::run(&cfg, &wh, &BuiltinEncoder).await.unwrap();
     assert_eq!(r.added, 7);
     assert_eq!(r.adopted, 7);

@@ -100,9 +100,7 @@ async fn ranked(wh: &Path, spec: &Path) -> (Vec<String>, serde_json::Value) {
     .await
     .unwrap();
     let s = lakemount::spec::load(spec, "datasets.samples").unwrap();
-    let view = lakemount::view::resolve(&s, w.catalog.as_ref(), &BuiltinEncoder)
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    let view = resolve(&w, &s).await.unwrap_or_else(|e| panic!("{e:#}"));
     let index = view.index_bytes(0..u64::MAX);
     // The listing is rendered on demand; the receipt's digest covers exactly it.
     assert_eq!(sha256(&index), view.listing_sha256());
@@ -415,7 +413,12 @@ async fn large_candidate_sets_use_the_flat_kernel_and_stay_exact() {
     let ds = lakemount::vectors::append(&uri, None, &rows, 8)
         .await
         .unwrap();
-    let ids = lakemount::vectors::row_ids(&ds).await.unwrap();
+    let ids: std::collections::HashMap<String, u64> = lakemount::vectors::row_ids_by_content(&ds)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, row)| (id.hex(), row))
+        .collect();
     // Every other row is allowed.
     let candidates: Vec<(String, u64)> = rows
         .iter()

@@ -13,51 +13,224 @@ use anyhow::{Result, anyhow, bail};
 use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use iceberg::expr::{Predicate, Reference};
 use iceberg::spec::{Datum, PrimitiveType, Schema, Type};
-use sqlparser::ast::{BinaryOperator, Expr, UnaryOperator, Value};
+use sqlparser::ast::{BinaryOperator, Expr, Spanned, UnaryOperator, Value};
 use sqlparser::dialect::GenericDialect;
-use sqlparser::parser::Parser;
+use sqlparser::parser::{Parser, ParserError};
+
+/// How deep `NOT`s and parentheses may nest: the SQL parser's own limit,
+/// which keeps every recursion over a filter shallow. Chains of `AND` and
+/// `OR` do not nest in this sense and may be of any length.
+pub const MAX_NESTING: usize = 50;
+
+/// A filter that could not be parsed or bound: what is wrong and, when it
+/// is one piece of the text, where that piece starts.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}{}", .column.map(|c| format!(" (at column {c} of the filter)")).unwrap_or_default())]
+pub struct FilterError {
+    /// What is wrong.
+    pub message: String,
+    /// 1-based character column of the offending piece.
+    pub column: Option<u64>,
+}
+
+/// A parsed filter: checked for syntax when the spec is loaded, bound to a
+/// table's schema ([`Filter::bind`]) when the spec is resolved.
+#[derive(Debug, Clone)]
+pub struct Filter {
+    text: String,
+    cond: Cond,
+}
+
+/// A filter's structure: `AND` and `OR` chains flattened into lists (so a
+/// generated filter of 10,000 terms is one level, not 10,000), `NOT`, and
+/// leaves, which are single comparisons.
+#[derive(Debug, Clone)]
+enum Cond {
+    All(Vec<Cond>),
+    Any(Vec<Cond>),
+    Not(Box<Cond>),
+    Leaf(Box<Expr>),
+}
+
+impl Filter {
+    /// Parses `sql`.
+    pub fn parse(sql: &str) -> Result<Self, FilterError> {
+        let dialect = GenericDialect {};
+        let expr = Parser::new(&dialect)
+            .with_recursion_limit(MAX_NESTING)
+            .try_with_sql(sql)
+            .and_then(|mut p| {
+                let e = p.parse_expr()?;
+                p.expect_token(&sqlparser::tokenizer::Token::EOF)?;
+                Ok(e)
+            })
+            .map_err(|e| FilterError {
+                message: match e {
+                    _ if nesting(sql) >= MAX_NESTING - 10 => format!(
+                        "the filter nests NOT or parentheses more than {} levels deep; \
+                         simplify it (NOT NOT x is x; AND and OR chains may be any length)",
+                        MAX_NESTING - 10
+                    ),
+                    ParserError::RecursionLimitExceeded => format!(
+                        "the filter nests NOT or parentheses more than {MAX_NESTING} levels deep; \
+                         simplify it (NOT NOT x is x; AND and OR chains may be any length)"
+                    ),
+                    e => format!("not a valid predicate: {e}"),
+                },
+                column: None,
+            })?;
+        Ok(Self {
+            text: sql.to_string(),
+            cond: flatten(expr),
+        })
+    }
+
+    /// The filter as written.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// The Iceberg predicate "the filter is TRUE" over `schema`'s columns.
+    pub fn bind(&self, schema: &Schema) -> Result<Predicate, FilterError> {
+        bind(&self.cond, schema, false)
+    }
+}
+
+/// How deeply `sql` nests `NOT`s and parentheses: the most open
+/// parentheses plus `NOT`s in force at any token. The parser gives up at
+/// its recursion limit, sometimes with a message about the token where it
+/// stopped; this finds out whether that is why.
+fn nesting(sql: &str) -> usize {
+    use sqlparser::keywords::Keyword;
+    use sqlparser::tokenizer::{Token, Tokenizer};
+    let Ok(tokens) = Tokenizer::new(&GenericDialect {}, sql).tokenize() else {
+        return 0;
+    };
+    // NOTs in force at each open parenthesis level.
+    let mut levels: Vec<usize> = vec![0];
+    let mut deepest = 0;
+    for t in tokens {
+        match t {
+            Token::LParen => levels.push(0),
+            Token::RParen if levels.len() > 1 => {
+                levels.pop();
+            }
+            Token::Word(w) if w.keyword == Keyword::NOT => {
+                if let Some(n) = levels.last_mut() {
+                    *n += 1;
+                }
+            }
+            Token::Word(w) if matches!(w.keyword, Keyword::AND | Keyword::OR) => {
+                // A NOT covers one operand; the next operand starts fresh.
+                if let Some(n) = levels.last_mut() {
+                    *n = 0;
+                }
+            }
+            _ => {}
+        }
+        deepest = deepest.max(levels.len() - 1 + levels.iter().sum::<usize>());
+    }
+    deepest
+}
 
 /// Parses `sql` and binds it to `schema`'s columns.
 pub fn parse(sql: &str, schema: &Schema) -> Result<Predicate> {
-    let dialect = GenericDialect {};
-    let expr = Parser::new(&dialect)
-        .try_with_sql(sql)
-        .and_then(|mut p| {
-            let e = p.parse_expr()?;
-            p.expect_token(&sqlparser::tokenizer::Token::EOF)?;
-            Ok(e)
-        })
-        .map_err(|e| anyhow!("not a valid predicate: {e}"))?;
-    convert(&expr, schema, false)
+    Ok(Filter::parse(sql)?.bind(schema)?)
 }
 
-/// Converts `expr` to the predicate "expr is TRUE" (or, with `negate`,
-/// "expr is FALSE") under SQL's three-valued logic: a comparison involving a
-/// null is neither, so every comparison leaf carries `IS NOT NULL`, and `NOT`
-/// is pushed down by swapping TRUE and FALSE. The result does not depend on
-/// how the scan treats nulls in negated predicates.
-fn convert(expr: &Expr, schema: &Schema, negate: bool) -> Result<Predicate> {
+/// `expr` as a [`Cond`]. Consumes the expression: a long chain is taken
+/// apart along its spine, iteratively, so neither this nor dropping the
+/// parser's tree recurses once per term.
+fn flatten(expr: Expr) -> Cond {
     match expr {
-        Expr::Nested(inner) => convert(inner, schema, negate),
-        Expr::BinaryOp { left, op, right } => match op {
-            BinaryOperator::And | BinaryOperator::Or => {
-                let (l, r) = (
-                    convert(left, schema, negate)?,
-                    convert(right, schema, negate)?,
-                );
-                // De Morgan: FALSE(a AND b) = FALSE(a) OR FALSE(b), and dually.
-                Ok(if (*op == BinaryOperator::And) != negate {
-                    l.and(r)
-                } else {
-                    l.or(r)
-                })
-            }
-            _ => comparison(left, op, right, schema, expr, negate),
-        },
+        Expr::Nested(inner) => flatten(*inner),
         Expr::UnaryOp {
             op: UnaryOperator::Not,
-            expr: inner,
-        } => convert(inner, schema, !negate),
+            expr,
+        } => Cond::Not(Box::new(flatten(*expr))),
+        Expr::BinaryOp { left, op, right }
+            if matches!(op, BinaryOperator::And | BinaryOperator::Or) =>
+        {
+            let and = op == BinaryOperator::And;
+            let mut terms = vec![*right];
+            let mut cur = *left;
+            loop {
+                match cur {
+                    Expr::BinaryOp { left, op, right }
+                        if op == BinaryOperator::And && and || op == BinaryOperator::Or && !and =>
+                    {
+                        terms.push(*right);
+                        cur = *left;
+                    }
+                    other => {
+                        terms.push(other);
+                        break;
+                    }
+                }
+            }
+            terms.reverse();
+            let mut parts = Vec::with_capacity(terms.len());
+            for t in terms {
+                match (flatten(t), and) {
+                    (Cond::All(inner), true) | (Cond::Any(inner), false) => parts.extend(inner),
+                    (c, _) => parts.push(c),
+                }
+            }
+            if and {
+                Cond::All(parts)
+            } else {
+                Cond::Any(parts)
+            }
+        }
+        other => Cond::Leaf(Box::new(other)),
+    }
+}
+
+/// Predicates combined as a balanced tree (depth log2 n): Iceberg walks
+/// predicates recursively, on threads with small stacks.
+fn balanced(mut preds: Vec<Predicate>, and: bool) -> Predicate {
+    while preds.len() > 1 {
+        let mut next = Vec::with_capacity(preds.len().div_ceil(2));
+        let mut it = preds.into_iter();
+        while let Some(a) = it.next() {
+            next.push(match it.next() {
+                Some(b) if and => a.and(b),
+                Some(b) => a.or(b),
+                None => a,
+            });
+        }
+        preds = next;
+    }
+    preds.pop().unwrap_or(Predicate::AlwaysTrue)
+}
+
+/// Binds `cond` as the predicate "cond is TRUE" (or, with `negate`, "cond
+/// is FALSE") under SQL's three-valued logic: a comparison involving a null
+/// is neither, so every comparison leaf carries `IS NOT NULL`, and `NOT` is
+/// pushed down by swapping TRUE and FALSE (De Morgan for the chains). The
+/// result does not depend on how the scan treats nulls in negated predicates.
+fn bind(cond: &Cond, schema: &Schema, negate: bool) -> Result<Predicate, FilterError> {
+    match cond {
+        Cond::All(terms) | Cond::Any(terms) => {
+            let preds = terms
+                .iter()
+                .map(|t| bind(t, schema, negate))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(balanced(preds, matches!(cond, Cond::All(_)) != negate))
+        }
+        Cond::Not(inner) => bind(inner, schema, !negate),
+        Cond::Leaf(expr) => leaf(expr, schema, negate).map_err(|e| FilterError {
+            message: format!("{e:#}"),
+            column: Some(expr.span().start.column).filter(|c| *c > 0),
+        }),
+    }
+}
+
+/// One comparison, "is TRUE" or with `negate` "is FALSE".
+fn leaf(expr: &Expr, schema: &Schema, negate: bool) -> Result<Predicate> {
+    match expr {
+        Expr::Nested(inner) => leaf(inner, schema, negate),
+        Expr::BinaryOp { left, op, right } => comparison(left, op, right, schema, expr, negate),
         Expr::IsNull(inner) | Expr::IsNotNull(inner) => {
             let r = column(inner, schema)?.0;
             Ok(if matches!(expr, Expr::IsNull(_)) != negate {
@@ -385,6 +558,56 @@ mod tests {
         assert!(err("label = 'a' extra").contains("not a valid predicate"));
         assert!(err("lower(label) = 'a'").contains("does not compare a column"));
         assert!(err("label").contains("is not supported"));
+    }
+
+    #[test]
+    fn errors_point_at_the_piece() {
+        let e = Filter::parse("split = 'train' AND lable = 'cat'")
+            .unwrap()
+            .bind(&schema())
+            .unwrap_err();
+        assert_eq!(e.column, Some(21), "{e}");
+        assert!(e.to_string().contains("at column 21"), "{e}");
+    }
+
+    #[test]
+    fn long_chains_bind_as_shallow_trees() {
+        for n in [1, 2, 3, 1000, 10_000] {
+            let sql = (0..n)
+                .map(|i| format!("label = 'l{i}'"))
+                .collect::<Vec<_>>()
+                .join(" OR ");
+            let pred = Filter::parse(&sql).unwrap().bind(&schema()).unwrap();
+            // Binding to a schema walks the whole predicate recursively.
+            let bound =
+                iceberg::expr::Bind::bind(&pred, std::sync::Arc::new(schema()), true).unwrap();
+            drop(bound);
+            let and = (0..n)
+                .map(|i| format!("size_bytes <> {i}"))
+                .collect::<Vec<_>>()
+                .join(" AND ");
+            Filter::parse(&and).unwrap().bind(&schema()).unwrap();
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_with_a_clear_message() {
+        let sql = format!("{}label = 'a'", "NOT ".repeat(5000));
+        let e = Filter::parse(&sql).unwrap_err();
+        assert!(
+            e.message.contains("nests NOT or parentheses more than 40"),
+            "{e}"
+        );
+        let sql = format!("{}label = 'a'{}", "(".repeat(5000), ")".repeat(5000));
+        assert!(
+            Filter::parse(&sql)
+                .unwrap_err()
+                .message
+                .contains("more than 40")
+        );
+        // Within the limit, NOT NOT ... is fine.
+        let sql = format!("{}label = 'a'", "NOT ".repeat(20));
+        ok(&sql);
     }
 
     #[test]

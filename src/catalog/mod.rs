@@ -12,6 +12,7 @@
 //! columns by schema evolution, and other engines may write rows as long as
 //! they keep those columns and types.
 
+pub mod commit;
 pub mod filter;
 pub mod write;
 
@@ -32,6 +33,11 @@ pub const PROP_LANCE_URI: &str = "lakemount.lance-uri";
 /// Table property: embedding dimension of the Lance table.
 pub const PROP_EMBEDDING_DIM: &str = "lakemount.embedding-dim";
 
+/// Column: SHA-256 of each 1 MiB chunk of a sample larger than one chunk,
+/// concatenated (binary, null for smaller samples and rows other engines
+/// wrote): what lets a mount verify every byte of a large sample it serves.
+pub const CHUNK_DIGESTS_COLUMN: &str = "chunk_sha256";
+
 /// Fixed columns of the samples table: (field id, name, type, required).
 pub const BASE_COLUMNS: &[(i32, &str, PrimitiveType, bool)] = &[
     (1, "content_id", PrimitiveType::String, true),
@@ -43,6 +49,7 @@ pub const BASE_COLUMNS: &[(i32, &str, PrimitiveType, bool)] = &[
     (7, "source", PrimitiveType::String, false),
     (8, "ingested_at", PrimitiveType::Timestamptz, true),
     (9, "embedding_model", PrimitiveType::String, true),
+    (10, CHUNK_DIGESTS_COLUMN, PrimitiveType::Binary, false),
 ];
 
 /// Whether `name` is one of the fixed columns.
@@ -123,50 +130,58 @@ pub fn partition_spec() -> Result<UnboundPartitionSpec> {
         .build())
 }
 
-/// Loads the table, creating its namespace and the table itself when absent.
+/// Loads the table, creating its namespace and the table itself when
+/// absent. Two ingests creating it at once is fine: the one that loses the
+/// race loads what the other created.
 pub async fn ensure_table(
     catalog: &dyn Catalog,
     ident: &TableIdent,
     lance_uri: &str,
     dim: usize,
 ) -> Result<Table> {
-    if catalog.table_exists(ident).await? {
-        let table = catalog.load_table(ident).await?;
-        if let Some(existing) = table.metadata().properties().get(PROP_EMBEDDING_DIM)
-            && existing != &dim.to_string()
+    if !catalog.table_exists(ident).await? {
+        let ns = ident.namespace();
+        if !catalog.namespace_exists(ns).await?
+            && let Err(e) = catalog.create_namespace(ns, HashMap::new()).await
+            && !catalog.namespace_exists(ns).await?
         {
-            bail!(
-                "table {ident} holds {existing}-dimensional embeddings, but this ingest produces {dim}; \
-                 use a different --table or an encoder of the same dimension"
-            );
+            return Err(e).with_context(|| format!("cannot create namespace {ns:?}"));
         }
-        return Ok(table);
+        let creation = TableCreation::builder()
+            .name(ident.name().to_string())
+            .schema(base_schema()?)
+            .partition_spec(partition_spec()?)
+            .properties([
+                (PROP_LANCE_URI.to_string(), lance_uri.to_string()),
+                (PROP_EMBEDDING_DIM.to_string(), dim.to_string()),
+                ("write.format.default".to_string(), "parquet".to_string()),
+            ])
+            .build();
+        match catalog.create_table(ns, creation).await {
+            Ok(t) => return Ok(t),
+            Err(e) if !catalog.table_exists(ident).await.unwrap_or(false) => {
+                return Err(e).with_context(|| format!("cannot create Iceberg table {ident}"));
+            }
+            Err(_) => {}
+        }
     }
-    let ns = ident.namespace();
-    if !catalog.namespace_exists(ns).await? {
-        catalog.create_namespace(ns, HashMap::new()).await?;
+    let table = catalog.load_table(ident).await?;
+    if let Some(existing) = table.metadata().properties().get(PROP_EMBEDDING_DIM)
+        && existing != &dim.to_string()
+    {
+        bail!(
+            "table {ident} holds {existing}-dimensional embeddings, but this ingest produces {dim}; \
+             use a different --table or an encoder of the same dimension"
+        );
     }
-    let creation = TableCreation::builder()
-        .name(ident.name().to_string())
-        .schema(base_schema()?)
-        .partition_spec(partition_spec()?)
-        .properties([
-            (PROP_LANCE_URI.to_string(), lance_uri.to_string()),
-            (PROP_EMBEDDING_DIM.to_string(), dim.to_string()),
-            ("write.format.default".to_string(), "parquet".to_string()),
-        ])
-        .build();
-    catalog
-        .create_table(ns, creation)
-        .await
-        .with_context(|| format!("cannot create Iceberg table {ident}"))
+    Ok(table)
 }
 
 /// Adds optional columns to the table's schema (one schema change).
 pub async fn add_columns(
     catalog: &dyn Catalog,
     table: &Table,
-    columns: &[(String, ExtraType)],
+    columns: &[(String, PrimitiveType)],
 ) -> Result<Table> {
     if columns.is_empty() {
         return Ok(table.clone());
@@ -174,7 +189,7 @@ pub async fn add_columns(
     let tx = Transaction::new(table);
     let mut action = tx.update_schema();
     for (name, ty) in columns {
-        action = action.add_column(AddColumn::optional(name, Type::Primitive(ty.iceberg())));
+        action = action.add_column(AddColumn::optional(name, Type::Primitive(ty.clone())));
     }
     let tx = action.apply(tx)?;
     tx.commit(catalog)

@@ -6,13 +6,12 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use arrow_array::{
-    ArrayRef, BooleanArray, Float32Array, Float64Array, Int32Array, Int64Array, RecordBatch,
-    StringArray, TimestampMicrosecondArray, new_null_array,
+    ArrayRef, BinaryArray, BooleanArray, Float32Array, Float64Array, Int32Array, Int64Array,
+    LargeBinaryArray, RecordBatch, StringArray, TimestampMicrosecondArray, new_null_array,
 };
 use arrow_schema::{DataType, TimeUnit};
-use iceberg::Catalog;
 use iceberg::arrow::{RecordBatchPartitionSplitter, schema_to_arrow_schema};
-use iceberg::spec::DataFileFormat;
+use iceberg::spec::{DataFile, DataFileFormat};
 use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
@@ -59,6 +58,9 @@ pub struct SampleRow {
     pub ingested_at_us: i64,
     /// Encoder that produced the embedding.
     pub embedding_model: String,
+    /// Chunk digests of a sample larger than one chunk (see
+    /// [`super::CHUNK_DIGESTS_COLUMN`]).
+    pub chunk_sha256: Option<Vec<u8>>,
     /// Manifest extras; absent means null.
     pub extras: HashMap<String, Value>,
 }
@@ -92,6 +94,12 @@ pub fn rows_to_batch(table: &Table, rows: &[SampleRow]) -> Result<RecordBatch> {
                 TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| r.ingested_at_us))
                     .with_timezone_opt(tz.clone()),
             ),
+            (super::CHUNK_DIGESTS_COLUMN, DataType::LargeBinary) => Arc::new(
+                LargeBinaryArray::from_iter(rows.iter().map(|r| r.chunk_sha256.as_deref())),
+            ),
+            (super::CHUNK_DIGESTS_COLUMN, DataType::Binary) => Arc::new(BinaryArray::from_iter(
+                rows.iter().map(|r| r.chunk_sha256.as_deref()),
+            )),
             (_, DataType::Utf8) if rows.first().and_then(|r| r.base_string(name)).is_some() => {
                 Arc::new(StringArray::from_iter(
                     rows.iter().map(|r| r.base_string(name).flatten()),
@@ -186,14 +194,9 @@ fn extra_array(name: &str, dt: &DataType, rows: &[SampleRow]) -> Result<ArrayRef
     })
 }
 
-/// Writes `rows` as partitioned Parquet files and commits one fast append
-/// carrying `snapshot_props` in its summary. Returns the updated table.
-pub async fn append(
-    catalog: &dyn Catalog,
-    table: &Table,
-    rows: &[SampleRow],
-    snapshot_props: HashMap<String, String>,
-) -> Result<Table> {
+/// Writes `rows` as partitioned Parquet files in the table's location,
+/// shaped by its current schema. Nothing is committed.
+pub async fn write_files(table: &Table, rows: &[SampleRow]) -> Result<Vec<DataFile>> {
     let batch = rows_to_batch(table, rows)?;
     let metadata = table.metadata();
     let schema = metadata.current_schema().clone();
@@ -214,15 +217,20 @@ pub async fn append(
     for (key, part) in splitter.split(&batch)? {
         writer.write(key, part).await?;
     }
-    let files = writer.close().await?;
+    Ok(writer.close().await?)
+}
 
+/// A transaction appending `files` to `table` with `snapshot_props` in the
+/// new snapshot's summary.
+pub fn fast_append(
+    table: &Table,
+    files: Vec<DataFile>,
+    snapshot_props: HashMap<String, String>,
+) -> Result<Transaction> {
     let tx = Transaction::new(table);
-    let tx = tx
+    Ok(tx
         .fast_append()
         .add_data_files(files)
         .set_snapshot_properties(snapshot_props)
-        .apply(tx)?;
-    tx.commit(catalog)
-        .await
-        .with_context(|| format!("Iceberg commit to {} failed", table.identifier()))
+        .apply(tx)?)
 }

@@ -1,35 +1,57 @@
 //! `lakemount ingest`: inputs -> blobs -> embeddings -> Lance -> Iceberg.
 //!
-//! Each batch commits in a fixed order: blobs first (idempotent, keyed by
-//! content), then one Lance append, then one Iceberg append whose snapshot
-//! summary records the Lance version. The Iceberg commit is the publish
-//! point: until it happens nothing of the batch is visible to any view.
+//! Each batch goes through named stages ([`prepare`], [`store_blobs`],
+//! [`append_vectors`], [`publish::publish`]), in a fixed order: blobs first
+//! (idempotent, keyed by content), then one Lance append, then one Iceberg
+//! append whose snapshot summary records a Lance version. The Iceberg
+//! commit is the publish point: until it happens nothing of the batch is
+//! visible to any view.
 //!
-//! If a run dies between the Lance and the Iceberg commit, the Lance rows it
-//! wrote are orphans. A re-run sees their content ids in Lance but not in
+//! Concurrency model (several ingests, other engines, one table):
+//! - Blob writes are idempotent and Lance appends are concurrent-safe
+//!   (Lance serialises its own commits); neither publishes anything.
+//! - The Iceberg commit is the serialisation point. A batch is checked
+//!   against the snapshot it commits on: rows whose content id that
+//!   snapshot already lists are dropped (counted as duplicates), and the
+//!   snapshot records the newest Lance version at that moment, which holds
+//!   every row of every earlier commit. If another writer commits first,
+//!   the catalog refuses ours ([`crate::catalog::commit`]) and the batch is
+//!   checked again on the new snapshot, up to [`publish::MAX_ATTEMPTS`]
+//!   times with jittered backoff; then the ingest stops with an error and
+//!   nothing of that batch is visible.
+//! - Creating the table or the Lance dataset races benignly: whoever loses
+//!   uses what the winner created.
+//!
+//! So every snapshot satisfies the invariant `lakemount check` tests: no
+//! content id twice, and each row's Lance row present at the recorded
+//! version.
+//!
+//! If a run dies between the Lance and the Iceberg commit, the Lance rows
+//! it wrote are orphans. A re-run sees their content ids in Lance but not in
 //! Iceberg and adopts them: it does not append them to Lance again, it only
-//! publishes them in Iceberg. Deduplication is against what Iceberg lists,
-//! so the same bytes are never published twice.
+//! publishes them in Iceberg.
 
 pub mod input;
+pub mod prepare;
 pub mod progress;
+pub mod publish;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 
-use crate::blobs::content_id;
-use crate::catalog::write::SampleRow;
-use crate::catalog::{self, PROP_LANCE_URI, PROP_LANCE_VERSION};
-use crate::encode::{Encoder, detect_media_type};
+use crate::catalog::{self, PROP_LANCE_URI};
+use crate::content_id::ContentId;
+use crate::encode::Encoder;
 use crate::npy;
 use crate::vectors::{self, VectorRow};
 use crate::warehouse::Warehouse;
-use input::{InputItem, Inputs};
+use input::Inputs;
+pub use prepare::{Embeddings, Prepared, prepare};
 use progress::{Progress, ProgressMode};
+use publish::{Batch, Published};
 
 /// Where the samples come from.
 #[derive(Debug, Clone)]
@@ -103,13 +125,6 @@ impl SplitRatios {
     }
 }
 
-/// A failure to inject, for testing crash consistency.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FaultPoint {
-    /// Fail after the Lance append of the first batch, before its Iceberg commit.
-    AfterLanceCommit,
-}
-
 /// Everything `ingest` needs besides the warehouse and the encoder.
 #[derive(Debug, Clone)]
 pub struct IngestConfig {
@@ -129,8 +144,6 @@ pub struct IngestConfig {
     pub source: Option<String>,
     /// How to show progress.
     pub progress: ProgressMode,
-    /// Injected failure (tests only).
-    pub fault: Option<FaultPoint>,
 }
 
 impl IngestConfig {
@@ -145,7 +158,6 @@ impl IngestConfig {
             embedding_model: None,
             source: None,
             progress: ProgressMode::Auto,
-            fault: None,
         }
     }
 }
@@ -180,20 +192,6 @@ pub struct IngestReport {
     pub seconds: f64,
 }
 
-struct Prepared {
-    index: usize,
-    bytes: Bytes,
-    content_id: String,
-    media_type: String,
-    embedding: Option<Vec<f32>>,
-}
-
-/// Where embeddings come from.
-enum Embeddings<'a> {
-    Encoder(&'a dyn Encoder),
-    Precomputed(npy::Matrix),
-}
-
 /// Runs an ingest. Per-file problems become [`Rejection`]s; anything that
 /// would make the result inconsistent is an error, and nothing of the batch
 /// that hit it becomes visible.
@@ -209,51 +207,22 @@ pub async fn run(
     if config.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
+    let (embeddings, dim, model_id) = embeddings_for(config, &inputs, encoder)?;
 
-    let (embeddings, dim, model_id) = match &config.embeddings {
-        Some(path) => {
-            let InputSource::Manifest(_) = config.input else {
-                bail!("--embeddings needs --manifest: its rows pair with the manifest's rows");
-            };
-            let bytes = std::fs::read(path)
-                .with_context(|| format!("cannot read embeddings {}", path.display()))?;
-            let m = npy::read_matrix(&bytes)
-                .with_context(|| format!("embeddings {}", path.display()))?;
-            if m.rows != inputs.items.len() {
-                bail!(
-                    "embeddings {} has {} rows but the manifest has {} rows; they must pair one to one",
-                    path.display(),
-                    m.rows,
-                    inputs.items.len()
-                );
-            }
-            let model = config.embedding_model.clone().unwrap_or_else(|| {
-                format!(
-                    "precomputed:{}",
-                    path.file_stem()
-                        .map(|s| s.to_string_lossy())
-                        .unwrap_or_default()
-                )
-            });
-            let dim = m.cols;
-            (Embeddings::Precomputed(m), dim, model)
-        }
-        None => (
-            Embeddings::Encoder(encoder),
-            encoder.dim(),
-            encoder.model_id().to_string(),
-        ),
-    };
-
-    let catalog = warehouse.catalog.as_ref();
-    let mut table =
-        catalog::ensure_table(catalog, &warehouse.table, &warehouse.lance_uri, dim).await?;
+    let catalog = &warehouse.catalog;
+    let table = catalog::ensure_table(
+        catalog.as_ref(),
+        &warehouse.table,
+        &warehouse.lance_uri,
+        dim,
+    )
+    .await?;
     let table_name = warehouse.table.to_string();
-    let mut pending_columns =
-        input::type_extras(&mut inputs, &catalog::extra_columns(&table), &table_name)?;
+    let extras = input::type_extras(&mut inputs, &catalog::extra_columns(&table), &table_name)?;
+    let mut published = Published::new(table, extras);
 
     let mut lance = vectors::open(&warehouse.lance_uri).await?;
-    let mut in_lance: HashSet<String> = match &lance {
+    let mut in_lance: HashSet<ContentId> = match &lance {
         Some(ds) => {
             let lance_dim = vectors::dim_of(ds)?;
             if lance_dim != dim {
@@ -266,129 +235,66 @@ pub async fn run(
         }
         None => HashSet::new(),
     };
-    let mut published = catalog::published_content_ids(&table).await?;
 
     let Inputs { items, .. } = inputs;
     let mut report = IngestReport::default();
     let mut progress = Progress::new(items.len() as u64, config.progress);
-
     let indices: Vec<usize> = (0..items.len()).collect();
     for chunk in indices.chunks(config.batch_size) {
-        let (prepared, rejected) = prepare(&items, chunk, &embeddings, &published, &in_lance);
+        published.refresh(catalog.as_ref()).await?;
+        let (prepared, rejected) = prepare(&items, chunk, &embeddings, published.ids(), &in_lance);
         report.rejected.extend(rejected);
         let chunk_bytes: u64 = prepared.iter().map(|p| p.bytes.len() as u64).sum();
-
-        let mut fresh: Vec<Prepared> = Vec::new();
-        let mut seen: HashSet<String> = HashSet::new();
-        for p in prepared {
-            if published.contains(&p.content_id) || !seen.insert(p.content_id.clone()) {
-                report.duplicates += 1;
-            } else {
-                fresh.push(p);
-            }
-        }
+        let mut seen: HashSet<ContentId> = HashSet::new();
+        let (fresh, dups): (Vec<Prepared>, Vec<Prepared>) = prepared
+            .into_iter()
+            .partition(|p| !published.contains(&p.content_id) && seen.insert(p.content_id));
+        report.duplicates += dups.len();
         if fresh.is_empty() {
             progress.advance(chunk.len() as u64, chunk_bytes);
             continue;
         }
-
-        let uri_of = |p: &Prepared| {
-            if config.inline_blobs {
-                format!("lance:{}#{}", warehouse.lance_uri, p.content_id)
-            } else {
-                warehouse.blobs.uri(&p.content_id)
-            }
-        };
-
         let to_lance: Vec<&Prepared> = fresh
             .iter()
             .filter(|p| !in_lance.contains(&p.content_id))
             .collect();
         if !config.inline_blobs {
-            futures::stream::iter(to_lance.iter().map(|p| {
-                let blobs = warehouse.blobs.clone();
-                let (id, bytes) = (p.content_id.clone(), p.bytes.clone());
-                async move {
-                    blobs
-                        .put(&id, bytes)
-                        .await
-                        .with_context(|| format!("cannot store blob {id} in the warehouse"))
-                }
-            }))
-            .buffer_unordered(8)
-            .try_collect::<Vec<()>>()
-            .await?;
+            store_blobs(warehouse, &to_lance).await?;
         }
-
-        let lance_version = if to_lance.is_empty() {
-            lance
-                .as_ref()
-                .map(|ds| ds.version().version)
-                .context("orphan rows recorded but no Lance dataset")?
-        } else {
-            let rows: Vec<VectorRow> = to_lance
-                .iter()
-                .map(|p| VectorRow {
-                    content_id: p.content_id.clone(),
-                    embedding: p.embedding.clone().unwrap_or_default(),
-                    uri: uri_of(p),
-                    media_type: p.media_type.clone(),
-                    size_bytes: p.bytes.len() as i64,
-                    inline: config.inline_blobs.then(|| p.bytes.clone()),
-                })
-                .collect();
-            let ds = vectors::append(&warehouse.lance_uri, lance.take(), &rows, dim).await?;
-            let v = ds.version().version;
+        let uri_of = |p: &Prepared| sample_uri(config, warehouse, &p.content_id);
+        if !to_lance.is_empty() {
+            let ds =
+                append_vectors(warehouse, lance.take(), &to_lance, &uri_of, config, dim).await?;
             lance = Some(ds);
-            in_lance.extend(rows.into_iter().map(|r| r.content_id));
-            v
-        };
+            in_lance.extend(to_lance.iter().map(|p| p.content_id));
+        }
         report.adopted += fresh.len() - to_lance.len();
 
-        if config.fault == Some(FaultPoint::AfterLanceCommit) {
-            bail!("injected fault after the Lance commit (version {lance_version})");
-        }
-
-        if !pending_columns.is_empty() {
-            table = catalog::add_columns(catalog, &table, &pending_columns).await?;
-            pending_columns.clear();
-        }
-        let now_us = chrono::Utc::now().timestamp_micros();
-        let rows: Vec<SampleRow> = fresh
+        let rows = fresh
             .iter()
-            .map(|p| {
-                let item = &items[p.index];
-                SampleRow {
-                    content_id: p.content_id.clone(),
-                    uri: uri_of(p),
-                    label: item.label.clone(),
-                    split: item
-                        .split
-                        .clone()
-                        .unwrap_or_else(|| config.split.assign(&p.content_id).to_string()),
-                    media_type: p.media_type.clone(),
-                    size_bytes: p.bytes.len() as i64,
-                    source: item
-                        .source
-                        .clone()
-                        .or_else(|| config.source.clone())
-                        .or_else(|| Some(item.path.display().to_string())),
-                    ingested_at_us: now_us,
-                    embedding_model: model_id.clone(),
-                    extras: item.extras.clone(),
-                }
-            })
+            .map(|p| prepare::sample_row(config, &items[p.index], p, uri_of(p), &model_id))
             .collect();
-        let props = HashMap::from([
-            (PROP_LANCE_VERSION.to_string(), lance_version.to_string()),
-            (PROP_LANCE_URI.to_string(), warehouse.lance_uri.clone()),
-        ]);
-        table = catalog::write::append(catalog, &table, &rows, props).await?;
-        report.snapshot_id = table.metadata().current_snapshot_id();
-        report.lance_version = Some(lance_version);
-        report.added += rows.len();
-        report.added_bytes += fresh.iter().map(|p| p.bytes.len() as u64).sum::<u64>();
-        published.extend(rows.into_iter().map(|r| r.content_id));
+        let outcome = publish::publish(
+            catalog,
+            &warehouse.table,
+            &mut published,
+            Batch {
+                rows,
+                lance_uri: warehouse.lance_uri.clone(),
+            },
+        )
+        .await?;
+        report.duplicates += outcome.duplicates;
+        report.added += outcome.added.len();
+        report.added_bytes += fresh
+            .iter()
+            .filter(|p| outcome.added.contains(&p.content_id))
+            .map(|p| p.bytes.len() as u64)
+            .sum::<u64>();
+        if let Some((snapshot, version)) = outcome.committed {
+            report.snapshot_id = Some(snapshot);
+            report.lance_version = Some(version);
+        }
         progress.advance(chunk.len() as u64, chunk_bytes);
     }
     progress.finish();
@@ -396,96 +302,108 @@ pub async fn run(
     Ok(report)
 }
 
-/// Reads, hashes, detects and embeds one batch on all cores. Embeddings are
-/// skipped for bytes already published or already in Lance.
-fn prepare(
-    items: &[InputItem],
-    chunk: &[usize],
-    embeddings: &Embeddings<'_>,
-    published: &HashSet<String>,
-    in_lance: &HashSet<String>,
-) -> (Vec<Prepared>, Vec<Rejection>) {
-    let workers = std::thread::available_parallelism()
-        .map_or(2, |n| n.get())
-        .min(chunk.len().max(1));
-    let per = chunk.len().div_ceil(workers);
-    let results: Vec<Result<Prepared, Rejection>> = std::thread::scope(|s| {
-        let handles: Vec<_> = chunk
-            .chunks(per.max(1))
-            .map(|part| {
-                s.spawn(move || {
-                    part.iter()
-                        .map(|&i| prepare_one(i, &items[i], embeddings, published, in_lance))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| match h.join() {
-                Ok(v) => v,
-                Err(_) => vec![Err(Rejection {
-                    what: "batch".into(),
-                    reason: "encoder panicked".into(),
-                })],
-            })
-            .collect()
-    });
-    let mut ok = Vec::new();
-    let mut bad = Vec::new();
-    for r in results {
-        match r {
-            Ok(p) => ok.push(p),
-            Err(e) => bad.push(e),
-        }
+/// Where embeddings come from: the encoder, or a precomputed `.npy` whose
+/// rows pair with the manifest's. Returns them with the dimension and the
+/// `embedding_model` value.
+fn embeddings_for<'a>(
+    config: &IngestConfig,
+    inputs: &Inputs,
+    encoder: &'a dyn Encoder,
+) -> Result<(Embeddings<'a>, usize, String)> {
+    let Some(path) = &config.embeddings else {
+        return Ok((
+            Embeddings::Encoder(encoder),
+            encoder.dim(),
+            encoder.model_id().to_string(),
+        ));
+    };
+    let InputSource::Manifest(_) = config.input else {
+        bail!("--embeddings needs --manifest: its rows pair with the manifest's rows");
+    };
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read embeddings {}", path.display()))?;
+    let m = npy::read_matrix(&bytes).with_context(|| format!("embeddings {}", path.display()))?;
+    if m.rows != inputs.items.len() {
+        bail!(
+            "embeddings {} has {} rows but the manifest has {} rows; they must pair one to one",
+            path.display(),
+            m.rows,
+            inputs.items.len()
+        );
     }
-    (ok, bad)
+    let model = config.embedding_model.clone().unwrap_or_else(|| {
+        format!(
+            "precomputed:{}",
+            path.file_stem()
+                .map(|s| s.to_string_lossy())
+                .unwrap_or_default()
+        )
+    });
+    let dim = m.cols;
+    Ok((Embeddings::Precomputed(m), dim, model))
 }
 
-fn prepare_one(
-    index: usize,
-    item: &InputItem,
-    embeddings: &Embeddings<'_>,
-    published: &HashSet<String>,
-    in_lance: &HashSet<String>,
-) -> Result<Prepared, Rejection> {
-    let reject = |reason: String| Rejection {
-        what: item.origin.clone(),
-        reason,
-    };
-    let bytes = std::fs::read(&item.path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => reject("file not found".into()),
-        _ => reject(format!("cannot read: {e}")),
-    })?;
-    if bytes.is_empty() {
-        return Err(reject("file is empty".into()));
-    }
-    let id = content_id(&bytes);
-    let ext = item.path.extension().and_then(|e| e.to_str());
-    let media_type = detect_media_type(&bytes, ext).to_string();
-    let embedding = if published.contains(&id) || in_lance.contains(&id) {
-        None
+/// The `uri` a sample is published with.
+fn sample_uri(config: &IngestConfig, warehouse: &Warehouse, id: &ContentId) -> String {
+    if config.inline_blobs {
+        format!("lance:{}#{id}", warehouse.lance_uri)
     } else {
-        Some(match embeddings {
-            Embeddings::Encoder(enc) => enc
-                .encode(&bytes, &media_type)
-                .map_err(|e| reject(format!("{e:#}")))?,
-            Embeddings::Precomputed(m) => {
-                let v = m.row(index).to_vec();
-                if v.iter().any(|x| !x.is_finite()) {
-                    return Err(reject(format!(
-                        "embedding row {index} has NaN or infinite values"
-                    )));
-                }
-                v
-            }
+        warehouse.blobs.uri(&id.hex())
+    }
+}
+
+/// Stage: every sample's bytes into the blob store (idempotent).
+pub async fn store_blobs(warehouse: &Warehouse, samples: &[&Prepared]) -> Result<()> {
+    futures::stream::iter(samples.iter().map(|p| {
+        let blobs = warehouse.blobs.clone();
+        let (id, bytes) = (p.content_id.hex(), p.bytes.clone());
+        async move {
+            blobs
+                .put(&id, bytes)
+                .await
+                .with_context(|| format!("cannot store blob {id} in the warehouse"))
+        }
+    }))
+    .buffer_unordered(8)
+    .try_collect::<Vec<()>>()
+    .await?;
+    Ok(())
+}
+
+/// Stage: one Lance append of the samples' embeddings and pointers (and
+/// bytes, for inline blobs). Returns the dataset at its new version.
+pub async fn append_vectors(
+    warehouse: &Warehouse,
+    existing: Option<lance::Dataset>,
+    samples: &[&Prepared],
+    uri_of: &dyn Fn(&Prepared) -> String,
+    config: &IngestConfig,
+    dim: usize,
+) -> Result<lance::Dataset> {
+    let rows: Vec<VectorRow> = samples
+        .iter()
+        .map(|p| VectorRow {
+            content_id: p.content_id.hex(),
+            embedding: p.embedding.clone().unwrap_or_default(),
+            uri: uri_of(p),
+            media_type: p.media_type.clone(),
+            size_bytes: p.bytes.len() as i64,
+            inline: config.inline_blobs.then(|| p.bytes.clone()),
         })
-    };
-    Ok(Prepared {
-        index,
-        bytes: Bytes::from(bytes),
-        content_id: id,
-        media_type,
-        embedding,
-    })
+        .collect();
+    vectors::append(&warehouse.lance_uri, existing, &rows, dim).await
+}
+
+/// Snapshot summary properties of a lakemount commit.
+pub fn snapshot_props(
+    lance_uri: &str,
+    lance_version: u64,
+) -> std::collections::HashMap<String, String> {
+    std::collections::HashMap::from([
+        (
+            catalog::PROP_LANCE_VERSION.to_string(),
+            lance_version.to_string(),
+        ),
+        (PROP_LANCE_URI.to_string(), lance_uri.to_string()),
+    ])
 }

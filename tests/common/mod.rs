@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use arrow_array::{Array, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray};
 use futures::TryStreamExt;
-use iceberg::Catalog;
 use lakemount::ingest::progress::ProgressMode;
 use lakemount::ingest::{IngestConfig, InputSource};
 use lakemount::warehouse::{Warehouse, WarehouseConfig};
@@ -130,9 +129,10 @@ pub async fn lance_rows(wh: &Warehouse) -> HashMap<String, (Vec<f32>, Option<Vec
         return HashMap::new();
     };
     let ds = Arc::new(ds);
-    let ids = lakemount::vectors::row_ids(&ds).await.unwrap();
+    let ids = lakemount::vectors::row_ids_by_content(&ds).await.unwrap();
     let mut out = HashMap::new();
     for (id, row) in ids {
+        let id = id.hex();
         let emb = lakemount::vectors::take_embeddings(&ds, &[row])
             .await
             .unwrap()
@@ -324,4 +324,112 @@ pub fn snapshot_ids(wh: &Path) -> Vec<i64> {
         .skip(1)
         .map(|l| l.split_whitespace().next().unwrap().parse().unwrap())
         .collect()
+}
+
+/// Resolves `spec` against `wh` with the built-in encoder and the warehouse's trust rule.
+pub async fn resolve(
+    wh: &Warehouse,
+    spec: &lakemount::spec::Spec,
+) -> anyhow::Result<lakemount::view::View> {
+    let resolver = lakemount::view::Resolver {
+        catalog: wh.catalog.as_ref(),
+        encoder: &lakemount::encode::builtin::BuiltinEncoder,
+        trust: &wh.trust,
+    };
+    lakemount::view::resolve(spec, &resolver).await
+}
+
+/// A catalog whose table commits fail, for crash tests: everything else is
+/// the real catalog underneath. Stands for a writer that dies after its
+/// Lance append, before the Iceberg commit.
+#[derive(Debug)]
+pub struct FailingCommits {
+    pub inner: Arc<dyn iceberg::Catalog>,
+}
+
+#[async_trait::async_trait]
+impl iceberg::Catalog for FailingCommits {
+    async fn list_namespaces(
+        &self,
+        parent: Option<&iceberg::NamespaceIdent>,
+    ) -> iceberg::Result<Vec<iceberg::NamespaceIdent>> {
+        self.inner.list_namespaces(parent).await
+    }
+    async fn create_namespace(
+        &self,
+        namespace: &iceberg::NamespaceIdent,
+        properties: HashMap<String, String>,
+    ) -> iceberg::Result<iceberg::Namespace> {
+        self.inner.create_namespace(namespace, properties).await
+    }
+    async fn get_namespace(
+        &self,
+        namespace: &iceberg::NamespaceIdent,
+    ) -> iceberg::Result<iceberg::Namespace> {
+        self.inner.get_namespace(namespace).await
+    }
+    async fn namespace_exists(&self, namespace: &iceberg::NamespaceIdent) -> iceberg::Result<bool> {
+        self.inner.namespace_exists(namespace).await
+    }
+    async fn update_namespace(
+        &self,
+        namespace: &iceberg::NamespaceIdent,
+        properties: HashMap<String, String>,
+    ) -> iceberg::Result<()> {
+        self.inner.update_namespace(namespace, properties).await
+    }
+    async fn drop_namespace(&self, namespace: &iceberg::NamespaceIdent) -> iceberg::Result<()> {
+        self.inner.drop_namespace(namespace).await
+    }
+    async fn list_tables(
+        &self,
+        namespace: &iceberg::NamespaceIdent,
+    ) -> iceberg::Result<Vec<iceberg::TableIdent>> {
+        self.inner.list_tables(namespace).await
+    }
+    async fn create_table(
+        &self,
+        namespace: &iceberg::NamespaceIdent,
+        creation: iceberg::TableCreation,
+    ) -> iceberg::Result<iceberg::table::Table> {
+        self.inner.create_table(namespace, creation).await
+    }
+    async fn load_table(
+        &self,
+        table: &iceberg::TableIdent,
+    ) -> iceberg::Result<iceberg::table::Table> {
+        self.inner.load_table(table).await
+    }
+    async fn drop_table(&self, table: &iceberg::TableIdent) -> iceberg::Result<()> {
+        self.inner.drop_table(table).await
+    }
+    async fn purge_table(&self, table: &iceberg::TableIdent) -> iceberg::Result<()> {
+        self.inner.purge_table(table).await
+    }
+    async fn table_exists(&self, table: &iceberg::TableIdent) -> iceberg::Result<bool> {
+        self.inner.table_exists(table).await
+    }
+    async fn rename_table(
+        &self,
+        src: &iceberg::TableIdent,
+        dest: &iceberg::TableIdent,
+    ) -> iceberg::Result<()> {
+        self.inner.rename_table(src, dest).await
+    }
+    async fn register_table(
+        &self,
+        table: &iceberg::TableIdent,
+        metadata_location: String,
+    ) -> iceberg::Result<iceberg::table::Table> {
+        self.inner.register_table(table, metadata_location).await
+    }
+    async fn update_table(
+        &self,
+        _commit: iceberg::TableCommit,
+    ) -> iceberg::Result<iceberg::table::Table> {
+        Err(iceberg::Error::new(
+            iceberg::ErrorKind::Unexpected,
+            "injected fault: the writer died before its Iceberg commit",
+        ))
+    }
 }

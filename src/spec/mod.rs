@@ -17,10 +17,94 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, anyhow, bail};
+pub mod pin;
+
+use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
+use crate::catalog::filter::Filter;
 use crate::layout::Layout;
+
+/// Longest directory name a spec may have (most filesystems' `NAME_MAX`).
+pub const NAME_MAX: usize = 255;
+
+/// A spec that is wrong: which file, which key (dotted, as in
+/// `similar.to.vector`), the YAML line where that key is, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("spec {}: {}{}{}", file.display(),
+    key.as_ref().map(|k| format!("`{k}`: ")).unwrap_or_default(),
+    message,
+    line.map(|l| format!(" (line {l})")).unwrap_or_default())]
+pub struct SpecError {
+    /// The spec file.
+    pub file: PathBuf,
+    /// The key at fault, if one is.
+    pub key: Option<String>,
+    /// 1-based line of that key in the file, if found.
+    pub line: Option<usize>,
+    /// What is wrong and what was expected.
+    pub message: String,
+}
+
+/// Where each key of a spec file is: 1-based lines of top-level keys and
+/// of keys nested one or two levels (as `similar.to`), block or flow style.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyLines(Vec<(String, usize)>);
+
+impl KeyLines {
+    /// Scans YAML text for `key:` at the start of a line (after indentation)
+    /// or after `{` / `,` in a flow mapping, tracking the enclosing keys by
+    /// indentation.
+    pub fn scan(text: &str) -> Self {
+        let mut out = Vec::new();
+        let mut stack: Vec<(usize, String)> = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let body = line.trim_start();
+            if body.is_empty() || body.starts_with('#') {
+                continue;
+            }
+            let indent = line.len() - body.len();
+            while stack.last().is_some_and(|(i, _)| *i >= indent) {
+                stack.pop();
+            }
+            let Some((key, rest)) = body.split_once(':') else {
+                continue;
+            };
+            let key = key.trim().trim_matches(['"', '\'']);
+            if key.is_empty() || key.contains([' ', '{', '}', ',', '[']) {
+                continue;
+            }
+            let path: Vec<&str> = stack.iter().map(|(_, k)| k.as_str()).chain([key]).collect();
+            out.push((path.join("."), n + 1));
+            // Keys of a flow mapping on the same line: `to: {vector: q.npy}`.
+            let mut inner = path.join(".");
+            for piece in rest.split(['{', ',']).skip(1) {
+                if let Some((k, _)) = piece.split_once(':') {
+                    let k = k.trim().trim_matches(['"', '\'']);
+                    if !k.is_empty() && !k.contains([' ', '}']) {
+                        out.push((format!("{inner}.{k}"), n + 1));
+                    }
+                }
+                if piece.contains('{') {
+                    inner = format!("{inner}.{}", piece.split(':').next().unwrap_or("").trim());
+                }
+            }
+            stack.push((indent, key.to_string()));
+        }
+        Self(out)
+    }
+
+    /// The line of `key`, or of its nearest enclosing key.
+    pub fn line(&self, key: &str) -> Option<usize> {
+        let mut k = key;
+        loop {
+            if let Some((_, l)) = self.0.iter().find(|(name, _)| name == k) {
+                return Some(*l);
+            }
+            k = k.rsplit_once('.')?.0;
+        }
+    }
+}
 
 /// Which snapshot a spec reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +133,19 @@ pub enum Metric {
     L2,
     /// `-(a . b)`: the larger the inner product, the closer.
     Dot,
+}
+
+impl std::str::FromStr for Metric {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cosine" => Ok(Metric::Cosine),
+            "l2" => Ok(Metric::L2),
+            "dot" => Ok(Metric::Dot),
+            other => Err(format!("expected cosine, l2 or dot, got {other:?}")),
+        }
+    }
 }
 
 impl Metric {
@@ -111,8 +208,8 @@ pub struct Spec {
     pub table: String,
     /// Snapshot to read.
     pub snapshot: SnapshotSel,
-    /// SQL-style predicate, bound to the table's schema at resolve time.
-    pub filter: Option<String>,
+    /// SQL-style predicate, parsed at load, bound to the table's schema at resolve.
+    pub filter: Option<Filter>,
     /// Keep only the first N samples by content id.
     pub limit: Option<usize>,
     /// Path template.
@@ -123,6 +220,20 @@ pub struct Spec {
     pub similar: Option<Similar>,
     /// What `lakemount pin` recorded.
     pub pinned: Option<Pinned>,
+    /// Where each key is in the file, for messages.
+    pub lines: KeyLines,
+}
+
+impl Spec {
+    /// An error about `key` of this spec.
+    pub fn error(&self, key: &str, message: impl Into<String>) -> SpecError {
+        SpecError {
+            file: self.file.clone(),
+            key: Some(key.to_string()),
+            line: self.lines.line(key),
+            message: message.into(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -179,124 +290,69 @@ pub const DEFAULT_LAYOUT: &str = "{label}/{content_id}{ext}";
 pub fn load(file: &Path, default_table: &str) -> Result<Spec> {
     let text = std::fs::read_to_string(file)
         .with_context(|| format!("cannot read spec {}", file.display()))?;
-    parse(&text, file, default_table)
+    Ok(parse(&text, file, default_table)?)
 }
 
-/// Parses spec text; `file` names it in errors.
-pub fn parse(text: &str, file: &Path, default_table: &str) -> Result<Spec> {
-    let at = |key: &str| format!("spec {}: `{key}`", file.display());
-    let raw: RawSpec = serde_yaml::from_str(text).map_err(|e| {
-        anyhow!(
-            "spec {}: {e} (keys: name, table, snapshot, filter, limit, layout, sidecars, similar, pinned)",
-            file.display()
-        )
+/// Parses spec text; `file` names it in errors. Errors are [`SpecError`]s.
+pub fn parse(text: &str, file: &Path, default_table: &str) -> Result<Spec, SpecError> {
+    let lines = KeyLines::scan(text);
+    let err = |key: &str, message: String| SpecError {
+        file: file.to_path_buf(),
+        key: Some(key.to_string()),
+        line: lines.line(key),
+        message,
+    };
+    let raw: RawSpec = serde_yaml::from_str(text).map_err(|e| SpecError {
+        file: file.to_path_buf(),
+        key: None,
+        line: None,
+        message: format!(
+            "{e} (keys: name, table, snapshot, filter, limit, layout, sidecars, similar, pinned)"
+        ),
     })?;
     let stem = file
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
     let name = raw.name.unwrap_or(stem);
-    if name.is_empty()
-        || name == "."
-        || name == ".."
-        || name.contains(['/', '\0'])
-        || name.starts_with('.')
-    {
-        bail!("{}: {name:?} is not a usable directory name", at("name"));
-    }
+    check_name(&name).map_err(|m| err("name", m))?;
     let table = raw.table.unwrap_or_else(|| default_table.to_string());
-    crate::warehouse::parse_table_ident(&table).map_err(|e| anyhow!("{}: {e}", at("table")))?;
+    crate::warehouse::parse_table_ident(&table).map_err(|e| err("table", format!("{e:#}")))?;
     let snapshot = match raw.snapshot {
         None => SnapshotSel::Latest,
         Some(RawSnapshot::Id(id)) => SnapshotSel::Id(id),
         Some(RawSnapshot::Text(s)) if s == "latest" => SnapshotSel::Latest,
-        Some(RawSnapshot::Text(s)) => match s.trim().parse::<i64>() {
-            Ok(id) => SnapshotSel::Id(id),
-            Err(_) => bail!(
-                "{}: expected a snapshot id (see `lakemount snapshots`) or \"latest\", got {s:?}",
-                at("snapshot")
-            ),
-        },
+        Some(RawSnapshot::Text(s)) => s.trim().parse::<i64>().map(SnapshotSel::Id).map_err(|_| {
+            err(
+                "snapshot",
+                format!(
+                    "expected a snapshot id (see `lakemount snapshots`) or \"latest\", got {s:?}"
+                ),
+            )
+        })?,
     };
     let filter = match raw.filter {
         Some(f) if f.trim().is_empty() => {
-            bail!("{}: is empty; remove it to select every row", at("filter"))
+            return Err(err(
+                "filter",
+                "is empty; remove it to select every row".into(),
+            ));
         }
-        other => other,
+        Some(f) => Some(Filter::parse(&f).map_err(|e| err("filter", e.to_string()))?),
+        None => None,
     };
-    let limit = raw
-        .limit
-        .map(|l| {
-            if l == 0 {
-                bail!("{}: must be at least 1", at("limit"))
-            } else {
-                usize::try_from(l).map_err(|_| anyhow!("{}: too large", at("limit")))
-            }
-        })
-        .transpose()?;
+    let limit = match raw.limit {
+        Some(0) => return Err(err("limit", "must be at least 1".into())),
+        Some(l) => Some(usize::try_from(l).map_err(|_| err("limit", "too large".into()))?),
+        None => None,
+    };
     let layout_text = raw.layout.unwrap_or_else(|| DEFAULT_LAYOUT.to_string());
-    let layout = Layout::parse(&layout_text).map_err(|e| anyhow!("{}: {e}", at("layout")))?;
-    let sidecars = match raw.sidecars {
-        None => Sidecars {
-            embedding: true,
-            metadata: true,
-        },
-        Some(list) => {
-            let mut s = Sidecars {
-                embedding: false,
-                metadata: false,
-            };
-            for item in list {
-                match item.as_str() {
-                    "embedding" => s.embedding = true,
-                    "metadata" => s.metadata = true,
-                    other => bail!(
-                        "{}: unknown sidecar {other:?}; expected embedding and/or metadata",
-                        at("sidecars")
-                    ),
-                }
-            }
-            s
-        }
-    };
+    let layout = Layout::parse(&layout_text).map_err(|e| err("layout", format!("{e:#}")))?;
+    let sidecars = sidecars(raw.sidecars).map_err(|m| err("sidecars", m))?;
     let base = file.parent().unwrap_or(Path::new("."));
     let similar = raw
         .similar
-        .map(|r| {
-            let to = match (r.to.content_id, r.to.vector, r.to.file) {
-                (Some(id), None, None) => {
-                    if id.len() != 64 || !id.chars().all(|c| c.is_ascii_hexdigit()) {
-                        bail!("{}: expected a 64-digit hex SHA-256, got {id:?}", at("similar.to.content_id"));
-                    }
-                    Query::ContentId(id.to_ascii_lowercase())
-                }
-                (None, Some(v), None) => Query::Vector(base.join(v)),
-                (None, None, Some(f)) => Query::File(base.join(f)),
-                _ => bail!(
-                    "{}: give exactly one of content_id, vector (an .npy file) or file (a media file)",
-                    at("similar.to")
-                ),
-            };
-            if r.k == 0 {
-                bail!("{}: must be at least 1", at("similar.k"));
-            }
-            let metric = match r.metric.as_deref() {
-                None | Some("cosine") => Metric::Cosine,
-                Some("l2") => Metric::L2,
-                Some("dot") => Metric::Dot,
-                Some(other) => bail!("{}: expected cosine, l2 or dot, got {other:?}", at("similar.metric")),
-            };
-            if r.nprobes == Some(0) || r.refine == Some(0) {
-                bail!("{}: nprobes and refine must be at least 1", at("similar"));
-            }
-            Ok(Similar {
-                to,
-                k: usize::try_from(r.k).map_err(|_| anyhow!("{}: too large", at("similar.k")))?,
-                metric,
-                nprobes: r.nprobes.map(|n| n as usize),
-                refine: r.refine,
-            })
-        })
+        .map(|r| similar(r, base).map_err(|(key, m)| err(key, m)))
         .transpose()?;
     let pinned = raw.pinned.map(|p| Pinned {
         lance_version: p.lance_version,
@@ -314,70 +370,100 @@ pub fn parse(text: &str, file: &Path, default_table: &str) -> Result<Spec> {
         sidecars,
         similar,
         pinned,
+        lines,
     })
 }
 
-/// Rewrites spec text so it is pinned: the top-level `snapshot:` line says
-/// `snapshot_id`, and a `pinned:` block at the end records the Lance version
-/// and, for similarity specs, the query digest and the index version used.
-/// Other lines, comments included, are kept as they were.
-pub fn pin_text(
-    text: &str,
-    snapshot_id: i64,
-    lance_version: Option<u64>,
-    similar: Option<(Option<String>, Option<u64>)>,
-) -> String {
-    let mut out: Vec<String> = Vec::new();
-    let mut in_pinned = false;
-    let mut replaced = false;
-    for line in text.lines() {
-        let top_level = !line.starts_with([' ', '\t', '#']) && !line.is_empty();
-        if in_pinned && !top_level {
-            continue;
-        }
-        in_pinned = false;
-        if top_level && line.starts_with("pinned:") {
-            in_pinned = true;
-            continue;
-        }
-        if line.starts_with("# pinned by `lakemount pin`") {
-            continue;
-        }
-        if top_level && line.starts_with("snapshot:") {
-            let was = line["snapshot:".len()..].trim();
-            out.push(format!("snapshot: {snapshot_id}  # pinned; was: {was}"));
-            replaced = true;
-            continue;
-        }
-        out.push(line.to_string());
+/// A spec name must be one safe path component of at most [`NAME_MAX`]
+/// bytes, without control or bidirectional-override characters (it is a
+/// directory name users see and type).
+fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name == "."
+        || name == ".."
+        || name.contains(['/', '\0'])
+        || name.starts_with('.')
+    {
+        return Err(format!("{name:?} is not a usable directory name"));
     }
-    if !replaced {
-        let at = out
-            .iter()
-            .position(|l| l.starts_with("name:"))
-            .map_or(0, |i| i + 1);
-        out.insert(at, format!("snapshot: {snapshot_id}  # pinned"));
+    if name.len() > NAME_MAX {
+        return Err(format!(
+            "is {} bytes long; a directory name may have at most {NAME_MAX}",
+            name.len()
+        ));
     }
-    while out.last().is_some_and(|l| l.trim().is_empty()) {
-        out.pop();
+    if name.chars().any(crate::layout::is_unsafe_char) {
+        return Err(format!(
+            "{name:?} holds control or bidirectional-override characters; use plain text"
+        ));
     }
-    out.push(String::new());
-    out.push("# pinned by `lakemount pin`: what this spec resolved to; checked at mount".into());
-    out.push("pinned:".into());
-    if let Some(v) = lance_version {
-        out.push(format!("  lance_version: {v}"));
-    }
-    if let Some((digest, index)) = similar {
-        if let Some(d) = digest {
-            out.push(format!("  query_sha256: \"{d}\""));
-        }
-        match index {
-            Some(v) => out.push(format!("  index_version: {v}")),
-            None => out.push("  # no index_version: the search is exact".into()),
+    Ok(())
+}
+
+fn sidecars(list: Option<Vec<String>>) -> Result<Sidecars, String> {
+    let Some(list) = list else {
+        return Ok(Sidecars {
+            embedding: true,
+            metadata: true,
+        });
+    };
+    let mut s = Sidecars {
+        embedding: false,
+        metadata: false,
+    };
+    for item in list {
+        match item.as_str() {
+            "embedding" => s.embedding = true,
+            "metadata" => s.metadata = true,
+            other => {
+                return Err(format!(
+                    "unknown sidecar {other:?}; expected embedding and/or metadata"
+                ));
+            }
         }
     }
-    out.push(String::new());
-    out.join("\n")
+    Ok(s)
+}
+
+/// The `similar:` block; errors name the key at fault.
+fn similar(r: RawSimilar, base: &Path) -> Result<Similar, (&'static str, String)> {
+    let to = match (r.to.content_id, r.to.vector, r.to.file) {
+        (Some(id), None, None) => {
+            if crate::content_id::ContentId::parse(&id).is_err() {
+                return Err((
+                    "similar.to.content_id",
+                    format!("expected a 64-digit hex SHA-256, got {id:?}"),
+                ));
+            }
+            Query::ContentId(id.to_ascii_lowercase())
+        }
+        (None, Some(v), None) => Query::Vector(base.join(v)),
+        (None, None, Some(f)) => Query::File(base.join(f)),
+        _ => {
+            return Err((
+                "similar.to",
+                "give exactly one of content_id, vector (an .npy file) or file (a media file)"
+                    .into(),
+            ));
+        }
+    };
+    if r.k == 0 {
+        return Err(("similar.k", "must be at least 1".into()));
+    }
+    let metric = match r.metric.as_deref() {
+        None => Metric::Cosine,
+        Some(m) => m.parse().map_err(|e| ("similar.metric", e))?,
+    };
+    if r.nprobes == Some(0) || r.refine == Some(0) {
+        return Err(("similar", "nprobes and refine must be at least 1".into()));
+    }
+    Ok(Similar {
+        to,
+        k: usize::try_from(r.k).map_err(|_| ("similar.k", "too large".to_string()))?,
+        metric,
+        nprobes: r.nprobes.map(|n| n as usize),
+        refine: r.refine,
+    })
 }
 
 /// Expands the command line's spec arguments: files as given, directories
@@ -424,7 +510,7 @@ pub fn load_all(args: &[PathBuf], default_table: &str) -> Result<Vec<Spec>> {
 mod tests {
     use super::*;
 
-    fn p(text: &str) -> Result<Spec> {
+    fn p(text: &str) -> Result<Spec, SpecError> {
         parse(text, Path::new("specs/cats.yaml"), "datasets.samples")
     }
 
@@ -453,32 +539,26 @@ mod tests {
     }
 
     #[test]
-    fn pinning_keeps_comments_and_replaces_old_pins() {
-        let text = "# my dataset\nname: x\nsnapshot: latest   # moving\nfilter: \"a = 1\"\npinned:\n  lance_version: 1\n";
-        let once = pin_text(text, 42, Some(3), None);
-        assert!(
-            once.starts_with(
-                "# my dataset\nname: x\nsnapshot: 42  # pinned; was: latest   # moving\n"
-            ),
-            "{once}"
-        );
-        assert!(once.contains("pinned:\n  lance_version: 3\n"), "{once}");
-        assert!(!once.contains("lance_version: 1"));
-        let s = p(&once).unwrap();
-        assert_eq!(s.snapshot, SnapshotSel::Id(42));
-        assert_eq!(s.pinned.unwrap().lance_version, Some(3));
-        let twice = pin_text(&once, 42, Some(3), Some((Some("ab".into()), Some(7))));
-        assert_eq!(twice.matches("pinned:").count(), 1, "{twice}");
-        let s = p(&twice).unwrap().pinned.unwrap();
-        assert_eq!(
-            (s.query_sha256.as_deref(), s.index_version),
-            (Some("ab"), Some(7))
-        );
-        let inserted = pin_text("name: y\n", 5, None, None);
-        assert!(
-            inserted.starts_with("name: y\nsnapshot: 5  # pinned\n"),
-            "{inserted}"
-        );
+    fn key_lines_find_nested_keys() {
+        let text = "# c\nname: x\nsimilar:\n  to: {vector: q.npy}\n  k: 5\nfilter: \"a = 1\"\n";
+        let l = KeyLines::scan(text);
+        assert_eq!(l.line("name"), Some(2));
+        assert_eq!(l.line("similar.to.vector"), Some(4));
+        assert_eq!(l.line("similar.k"), Some(5));
+        assert_eq!(l.line("similar.metric"), Some(3));
+        assert_eq!(l.line("filter"), Some(6));
+        assert_eq!(l.line("layout"), None);
+        let e = p("name: x\nsimilar:\n  to: {file: a.png}\n  k: 0\n").unwrap_err();
+        assert_eq!((e.key.as_deref(), e.line), (Some("similar.k"), Some(4)));
+        assert!(e.to_string().ends_with("(line 4)"), "{e}");
+    }
+
+    #[test]
+    fn names_are_short_plain_components() {
+        assert!(p(&format!("name: {}", "a".repeat(255))).is_ok());
+        assert!(e(&format!("name: {}", "a".repeat(256))).contains("at most 255"));
+        assert!(e("name: \"a\\u202Eb\"").contains("bidirectional"));
+        assert!(e("name: \"a\\tb\"").contains("control"));
     }
 
     #[test]

@@ -1,0 +1,162 @@
+//! Stage one of a batch: read, hash, detect the media type and embed each
+//! file, on all cores. Nothing is written. A file that cannot be read,
+//! is empty or cannot be embedded becomes a [`Rejection`]; the rest become
+//! [`Prepared`] samples and, later, table rows ([`sample_row`]).
+
+use std::collections::HashSet;
+
+use bytes::Bytes;
+
+use super::input::InputItem;
+use super::{IngestConfig, Rejection};
+use crate::catalog::write::SampleRow;
+use crate::content_id::{ContentId, chunk_digests};
+use crate::encode::{Encoder, detect_media_type};
+use crate::npy;
+
+/// Where embeddings come from.
+pub enum Embeddings<'a> {
+    /// Computed by an encoder.
+    Encoder(&'a dyn Encoder),
+    /// Rows of a precomputed matrix, one per input item.
+    Precomputed(npy::Matrix),
+}
+
+/// A file read, hashed and embedded.
+pub struct Prepared {
+    /// Its position in the input.
+    pub index: usize,
+    /// The bytes.
+    pub bytes: Bytes,
+    /// Their SHA-256.
+    pub content_id: ContentId,
+    /// MIME type.
+    pub media_type: String,
+    /// The embedding; `None` for bytes already published or in Lance.
+    pub embedding: Option<Vec<f32>>,
+}
+
+/// Prepares the items at `chunk` in parallel. Embeddings are skipped for
+/// bytes already published or already in Lance.
+pub fn prepare(
+    items: &[InputItem],
+    chunk: &[usize],
+    embeddings: &Embeddings<'_>,
+    published: &HashSet<ContentId>,
+    in_lance: &HashSet<ContentId>,
+) -> (Vec<Prepared>, Vec<Rejection>) {
+    let workers = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(chunk.len().max(1));
+    let per = chunk.len().div_ceil(workers);
+    let skip = |id: &ContentId| published.contains(id) || in_lance.contains(id);
+    let results: Vec<Result<Prepared, Rejection>> = std::thread::scope(|s| {
+        let handles: Vec<_> = chunk
+            .chunks(per.max(1))
+            .map(|part| {
+                s.spawn(move || {
+                    part.iter()
+                        .map(|&i| prepare_one(i, &items[i], embeddings, &skip))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| match h.join() {
+                Ok(v) => v,
+                Err(_) => vec![Err(Rejection {
+                    what: "batch".into(),
+                    reason: "encoder panicked".into(),
+                })],
+            })
+            .collect()
+    });
+    let mut ok = Vec::new();
+    let mut bad = Vec::new();
+    for r in results {
+        match r {
+            Ok(p) => ok.push(p),
+            Err(e) => bad.push(e),
+        }
+    }
+    (ok, bad)
+}
+
+fn prepare_one(
+    index: usize,
+    item: &InputItem,
+    embeddings: &Embeddings<'_>,
+    skip: &(dyn Fn(&ContentId) -> bool + Sync),
+) -> Result<Prepared, Rejection> {
+    let reject = |reason: String| Rejection {
+        what: item.origin.clone(),
+        reason,
+    };
+    let bytes = std::fs::read(&item.path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => reject("file not found".into()),
+        _ => reject(format!("cannot read: {e}")),
+    })?;
+    if bytes.is_empty() {
+        return Err(reject("file is empty".into()));
+    }
+    let id = ContentId::of(&bytes);
+    let ext = item.path.extension().and_then(|e| e.to_str());
+    let media_type = detect_media_type(&bytes, ext).to_string();
+    let embedding = if skip(&id) {
+        None
+    } else {
+        Some(match embeddings {
+            Embeddings::Encoder(enc) => enc
+                .encode(&bytes, &media_type)
+                .map_err(|e| reject(format!("{e:#}")))?,
+            Embeddings::Precomputed(m) => {
+                let v = m.row(index).to_vec();
+                if v.iter().any(|x| !x.is_finite()) {
+                    return Err(reject(format!(
+                        "embedding row {index} has NaN or infinite values"
+                    )));
+                }
+                v
+            }
+        })
+    };
+    Ok(Prepared {
+        index,
+        bytes: Bytes::from(bytes),
+        content_id: id,
+        media_type,
+        embedding,
+    })
+}
+
+/// The Iceberg row of a prepared sample.
+pub fn sample_row(
+    config: &IngestConfig,
+    item: &InputItem,
+    p: &Prepared,
+    uri: String,
+    model_id: &str,
+) -> SampleRow {
+    let id = p.content_id.hex();
+    SampleRow {
+        split: item
+            .split
+            .clone()
+            .unwrap_or_else(|| config.split.assign(&id).to_string()),
+        content_id: id,
+        uri,
+        label: item.label.clone(),
+        media_type: p.media_type.clone(),
+        size_bytes: p.bytes.len() as i64,
+        source: item
+            .source
+            .clone()
+            .or_else(|| config.source.clone())
+            .or_else(|| Some(item.path.display().to_string())),
+        ingested_at_us: 0,
+        embedding_model: model_id.to_string(),
+        chunk_sha256: chunk_digests(&p.bytes),
+        extras: item.extras.clone(),
+    }
+}

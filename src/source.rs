@@ -1,0 +1,452 @@
+//! Where sample bytes and embeddings come from: the storage side of the
+//! read path. [`crate::cache`] sits in front of it.
+//!
+//! [`Source`] takes a plain [`SampleLoc`] (content id, size, URI, Lance row),
+//! never a view, so the cache and the filesystem core can be tested against
+//! [`testing::MemorySource`] and [`testing::FaultySource`], the way
+//! mountpoint-s3 tests against its mock and failure clients.
+//!
+//! [`LakeSource`], the real one:
+//! - refuses a location that failed the trust rule ([`crate::trust`]);
+//! - reads `file://` blobs with `pread` on the calling thread (a page-cache
+//!   hit costs a copy, less than a hand-off to a blocking pool), opened
+//!   with `openat2(RESOLVE_BENEATH)` below the trusted root, so a symlink
+//!   inside the warehouse cannot lead out of it;
+//! - reads other URIs with object-store range requests, one store per
+//!   scheme and authority, built once;
+//! - reads inline blobs and embeddings through Lance at the view's version.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use object_store::path::Path as StorePath;
+use object_store::{ObjectStore, ObjectStoreExt, ObjectStoreScheme};
+use url::Url;
+
+pub use crate::view::SampleLoc;
+
+/// Why bytes could not be fetched. Every variant names the sample.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The object behind the URI is gone.
+    #[error("sample {content_id}: {uri} not found")]
+    NotFound {
+        /// The sample.
+        content_id: String,
+        /// Where it should have been.
+        uri: String,
+    },
+    /// The bytes do not match what the table recorded.
+    #[error("sample {content_id}: corrupt: {detail}")]
+    Corrupt {
+        /// The sample.
+        content_id: String,
+        /// What did not match.
+        detail: String,
+    },
+    /// The row's URI points outside the warehouse and the allowed prefixes.
+    #[error(
+        "sample {content_id}: {uri} is outside the warehouse and the allowed prefixes (--allow-uri-prefix); not read"
+    )]
+    Untrusted {
+        /// The sample.
+        content_id: String,
+        /// The URI the table gave.
+        uri: String,
+    },
+    /// The storage backend failed.
+    #[error("sample {content_id}: {detail}")]
+    Backend {
+        /// The sample.
+        content_id: String,
+        /// The backend's error.
+        detail: String,
+    },
+}
+
+impl FetchError {
+    fn backend(loc: &SampleLoc, detail: impl Into<String>) -> Self {
+        Self::Backend {
+            content_id: loc.content_id.hex(),
+            detail: detail.into(),
+        }
+    }
+
+    fn not_found(loc: &SampleLoc) -> Self {
+        Self::NotFound {
+            content_id: loc.content_id.hex(),
+            uri: loc.uri.clone(),
+        }
+    }
+}
+
+/// Where the bytes and embeddings of samples come from.
+pub trait Source: Send + Sync {
+    /// Bytes `range` of the sample at `loc`; shorter only if the object is.
+    fn read_range(
+        &self,
+        loc: &SampleLoc,
+        range: Range<u64>,
+    ) -> BoxFuture<'static, Result<Bytes, FetchError>>;
+    /// The embedding of the sample at `loc`.
+    fn embedding(&self, loc: &SampleLoc) -> BoxFuture<'static, Result<Vec<f32>, FetchError>>;
+    /// The local file holding the sample's bytes, opened, when there is one
+    /// (for FUSE passthrough); `None` when the bytes are elsewhere.
+    fn open_local(&self, _loc: &SampleLoc) -> Option<Result<std::fs::File, FetchError>> {
+        None
+    }
+}
+
+/// A trusted local directory, held open so files are opened beneath it.
+#[derive(Debug)]
+struct LocalRoot {
+    path: PathBuf,
+    dir: OwnedFd,
+}
+
+/// The real source: local files, object stores and Lance.
+#[derive(Default)]
+pub struct LakeSource {
+    stores: Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
+    roots: Vec<LocalRoot>,
+}
+
+impl LakeSource {
+    /// A source that opens local files only beneath `roots` (the trusted
+    /// local directories: the warehouse and allowed prefixes).
+    pub fn new(roots: &[PathBuf]) -> std::io::Result<Self> {
+        let roots = roots
+            .iter()
+            .filter(|p| p.is_dir())
+            .map(|p| {
+                let dir = std::fs::File::open(p)?;
+                Ok(LocalRoot {
+                    path: p.clone(),
+                    dir: OwnedFd::from(dir),
+                })
+            })
+            .collect::<std::io::Result<_>>()?;
+        Ok(Self {
+            stores: Mutex::default(),
+            roots,
+        })
+    }
+
+    /// The store serving `url` (one per scheme and authority, built once)
+    /// and the object's path in it.
+    fn store_for(&self, url: &Url) -> Result<(Arc<dyn ObjectStore>, StorePath), String> {
+        let (_, path) = ObjectStoreScheme::parse(url).map_err(|e| e.to_string())?;
+        let key = format!("{}://{}", url.scheme(), url.authority());
+        let mut stores = self
+            .stores
+            .lock()
+            .map_err(|_| "store map poisoned".to_string())?;
+        if let Some(store) = stores.get(&key) {
+            return Ok((store.clone(), path));
+        }
+        let (store, _) = object_store::parse_url(url).map_err(|e| e.to_string())?;
+        let store: Arc<dyn ObjectStore> = Arc::from(store);
+        stores.insert(key, store.clone());
+        Ok((store, path))
+    }
+
+    /// Opens a local file for reading, beneath the trusted root it is in.
+    fn open_beneath(&self, path: &Path) -> std::io::Result<std::fs::File> {
+        let Some((root, rel)) = self
+            .roots
+            .iter()
+            .find_map(|r| path.strip_prefix(&r.path).ok().map(|rel| (r, rel)))
+        else {
+            // No trusted local root (a source built without roots, in tests).
+            return std::fs::File::open(path);
+        };
+        openat_beneath(&root.dir, rel)
+    }
+
+    fn read_local(&self, path: &Path, range: Range<u64>) -> std::io::Result<Bytes> {
+        use std::os::unix::fs::FileExt;
+        let file = self.open_beneath(path)?;
+        let mut buf = vec![0u8; (range.end - range.start) as usize];
+        let mut filled = 0;
+        while filled < buf.len() {
+            match file.read_at(&mut buf[filled..], range.start + filled as u64) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        buf.truncate(filled);
+        Ok(Bytes::from(buf))
+    }
+}
+
+/// `openat2(dir, rel, O_RDONLY | O_CLOEXEC, RESOLVE_BENEATH)`: fails with
+/// `EXDEV` if resolving `rel` (symlinks included) would leave `dir`. Falls
+/// back to a canonical-path check where the kernel lacks `openat2`.
+fn openat_beneath(dir: &OwnedFd, rel: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(rel.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: open_how is plain data; zeroed is its documented initial state.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_RDONLY | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: valid fd, NUL-terminated path and a correctly sized open_how.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd >= 0 {
+        // SAFETY: the kernel returned a new, owned file descriptor.
+        return Ok(unsafe { std::fs::File::from_raw_fd(fd as i32) });
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() != Some(libc::ENOSYS) {
+        return Err(err);
+    }
+    let base = std::fs::read_link(format!("/proc/self/fd/{}", dir.as_raw_fd()))?;
+    let full = base.join(rel).canonicalize()?;
+    if !full.starts_with(&base) {
+        return Err(std::io::Error::from_raw_os_error(libc::EXDEV));
+    }
+    std::fs::File::open(full)
+}
+
+/// The local path behind a `file://` URI.
+fn local_path(uri: &str) -> Option<PathBuf> {
+    if !uri.starts_with("file:") {
+        return None;
+    }
+    Url::parse(uri).ok()?.to_file_path().ok()
+}
+
+fn io_error(loc: &SampleLoc, path: &Path, e: std::io::Error) -> FetchError {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => FetchError::not_found(loc),
+        _ if e.raw_os_error() == Some(libc::EXDEV) || e.raw_os_error() == Some(libc::ELOOP) => {
+            FetchError::Untrusted {
+                content_id: loc.content_id.hex(),
+                uri: format!("{} (leads outside its root through a link)", loc.uri),
+            }
+        }
+        _ => FetchError::backend(loc, format!("{}: {e}", path.display())),
+    }
+}
+
+fn untrusted(loc: &SampleLoc) -> FetchError {
+    FetchError::Untrusted {
+        content_id: loc.content_id.hex(),
+        uri: loc.uri.clone(),
+    }
+}
+
+impl Source for LakeSource {
+    fn read_range(
+        &self,
+        loc: &SampleLoc,
+        range: Range<u64>,
+    ) -> BoxFuture<'static, Result<Bytes, FetchError>> {
+        if !loc.trusted {
+            return Box::pin(std::future::ready(Err(untrusted(loc))));
+        }
+        if let Some(path) = local_path(&loc.uri) {
+            let result = self
+                .read_local(&path, range)
+                .map_err(|e| io_error(loc, &path, e));
+            return Box::pin(std::future::ready(result));
+        }
+        let loc = loc.clone();
+        if loc.uri.starts_with("lance:") {
+            return Box::pin(async move {
+                let Some((ds, row)) = &loc.lance else {
+                    return Err(FetchError::backend(
+                        &loc,
+                        "inline blob but the view has no Lance row for it",
+                    ));
+                };
+                let blobs = ds
+                    .take_blobs(&[*row], crate::vectors::BLOB_COLUMN)
+                    .await
+                    .map_err(|e| FetchError::backend(&loc, e.to_string()))?;
+                let blob = blobs
+                    .into_iter()
+                    .next()
+                    .flatten()
+                    .ok_or_else(|| FetchError::backend(&loc, "Lance blob is null"))?;
+                blob.read_range(range)
+                    .await
+                    .map_err(|e| FetchError::backend(&loc, e.to_string()))
+            });
+        }
+        let store = Url::parse(&loc.uri)
+            .map_err(|e| format!("bad uri {}: {e}", loc.uri))
+            .and_then(|u| self.store_for(&u));
+        Box::pin(async move {
+            let (store, path) = store.map_err(|e| FetchError::backend(&loc, e))?;
+            store.get_range(&path, range).await.map_err(|e| match e {
+                object_store::Error::NotFound { .. } => FetchError::not_found(&loc),
+                other => FetchError::backend(&loc, crate::trust::redact(&other.to_string())),
+            })
+        })
+    }
+
+    fn embedding(&self, loc: &SampleLoc) -> BoxFuture<'static, Result<Vec<f32>, FetchError>> {
+        let loc = loc.clone();
+        Box::pin(async move {
+            let Some((ds, row)) = &loc.lance else {
+                return Err(FetchError::backend(&loc, "no Lance row for this sample"));
+            };
+            let mut v = crate::vectors::take_embeddings(ds, &[*row])
+                .await
+                .map_err(|e| FetchError::backend(&loc, format!("{e:#}")))?;
+            v.pop()
+                .ok_or_else(|| FetchError::backend(&loc, "Lance returned no row"))
+        })
+    }
+
+    fn open_local(&self, loc: &SampleLoc) -> Option<Result<std::fs::File, FetchError>> {
+        let path = local_path(&loc.uri)?;
+        if !loc.trusted {
+            return Some(Err(untrusted(loc)));
+        }
+        Some(
+            self.open_beneath(&path)
+                .map_err(|e| io_error(loc, &path, e)),
+        )
+    }
+}
+
+pub mod testing {
+    //! Sources for tests: bytes held in memory, and a wrapper that fails or
+    //! delays some requests and counts them.
+
+    use std::collections::HashMap;
+    use std::ops::Range;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use futures::future::BoxFuture;
+
+    use super::{FetchError, SampleLoc, Source};
+    use crate::content_id::ContentId;
+
+    /// Sample bytes and embeddings by content id.
+    #[derive(Default)]
+    pub struct MemorySource {
+        /// Bytes by content id.
+        pub bytes: HashMap<ContentId, Bytes>,
+        /// Embeddings by content id.
+        pub embeddings: HashMap<ContentId, Vec<f32>>,
+    }
+
+    impl Source for MemorySource {
+        fn read_range(
+            &self,
+            loc: &SampleLoc,
+            range: Range<u64>,
+        ) -> BoxFuture<'static, Result<Bytes, FetchError>> {
+            let result = match self.bytes.get(&loc.content_id) {
+                Some(b) => {
+                    let end = (range.end as usize).min(b.len());
+                    let start = (range.start as usize).min(end);
+                    Ok(b.slice(start..end))
+                }
+                None => Err(FetchError::not_found(loc)),
+            };
+            Box::pin(std::future::ready(result))
+        }
+
+        fn embedding(&self, loc: &SampleLoc) -> BoxFuture<'static, Result<Vec<f32>, FetchError>> {
+            let result = self
+                .embeddings
+                .get(&loc.content_id)
+                .cloned()
+                .ok_or_else(|| FetchError::backend(loc, "no embedding"));
+            Box::pin(std::future::ready(result))
+        }
+    }
+
+    /// Wraps a source: counts requests, delays each by `delay`, and fails
+    /// every `fail_every`th one (0 = never) with a backend error.
+    pub struct FaultySource {
+        inner: Arc<dyn Source>,
+        /// Delay before each request completes.
+        pub delay: Duration,
+        /// Fail one request in this many (0: none).
+        pub fail_every: u64,
+        requests: AtomicU64,
+    }
+
+    impl FaultySource {
+        /// Wraps `inner` with no delay and no failures.
+        pub fn new(inner: Arc<dyn Source>) -> Self {
+            Self {
+                inner,
+                delay: Duration::ZERO,
+                fail_every: 0,
+                requests: AtomicU64::new(0),
+            }
+        }
+
+        /// Requests seen so far (reads and embeddings).
+        pub fn requests(&self) -> u64 {
+            self.requests.load(Ordering::SeqCst)
+        }
+
+        fn next_fails(&self) -> bool {
+            let n = self.requests.fetch_add(1, Ordering::SeqCst) + 1;
+            self.fail_every > 0 && n.is_multiple_of(self.fail_every)
+        }
+    }
+
+    impl Source for FaultySource {
+        fn read_range(
+            &self,
+            loc: &SampleLoc,
+            range: Range<u64>,
+        ) -> BoxFuture<'static, Result<Bytes, FetchError>> {
+            let fail = self.next_fails();
+            let delay = self.delay;
+            let inner = self.inner.read_range(loc, range);
+            let loc = loc.clone();
+            Box::pin(async move {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                if fail {
+                    return Err(FetchError::backend(&loc, "injected failure"));
+                }
+                inner.await
+            })
+        }
+
+        fn embedding(&self, loc: &SampleLoc) -> BoxFuture<'static, Result<Vec<f32>, FetchError>> {
+            let fail = self.next_fails();
+            let delay = self.delay;
+            let inner = self.inner.embedding(loc);
+            let loc = loc.clone();
+            Box::pin(async move {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                if fail {
+                    return Err(FetchError::backend(&loc, "injected failure"));
+                }
+                inner.await
+            })
+        }
+    }
+}

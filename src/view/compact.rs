@@ -1,0 +1,405 @@
+//! The compact encodings a view is held in. A mount may show millions of
+//! samples, so each per-sample string is stored once, in a shape that
+//! leaves out what can be recomputed:
+//!
+//! - [`PathArena`]: every sample's path back to back in one buffer, the
+//!   content id (64 hex digits in most file names) stored as one mark byte;
+//! - [`BlobUris`]: a URI that is a shared prefix plus the content id is
+//!   stored as a prefix number, any other URI whole;
+//! - [`prefix16`] / [`sort_by_prefix16`]: sorting by a 16-byte numeric
+//!   prefix kept next to each index, so most comparisons touch no string.
+//!
+//! Each type owns its invariant and is tested against the plain encoding
+//! it replaces.
+
+use std::borrow::Cow;
+use std::cmp::Ordering;
+use std::fmt;
+
+use crate::content_id::ContentId;
+
+/// Stands for the content id in a stored file name. Never part of a real
+/// name: path components are made safe before they are stored (no NUL).
+const ID_MARK: char = '\0';
+
+/// The first 16 bytes of `bytes`, big-endian, zero-padded: compares as the
+/// byte strings do wherever they differ in those bytes (names hold no NUL,
+/// so a shorter name's padding sorts first, as the shorter string does).
+pub fn prefix16(bytes: impl IntoIterator<Item = u8>) -> u128 {
+    let mut head = [0u8; 16];
+    for (slot, b) in head.iter_mut().zip(bytes) {
+        *slot = b;
+    }
+    u128::from_be_bytes(head)
+}
+
+/// `keys` (prefix, index) sorted by prefix, then by `full` for equal
+/// prefixes, then by index: the order of the whole keys, ties kept stable.
+pub fn sort_by_prefix16(
+    mut keys: Vec<(u128, u32)>,
+    full: impl Fn(u32, u32) -> Ordering,
+) -> Vec<u32> {
+    keys.sort_unstable_by(|a, b| {
+        a.0.cmp(&b.0)
+            .then_with(|| full(a.1, b.1))
+            .then(a.1.cmp(&b.1))
+    });
+    keys.into_iter().map(|(_, k)| k).collect()
+}
+
+/// Where one path lives in a [`PathArena`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PathSpan {
+    start: u32,
+    len: u32,
+}
+
+/// Paths back to back; a path's content id is stored as one mark byte.
+#[derive(Debug, Default)]
+pub struct PathArena {
+    text: String,
+}
+
+/// The arena outgrew its 32-bit offsets.
+#[derive(Debug, thiserror::Error)]
+#[error("the view's paths exceed 4 GiB")]
+pub struct ArenaFull;
+
+impl PathArena {
+    /// Stores `path` of the sample `id`; the first occurrence of the id's
+    /// hex in the file name (the last component) becomes the mark.
+    pub fn push(&mut self, path: &str, id: &ContentId) -> Result<PathSpan, ArenaFull> {
+        let hex = id.hex_bytes();
+        let hex = std::str::from_utf8(&hex).unwrap_or_default();
+        let start = self.text.len();
+        let cut = path.rfind('/').map_or(0, |k| k + 1);
+        match path[cut..].find(hex) {
+            Some(pos) => {
+                self.text.push_str(&path[..cut + pos]);
+                self.text.push(ID_MARK);
+                self.text.push_str(&path[cut + pos + hex.len()..]);
+            }
+            None => self.text.push_str(path),
+        }
+        let end = u32::try_from(self.text.len()).map_err(|_| ArenaFull)?;
+        Ok(PathSpan {
+            start: start as u32,
+            len: end - start as u32,
+        })
+    }
+
+    /// The stored path: its directory part (with the trailing `/`) and its
+    /// file name, in which the mark stands for the content id.
+    pub fn split(&self, span: PathSpan) -> (&str, &str) {
+        let p = &self.text[span.start as usize..(span.start + span.len) as usize];
+        let cut = p.rfind('/').map_or(0, |k| k + 1);
+        p.split_at(cut)
+    }
+
+    /// Frees unused capacity.
+    pub fn shrink_to_fit(&mut self) {
+        self.text.shrink_to_fit();
+    }
+}
+
+/// A file name in pieces: `head`, the content id in hex, `tail`, `suffix`.
+#[derive(Debug, Clone, Copy)]
+pub struct FileName<'a> {
+    head: &'a str,
+    id: Option<[u8; 64]>,
+    tail: &'a str,
+    suffix: &'static str,
+}
+
+impl<'a> FileName<'a> {
+    /// A name with no content id in it.
+    pub fn plain(name: &'a str) -> Self {
+        Self {
+            head: name,
+            id: None,
+            tail: "",
+            suffix: "",
+        }
+    }
+
+    /// A stored file name (mark = `id`) with `suffix` appended.
+    pub fn stored(name: &'a str, id: &ContentId, suffix: &'static str) -> Self {
+        match name.split_once(ID_MARK) {
+            Some((head, tail)) => Self {
+                head,
+                id: Some(id.hex_bytes()),
+                tail,
+                suffix,
+            },
+            None => Self {
+                head: name,
+                id: None,
+                tail: "",
+                suffix,
+            },
+        }
+    }
+
+    /// The name's pieces in order, as bytes.
+    pub fn parts(&self) -> [&[u8]; 4] {
+        let id: &[u8] = self.id.as_ref().map_or(&[], |id| &id[..]);
+        [
+            self.head.as_bytes(),
+            id,
+            self.tail.as_bytes(),
+            self.suffix.as_bytes(),
+        ]
+    }
+
+    fn bytes(&self) -> impl Iterator<Item = u8> + '_ {
+        let id: &[u8] = self.id.as_ref().map_or(&[], |id| &id[..]);
+        self.head
+            .bytes()
+            .chain(id.iter().copied())
+            .chain(self.tail.bytes())
+            .chain(self.suffix.bytes())
+    }
+
+    /// Compares with `other` as strings compare.
+    pub fn cmp_str(&self, other: &str) -> Ordering {
+        self.bytes().cmp(other.bytes())
+    }
+
+    /// Compares two names as strings compare.
+    pub fn cmp_name(&self, other: &FileName<'_>) -> Ordering {
+        self.bytes().cmp(other.bytes())
+    }
+
+    /// See [`prefix16`].
+    pub fn prefix16(&self) -> u128 {
+        prefix16(self.bytes())
+    }
+}
+
+impl fmt::Display for FileName<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for part in self.parts() {
+            // Every piece is a whole UTF-8 string (hex is ASCII).
+            f.write_str(std::str::from_utf8(part).map_err(|_| fmt::Error)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// How a sample's URI is stored in [`BlobUris`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UriRef(u32);
+
+/// The URI is stored whole.
+const FULL: u32 = 1 << 31;
+/// The URI is the prefix, the id's first two hex digits, `/`, the id.
+const FANNED: u32 = 1 << 30;
+const INDEX: u32 = FANNED - 1;
+
+/// Sample URIs: blob-store URIs (`<prefix><xx>/<id>`) and inline-blob URIs
+/// (`<prefix><id>`) as a few shared prefixes, any other URI whole.
+#[derive(Debug, Default, Clone)]
+pub struct BlobUris {
+    prefixes: Vec<String>,
+    full: Vec<Box<str>>,
+}
+
+impl BlobUris {
+    /// Stores `uri` of sample `id`.
+    pub fn intern(&mut self, uri: &str, id: &ContentId) -> UriRef {
+        let hex = id.hex_bytes();
+        let hex = std::str::from_utf8(&hex).unwrap_or_default();
+        let shared = match uri.strip_suffix(hex) {
+            Some(rest) => match rest
+                .strip_suffix('/')
+                .and_then(|r| r.strip_suffix(&hex[..2]))
+                .filter(|p| p.ends_with('/'))
+            {
+                Some(prefix) => Some((prefix, FANNED)),
+                None if rest.ends_with('#') => Some((rest, 0)),
+                None => None,
+            },
+            None => None,
+        };
+        match shared {
+            Some((prefix, shape)) => {
+                let n = match self.prefixes.iter().position(|p| p == prefix) {
+                    Some(n) => n,
+                    None => {
+                        self.prefixes.push(prefix.to_string());
+                        self.prefixes.len() - 1
+                    }
+                };
+                UriRef(n as u32 | shape)
+            }
+            None => {
+                self.full.push(uri.into());
+                UriRef((self.full.len() - 1) as u32 | FULL)
+            }
+        }
+    }
+
+    /// Copies `r` of `from` into this table (prefixes shared by value).
+    pub fn copy(&mut self, from: &BlobUris, r: UriRef) -> UriRef {
+        if r.0 & FULL != 0 {
+            self.full.push(from.full[(r.0 & !FULL) as usize].clone());
+            return UriRef((self.full.len() - 1) as u32 | FULL);
+        }
+        let prefix = &from.prefixes[(r.0 & INDEX) as usize];
+        let n = match self.prefixes.iter().position(|p| p == prefix) {
+            Some(n) => n,
+            None => {
+                self.prefixes.push(prefix.clone());
+                self.prefixes.len() - 1
+            }
+        };
+        UriRef(n as u32 | (r.0 & FANNED))
+    }
+
+    /// Appends `r` of sample `id` to `out` in pieces (no allocation).
+    pub fn pieces<'a>(&'a self, r: UriRef, hex: &'a [u8; 64]) -> [&'a [u8]; 4] {
+        if r.0 & FULL != 0 {
+            return [self.full[(r.0 & !FULL) as usize].as_bytes(), &[], &[], &[]];
+        }
+        let prefix = self.prefixes[(r.0 & INDEX) as usize].as_bytes();
+        if r.0 & FANNED != 0 {
+            [prefix, &hex[..2], b"/", hex]
+        } else {
+            [prefix, hex, &[], &[]]
+        }
+    }
+
+    /// The URI `r` of sample `id`.
+    pub fn get(&self, r: UriRef, id: &ContentId) -> Cow<'_, str> {
+        if r.0 & FULL != 0 {
+            return Cow::Borrowed(&self.full[(r.0 & !FULL) as usize]);
+        }
+        let hex = id.hex_bytes();
+        let text: Vec<u8> = self.pieces(r, &hex).concat();
+        Cow::Owned(String::from_utf8(text).unwrap_or_default())
+    }
+
+    /// Frees unused capacity.
+    pub fn shrink_to_fit(&mut self) {
+        self.full.shrink_to_fit();
+    }
+
+    /// `allows` applied once per prefix (to the prefix with a stand-in id:
+    /// the id's hex cannot move a URI out of where its prefix points) and
+    /// once per whole URI.
+    pub fn verdicts(&self, allows: impl Fn(&str) -> bool) -> Verdicts {
+        let zeros = "0".repeat(64);
+        Verdicts {
+            prefixes: self
+                .prefixes
+                .iter()
+                .map(|p| allows(&format!("{p}00/{zeros}")) && allows(&format!("{p}{zeros}")))
+                .collect(),
+            full: self.full.iter().map(|u| allows(u)).collect(),
+        }
+    }
+}
+
+/// Which of a [`BlobUris`]' URIs pass a rule.
+#[derive(Debug)]
+pub struct Verdicts {
+    prefixes: Vec<bool>,
+    full: Vec<bool>,
+}
+
+impl Verdicts {
+    /// Whether URI `r` passes.
+    pub fn allows(&self, r: UriRef) -> bool {
+        if r.0 & FULL != 0 {
+            self.full[(r.0 & !FULL) as usize]
+        } else {
+            self.prefixes[(r.0 & INDEX) as usize]
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn id(seed: u8) -> ContentId {
+        ContentId::of(&[seed])
+    }
+
+    #[test]
+    fn uris_keep_their_shape() {
+        let a = id(1);
+        let h = a.hex();
+        let mut u = BlobUris::default();
+        for uri in [
+            format!("file:///wh/blobs/{}/{h}", &h[..2]),
+            format!("lance:/wh/lance/x.lance#{h}"),
+            format!("s3://b/p/{h}"),
+            format!("file:///wh/blobs/zz/{h}"),
+            "https://elsewhere/x.png".to_string(),
+        ] {
+            let r = u.intern(&uri, &a);
+            assert_eq!(u.get(r, &a), uri);
+            let mut copy = BlobUris::default();
+            let r2 = copy.copy(&u, r);
+            assert_eq!(copy.get(r2, &a), uri);
+        }
+        assert_eq!(u.prefixes.len(), 2, "{u:?}");
+    }
+
+    fn name_strategy() -> impl Strategy<Value = String> {
+        // Hostile characters, hex runs and separators, no NUL (names never hold one).
+        proptest::string::string_regex("[a-f0-9/._~é\u{202e}\n -]{0,80}").unwrap()
+    }
+
+    proptest! {
+        #[test]
+        fn arena_round_trips(paths in proptest::collection::vec(name_strategy(), 1..20),
+                             seeds in proptest::collection::vec(any::<u8>(), 20)) {
+            let mut arena = PathArena::default();
+            let mut spans = Vec::new();
+            for (k, p) in paths.iter().enumerate() {
+                let cid = id(seeds[k]);
+                // Half the paths carry the content id in their file name.
+                let path = if k % 2 == 0 { format!("{p}{}x", cid.hex()) } else { p.clone() };
+                spans.push((arena.push(&path, &cid).unwrap(), path, cid));
+            }
+            for (span, path, cid) in &spans {
+                let (dir, name) = arena.split(*span);
+                let name = FileName::stored(name, cid, "");
+                prop_assert_eq!(format!("{dir}{name}"), path.clone());
+            }
+        }
+
+        #[test]
+        fn prefix_order_is_string_order(a in name_strategy(), b in name_strategy()) {
+            let (pa, pb) = (prefix16(a.bytes()), prefix16(b.bytes()));
+            if pa != pb {
+                prop_assert_eq!(pa.cmp(&pb), a.cmp(&b));
+            }
+            let fa = FileName::plain(&a);
+            prop_assert_eq!(fa.cmp_str(&b), a.as_str().cmp(b.as_str()));
+            prop_assert_eq!(fa.prefix16(), pa);
+        }
+
+        #[test]
+        fn sorting_by_prefix_sorts_strings(names in proptest::collection::vec(name_strategy(), 0..50)) {
+            let keys = names.iter().enumerate().map(|(k, n)| (prefix16(n.bytes()), k as u32)).collect();
+            let order = sort_by_prefix16(keys, |a, b| names[a as usize].cmp(&names[b as usize]));
+            let sorted: Vec<&String> = order.iter().map(|&k| &names[k as usize]).collect();
+            let mut expected: Vec<&String> = names.iter().collect();
+            expected.sort();
+            prop_assert_eq!(sorted, expected);
+        }
+
+        #[test]
+        fn any_uri_round_trips(uri in "[a-z:/#._0-9]{0,40}", seed in any::<u8>(), with_id in any::<bool>()) {
+            let cid = id(seed);
+            let uri = if with_id { format!("{uri}{}", cid.hex()) } else { uri };
+            let mut u = BlobUris::default();
+            let r = u.intern(&uri, &cid);
+            prop_assert_eq!(u.get(r, &cid), uri);
+        }
+    }
+}

@@ -1,0 +1,384 @@
+//! [`resolve()`]: a spec to a [`View`], as a list of steps. Each step is
+//! in its own module; this one only sequences them and assembles the view.
+
+use std::ops::Range;
+use std::sync::OnceLock;
+
+use anyhow::{Context, Result, anyhow, bail};
+use arrow_array::{Array, Int64Array};
+use iceberg::Catalog;
+
+use super::compact::{BlobUris, PathArena};
+use super::place::{LayoutInput, sort_by_path};
+use super::render::{Columns, QueryRecord, Receipt, Requested, SidecarsRecord, SimilarRecord};
+use super::scan::{Rows, at};
+use super::{Entries, INDEX_STRIDE, LanceAt, Listing, Sample, SearchInfo, View};
+use crate::encode::Encoder;
+use crate::similar;
+use crate::spec::{Query, SnapshotSel, Spec};
+use crate::trust::UriTrust;
+use crate::warehouse::parse_table_ident;
+
+/// What resolving a spec needs besides the spec.
+pub struct Resolver<'a> {
+    /// The catalog holding the spec's table.
+    pub catalog: &'a dyn Catalog,
+    /// Encoder for `similar.to.file` queries.
+    pub encoder: &'a dyn Encoder,
+    /// Which URIs samples may be read from.
+    pub trust: &'a UriTrust,
+}
+
+/// Resolves `spec`. Every error names the spec file and key.
+pub async fn resolve(spec: &Spec, r: &Resolver<'_>) -> Result<View> {
+    let mut phase = Phases::new(&spec.name);
+    let table = load_table(spec, r.catalog).await?;
+    let (snapshot, schema) = super::scan::snapshot(spec, &table)?;
+    super::scan::check_layout(spec, &schema)?;
+    let rows = super::scan::rows(spec, &table, snapshot.snapshot_id(), &schema).await?;
+    phase.done("scan");
+    let by_id = rows.by_content_id();
+    phase.done("sort");
+
+    let lance = open_lance(spec, &table, snapshot.snapshot_id(), r.trust).await?;
+    let lance_rows = match &lance {
+        Some(l) => crate::vectors::row_ids_by_content(&l.dataset).await?,
+        None => foldhash::HashMap::default(),
+    };
+    let (mut selected, mut ranks, search) = match &spec.similar {
+        Some(sim) => {
+            let l = lance.as_ref().ok_or_else(|| {
+                anyhow!(
+                    "{}: table {} has no Lance dataset with embeddings",
+                    at(spec, "similar"),
+                    spec.table
+                )
+            })?;
+            let ranked =
+                super::rank::rank(spec, sim, l, &lance_rows, &rows, &by_id, r.encoder).await?;
+            (ranked.rows, ranked.ranks, Some(ranked.search))
+        }
+        None => (by_id, Vec::new(), None),
+    };
+    if let Some(limit) = spec.limit {
+        selected.truncate(limit);
+        ranks.truncate(limit);
+    }
+    phase.done("lance+similar");
+
+    let npy = |k: usize| {
+        spec.sidecars.embedding && lance_rows.contains_key(&rows.ids[selected[k] as usize])
+    };
+    let input = LayoutInput {
+        rows: &rows,
+        selected: &selected,
+        ranks: &ranks,
+        npy: &npy,
+    };
+    let placed = super::place::place(spec, &input)?;
+    phase.done("names");
+    let by_path = sort_by_path(&placed);
+    phase.done("path order");
+
+    // Path order from here on: samples, columns and ranks all follow it.
+    let mut entries = entries_in_path_order(&rows, &selected, &ranks, &by_path, &placed, spec)?;
+    drop(placed);
+    for s in &mut entries.samples {
+        s.lance_row = lance_rows.get(&s.content_id).copied();
+    }
+    drop(lance_rows);
+    entries.untrusted = untrusted(&entries, r.trust);
+    entries.npy_len = lance.as_ref().map_or(0, |l| {
+        crate::npy::write_vector(&vec![0.0; l.dim]).len() as u64
+    });
+    phase.done("samples");
+
+    // The listing shows a similarity view in rank order, any other in path order.
+    let order = (!entries.ranks.is_empty()).then(|| {
+        let mut order: Vec<u32> = (0..entries.samples.len() as u32).collect();
+        order.sort_by_key(|&i| entries.ranks[i as usize].0);
+        order
+    });
+    let listing = measure_listing(&entries, order);
+    phase.done("listing");
+    if spec.sidecars.metadata {
+        let lens = par_chunks(entries.samples.len(), |range| {
+            range.map(|i| entries.metadata_len(i)).collect()
+        });
+        for (s, n) in entries.samples.iter_mut().zip(lens) {
+            s.json_len = u32::try_from(n).context("a metadata sidecar exceeds 4 GiB")?;
+        }
+    }
+    let receipt = receipt(
+        spec,
+        &snapshot,
+        lance.as_ref(),
+        search.as_ref(),
+        entries.samples.len(),
+    );
+    phase.done("metadata+receipt");
+    Ok(View {
+        name: spec.name.clone(),
+        snapshot_id: snapshot.snapshot_id(),
+        snapshot_ms: snapshot.timestamp_ms(),
+        lance,
+        search,
+        receipt_len: receipt.size(),
+        receipt,
+        receipt_bytes: OnceLock::new(),
+        entries,
+        listing,
+    })
+}
+
+async fn load_table(spec: &Spec, catalog: &dyn Catalog) -> Result<iceberg::table::Table> {
+    let ident = parse_table_ident(&spec.table)?;
+    let exists = catalog
+        .table_exists(&ident)
+        .await
+        .with_context(|| format!("{}: cannot reach the catalog", at(spec, "table")))?;
+    if !exists {
+        bail!(
+            "{}: table {} does not exist in the catalog (ingest into it first, or fix --warehouse/--catalog)",
+            at(spec, "table"),
+            spec.table
+        );
+    }
+    Ok(catalog.load_table(&ident).await?)
+}
+
+/// The Lance table at the snapshot's version, checked against the pin and
+/// the trust rule (its location comes from the table, which is untrusted).
+async fn open_lance(
+    spec: &Spec,
+    table: &iceberg::table::Table,
+    snapshot_id: i64,
+    trust: &UriTrust,
+) -> Result<Option<LanceAt>> {
+    let lance = super::scan::open_lance(table, snapshot_id, trust).await?;
+    if let (Some(pinned), Some(l)) = (spec.pinned.as_ref().and_then(|p| p.lance_version), &lance)
+        && pinned != l.version
+    {
+        bail!(
+            "{}: lance_version {pinned} does not match the Lance version {} that snapshot {snapshot_id} records",
+            at(spec, "pinned"),
+            l.version
+        );
+    }
+    Ok(lance)
+}
+
+/// The selected rows as samples in path order, with their columns.
+fn entries_in_path_order(
+    rows: &Rows,
+    selected: &[u32],
+    ranks: &[(u32, f32)],
+    by_path: &[u32],
+    placed: &super::place::Placed,
+    spec: &Spec,
+) -> Result<Entries> {
+    let sizes = rows
+        .column("size_bytes")
+        .and_then(|c| c.as_any().downcast_ref::<Int64Array>());
+    let mut paths = PathArena::default();
+    let mut uris = BlobUris::default();
+    let mut samples = Vec::with_capacity(by_path.len());
+    let mut digests = Vec::new();
+    for (n, &k) in by_path.iter().enumerate() {
+        let r = selected[k as usize] as usize;
+        let id = rows.ids[r];
+        let size = sizes.map_or(0, |a| {
+            if a.is_null(r) {
+                0
+            } else {
+                a.value(r).max(0) as u64
+            }
+        });
+        if let Ok(d) = rows
+            .digests
+            .binary_search_by_key(&(r as u32), |(row, _)| *row)
+        {
+            digests.push((n as u32, rows.digests[d].1.clone()));
+        }
+        samples.push(Sample {
+            content_id: id,
+            size,
+            lance_row: None,
+            path: paths.push(placed.path(k as usize), &id)?,
+            uri: uris.copy(&rows.uris, rows.uri_refs[r]),
+            json_len: 0,
+            npy: placed.npy(k as usize),
+        });
+    }
+    paths.shrink_to_fit();
+    uris.shrink_to_fit();
+    let final_rows: Vec<u32> = by_path.iter().map(|&k| selected[k as usize]).collect();
+    let ranks: Vec<(u32, f32)> = if ranks.is_empty() {
+        Vec::new()
+    } else {
+        by_path.iter().map(|&k| ranks[k as usize]).collect()
+    };
+    let columns = Columns::new(
+        rows.compact(&final_rows, spec.sidecars.metadata)?,
+        !ranks.is_empty(),
+    );
+    Ok(Entries {
+        samples,
+        paths,
+        uris,
+        columns,
+        ranks,
+        npy_len: 0,
+        digests,
+        untrusted: Vec::new(),
+    })
+}
+
+/// Samples whose URI fails the trust rule; logged once per view.
+fn untrusted(entries: &Entries, trust: &UriTrust) -> Vec<u32> {
+    let verdicts = entries.uris.verdicts(|uri| trust.allows(uri));
+    let out: Vec<u32> = (0..entries.samples.len() as u32)
+        .filter(|&i| !verdicts.allows(entries.samples[i as usize].uri))
+        .collect();
+    if let Some(&first) = out.first() {
+        tracing::warn!(
+            samples = out.len(),
+            example = %entries.uri(first as usize),
+            "rows point outside the warehouse and the allowed prefixes; reading them gives EIO"
+        );
+    }
+    out
+}
+
+/// Renders the listing once, in parallel, for its size and the offset of
+/// every [`INDEX_STRIDE`]th line.
+fn measure_listing(entries: &Entries, order: Option<Vec<u32>>) -> Listing {
+    let lens = entries.index_line_lens(order.as_deref());
+    let mut marks = Vec::with_capacity(lens.len() / INDEX_STRIDE + 1);
+    let mut len = 0u64;
+    for (n, l) in lens.iter().enumerate() {
+        if n % INDEX_STRIDE == 0 {
+            marks.push(len);
+        }
+        len += u64::from(*l);
+    }
+    if marks.is_empty() {
+        marks.push(0);
+    }
+    Listing {
+        order,
+        len,
+        marks,
+        sha256: OnceLock::new(),
+    }
+}
+
+fn receipt(
+    spec: &Spec,
+    snapshot: &iceberg::spec::Snapshot,
+    lance: Option<&LanceAt>,
+    search: Option<&SearchInfo>,
+    row_count: usize,
+) -> Receipt {
+    Receipt {
+        spec: spec.name.clone(),
+        table: spec.table.clone(),
+        snapshot_requested: match spec.snapshot {
+            SnapshotSel::Latest => Requested::Latest("latest"),
+            SnapshotSel::Id(id) => Requested::Id(id),
+        },
+        snapshot_id: snapshot.snapshot_id(),
+        snapshot_committed_ms: snapshot.timestamp_ms(),
+        lance_uri: lance.map(|l| crate::trust::redact(&l.uri)),
+        lance_version: lance.map(|l| l.version),
+        filter: spec.filter.as_ref().map(|f| f.text().to_string()),
+        limit: spec.limit,
+        layout: spec.layout.text().to_string(),
+        sidecars: SidecarsRecord {
+            embedding: spec.sidecars.embedding,
+            metadata: spec.sidecars.metadata,
+        },
+        similar: spec.similar.as_ref().map(|sim| {
+            let search = search.cloned().unwrap_or_default();
+            let indexed = search.index_version.is_some();
+            SimilarRecord {
+                query: match &sim.to {
+                    Query::ContentId(id) => QueryRecord::ContentId(id.clone()),
+                    Query::Vector(p) => QueryRecord::Vector(p.display().to_string()),
+                    Query::File(p) => QueryRecord::File(p.display().to_string()),
+                },
+                query_sha256: search.query_sha256,
+                k: sim.k,
+                metric: sim.metric.name(),
+                search: match search.index_version {
+                    Some(v) => format!("ivf_pq index at Lance version {v}"),
+                    None => "exact".to_string(),
+                },
+                index_version: search.index_version,
+                nprobes: indexed.then(|| sim.nprobes.unwrap_or(similar::DEFAULT_NPROBES)),
+                refine: indexed.then(|| sim.refine.unwrap_or(similar::DEFAULT_REFINE)),
+            }
+        }),
+        row_count,
+    }
+}
+
+/// Debug log of how long each step of a resolution took (`LAKEMOUNT_LOG=debug`).
+struct Phases<'a> {
+    spec: &'a str,
+    last: std::time::Instant,
+}
+
+impl<'a> Phases<'a> {
+    fn new(spec: &'a str) -> Self {
+        Self {
+            spec,
+            last: std::time::Instant::now(),
+        }
+    }
+
+    fn done(&mut self, step: &str) {
+        let now = std::time::Instant::now();
+        tracing::debug!(
+            spec = self.spec,
+            step,
+            ms = (now - self.last).as_millis() as u64,
+            "resolve"
+        );
+        self.last = now;
+    }
+}
+
+/// `f` over `0..n` split in one contiguous range per core: one result per range, in order.
+pub fn par_ranges<R: Send>(n: usize, f: impl Fn(Range<usize>) -> R + Sync) -> Vec<R> {
+    par_ranges_if(n >= 10_000, n, f)
+}
+
+/// [`par_ranges`] when `worth_it`, else one range on this thread.
+pub fn par_ranges_if<R: Send>(
+    worth_it: bool,
+    n: usize,
+    f: impl Fn(Range<usize>) -> R + Sync,
+) -> Vec<R> {
+    let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+    if threads < 2 || !worth_it || n < threads {
+        return vec![f(0..n)];
+    }
+    let step = n.div_ceil(threads);
+    let f = &f;
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = (0..n)
+            .step_by(step)
+            .map(|start| scope.spawn(move || f(start..(start + step).min(n))))
+            .collect();
+        parts
+            .into_iter()
+            .map(|p| p.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    })
+}
+
+/// `f` over `0..n` in parallel ranges, results concatenated in order.
+pub fn par_chunks<T: Send>(n: usize, f: impl Fn(Range<usize>) -> Vec<T> + Sync) -> Vec<T> {
+    par_ranges(n, f).into_iter().flatten().collect()
+}

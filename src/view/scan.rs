@@ -1,0 +1,404 @@
+//! Reading what a spec selects: which snapshot, which columns, the filter
+//! bound to the snapshot's schema, the rows decoded into content ids, URIs
+//! and Arrow columns, and the Lance table at the version the snapshot
+//! records.
+//!
+//! The table is untrusted input (other engines write it): a row whose
+//! content id is not a SHA-256 or whose URI is empty stops the resolution
+//! with an error naming it, never a silently dropped row.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow, bail};
+use arrow_array::types::Int32Type;
+use arrow_array::{
+    Array, ArrayRef, BinaryArray, DictionaryArray, LargeBinaryArray, RecordBatch, UInt32Array,
+};
+use arrow_schema::DataType;
+use futures::TryStreamExt;
+use iceberg::spec::{SchemaRef, SnapshotRef};
+use iceberg::table::Table;
+use lance::Dataset;
+
+use super::LanceAt;
+use super::compact::{BlobUris, UriRef};
+use super::render::{INDEX_COLUMNS, text_value};
+use super::resolve::par_ranges_if;
+use crate::catalog::{CHUNK_DIGESTS_COLUMN, PROP_LANCE_URI, PROP_LANCE_VERSION};
+use crate::content_id::ContentId;
+use crate::spec::{SnapshotSel, Spec};
+
+/// Where a spec error points: `spec FILE: `key``.
+pub fn at(spec: &Spec, key: &str) -> String {
+    format!("spec {}: `{key}`", spec.file.display())
+}
+
+/// The snapshot a spec reads, and the schema its rows were written with.
+pub fn snapshot(spec: &Spec, table: &Table) -> Result<(SnapshotRef, SchemaRef)> {
+    let meta = table.metadata();
+    let snapshot = match spec.snapshot {
+        SnapshotSel::Latest => meta.current_snapshot().ok_or_else(|| {
+            anyhow!(
+                "{}: table {} has no snapshots yet; ingest first",
+                at(spec, "snapshot"),
+                spec.table
+            )
+        })?,
+        SnapshotSel::Id(id) => meta.snapshot_by_id(id).ok_or_else(|| {
+            anyhow!(
+                "{}: snapshot {id} does not exist in table {} (run `lakemount snapshots` to list them)",
+                at(spec, "snapshot"),
+                spec.table
+            )
+        })?,
+    };
+    let schema = snapshot
+        .schema_id()
+        .and_then(|id| meta.schema_by_id(id))
+        .unwrap_or_else(|| meta.current_schema())
+        .clone();
+    Ok((snapshot.clone(), schema))
+}
+
+/// Checks that every layout field is a column (or a computed field).
+pub fn check_layout(spec: &Spec, schema: &iceberg::spec::Schema) -> Result<()> {
+    for field in spec.layout.fields() {
+        let similarity_field = spec.similar.is_some() && (field == "rank" || field == "distance");
+        if field != "ext" && !similarity_field && schema.field_by_name(field).is_none() {
+            bail!(
+                "{}: unknown column `{{{field}}}` in {:?} (columns: {}, ext, and rank and distance in similarity views)",
+                at(spec, "layout"),
+                spec.layout.text(),
+                column_names(schema)
+            );
+        }
+    }
+    Ok(())
+}
+
+fn column_names(schema: &iceberg::spec::Schema) -> String {
+    schema
+        .as_struct()
+        .fields()
+        .iter()
+        .map(|f| f.name.clone())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Scans the snapshot: only the columns the view shows (all of them for
+/// metadata sidecars, else the contract's core plus what the layout and a
+/// query need), with the spec's filter pushed down.
+pub async fn rows(
+    spec: &Spec,
+    table: &Table,
+    snapshot_id: i64,
+    schema: &iceberg::spec::Schema,
+) -> Result<Rows> {
+    let mut scan = table.scan().snapshot_id(snapshot_id);
+    if spec.sidecars.metadata {
+        scan = scan.select_all();
+    } else {
+        let mut wanted: Vec<&str> = vec!["content_id", "uri", "size_bytes", CHUNK_DIGESTS_COLUMN];
+        wanted.extend(INDEX_COLUMNS);
+        wanted.extend(spec.layout.fields());
+        if spec.similar.is_some() {
+            wanted.push("embedding_model");
+        }
+        let columns: Vec<String> = schema
+            .as_struct()
+            .fields()
+            .iter()
+            .map(|f| f.name.clone())
+            .filter(|name| wanted.contains(&name.as_str()))
+            .collect();
+        scan = scan.select(columns);
+    }
+    if let Some(filter) = &spec.filter {
+        let pred = filter
+            .bind(schema)
+            .map_err(|e| anyhow!("{}: {e}", at(spec, "filter")))?;
+        scan = scan.with_filter(pred);
+    }
+    let batches: Vec<RecordBatch> = scan
+        .build()?
+        .to_arrow()
+        .await?
+        .try_collect()
+        .await
+        .with_context(|| {
+            format!(
+                "spec {}: scanning table {} failed",
+                spec.file.display(),
+                spec.table
+            )
+        })?;
+    Rows::new(&batches)
+}
+
+/// The scanned rows, column by column.
+pub struct Rows {
+    /// Content id of each row.
+    pub ids: Vec<ContentId>,
+    /// URI of each row, in `uris`.
+    pub uri_refs: Vec<UriRef>,
+    /// The URIs.
+    pub uris: BlobUris,
+    /// Chunk digests of the rows that have them, by row (sorted).
+    pub digests: Vec<(u32, Arc<[[u8; 32]]>)>,
+    /// Every other column, in schema order.
+    columns: Vec<(String, ArrayRef)>,
+}
+
+/// Content ids, URIs and chunk digests of some batches.
+#[derive(Default)]
+struct Decoded {
+    ids: Vec<ContentId>,
+    uri_refs: Vec<UriRef>,
+    uris: BlobUris,
+    digests: Vec<(u32, Arc<[[u8; 32]]>)>,
+}
+
+impl Decoded {
+    fn batch(&mut self, batch: &RecordBatch) -> Result<()> {
+        let contract = "the table does not follow the lakemount contract";
+        let ids = crate::catalog::string_column(batch, "content_id").context(contract)?;
+        let uris = crate::catalog::string_column(batch, "uri").context(contract)?;
+        let digests = batch.column_by_name(CHUNK_DIGESTS_COLUMN);
+        for i in 0..batch.num_rows() {
+            let text = (!ids.is_null(i)).then(|| ids.value(i));
+            let Some(id) = text.and_then(|t| ContentId::parse(t).ok()) else {
+                bail!("a row's content_id is {text:?}, not a SHA-256 in hex; {contract}");
+            };
+            let uri = if uris.is_null(i) { "" } else { uris.value(i) };
+            if uri.is_empty() {
+                bail!("the row with content_id {id} has no uri; {contract}");
+            }
+            if let Some(d) = digests.and_then(|c| binary_value(c.as_ref(), i)) {
+                if d.is_empty() || d.len() % 32 != 0 {
+                    bail!(
+                        "the row with content_id {id} has a {CHUNK_DIGESTS_COLUMN} of {} bytes, not a list of SHA-256 digests; {contract}",
+                        d.len()
+                    );
+                }
+                let list: Vec<[u8; 32]> = d
+                    .chunks_exact(32)
+                    .map(|c| c.try_into().unwrap_or([0; 32]))
+                    .collect();
+                self.digests.push((self.ids.len() as u32, list.into()));
+            }
+            self.uri_refs.push(self.uris.intern(uri, &id));
+            self.ids.push(id);
+        }
+        Ok(())
+    }
+
+    fn append(&mut self, other: Decoded) {
+        let base = self.ids.len() as u32;
+        for r in other.uri_refs {
+            let copied = self.uris.copy(&other.uris, r);
+            self.uri_refs.push(copied);
+        }
+        self.ids.extend(other.ids);
+        self.digests
+            .extend(other.digests.into_iter().map(|(r, d)| (r + base, d)));
+    }
+}
+
+fn binary_value(col: &dyn Array, i: usize) -> Option<&[u8]> {
+    if col.is_null(i) {
+        return None;
+    }
+    if let Some(a) = col.as_any().downcast_ref::<LargeBinaryArray>() {
+        return Some(a.value(i));
+    }
+    col.as_any()
+        .downcast_ref::<BinaryArray>()
+        .map(|a| a.value(i))
+}
+
+impl Rows {
+    fn new(batches: &[RecordBatch]) -> Result<Self> {
+        let Some(first) = batches.first() else {
+            return Ok(Self {
+                ids: Vec::new(),
+                uri_refs: Vec::new(),
+                uris: BlobUris::default(),
+                digests: Vec::new(),
+                columns: Vec::new(),
+            });
+        };
+        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        let parts = par_ranges_if(rows >= 10_000, batches.len(), |range| {
+            let mut d = Decoded::default();
+            for b in &batches[range] {
+                d.batch(b)?;
+            }
+            Ok::<_, anyhow::Error>(d)
+        });
+        let mut decoded = Decoded::default();
+        for part in parts {
+            decoded.append(part?);
+        }
+        // The other columns, concatenated.
+        let schema = first.schema();
+        let keep: Vec<usize> = (0..schema.fields().len())
+            .filter(|&c| {
+                !matches!(
+                    schema.field(c).name().as_str(),
+                    "content_id" | "uri" | CHUNK_DIGESTS_COLUMN
+                )
+            })
+            .collect();
+        let projected = batches
+            .iter()
+            .map(|b| b.project(&keep))
+            .collect::<Result<Vec<_>, _>>()?;
+        let batch =
+            arrow_select::concat::concat_batches(&Arc::new(schema.project(&keep)?), &projected)?;
+        let columns = batch
+            .schema()
+            .fields()
+            .iter()
+            .zip(batch.columns())
+            .map(|(f, c)| (f.name().clone(), c.clone()))
+            .collect();
+        Ok(Self {
+            ids: decoded.ids,
+            uri_refs: decoded.uri_refs,
+            uris: decoded.uris,
+            digests: decoded.digests,
+            columns,
+        })
+    }
+
+    /// Column `name`, if scanned.
+    pub fn column(&self, name: &str) -> Option<&ArrayRef> {
+        self.columns.iter().find(|(n, _)| n == name).map(|(_, c)| c)
+    }
+
+    /// Row `r`'s value of column `name` as layout text.
+    pub fn text(&self, name: &str, r: usize) -> Option<String> {
+        self.column(name).and_then(|c| text_value(c.as_ref(), r))
+    }
+
+    /// Row numbers in content-id order, one row per content id: the first
+    /// in scan order wins.
+    pub fn by_content_id(&self) -> Vec<u32> {
+        let keys = self
+            .ids
+            .iter()
+            .enumerate()
+            .map(|(r, id)| (id.prefix16(), r as u32))
+            .collect();
+        let mut rows = super::compact::sort_by_prefix16(keys, |a, b| {
+            self.ids[a as usize].cmp(&self.ids[b as usize])
+        });
+        rows.dedup_by_key(|r| self.ids[*r as usize]);
+        rows
+    }
+
+    /// The columns a view keeps, rows `rows` in that order: those the
+    /// listing shows, or all of them when metadata sidecars are wanted.
+    /// Strings with few distinct values become dictionaries.
+    pub fn compact(&self, rows: &[u32], all: bool) -> Result<Vec<(String, ArrayRef)>> {
+        let take = UInt32Array::from(rows.to_vec());
+        let mut out = Vec::new();
+        for (name, col) in &self.columns {
+            if !all && !INDEX_COLUMNS.contains(&name.as_str()) {
+                continue;
+            }
+            let mut col = arrow_select::take::take(col.as_ref(), &take, None)?;
+            if col.data_type() == &DataType::Utf8 {
+                let dict_type =
+                    DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
+                let dict = arrow_cast::cast(col.as_ref(), &dict_type)?;
+                let distinct = dict
+                    .as_any()
+                    .downcast_ref::<DictionaryArray<Int32Type>>()
+                    .map_or(usize::MAX, |d| d.values().len());
+                if distinct * 4 <= col.len() {
+                    col = dict;
+                }
+            }
+            out.push((name.clone(), col));
+        }
+        Ok(out)
+    }
+}
+
+/// The Lance dataset a snapshot goes with, if the table has one: at the
+/// version the snapshot records; for a snapshot another engine committed
+/// (none recorded), at the newest Lance version committed no later than
+/// the snapshot (and no older than the nearest ancestor's record), which
+/// holds the Lance rows a writer appended before its Iceberg commit.
+pub async fn open_lance(
+    table: &Table,
+    snapshot_id: i64,
+    trust: &crate::trust::UriTrust,
+) -> Result<Option<LanceAt>> {
+    let meta = table.metadata();
+    let Some(snapshot) = meta.snapshot_by_id(snapshot_id) else {
+        bail!("table {} has no snapshot {snapshot_id}", table.identifier());
+    };
+    let mut cursor = Some(snapshot);
+    let mut recorded: Option<(u64, Option<String>, bool)> = None;
+    while let Some(s) = cursor {
+        let props = &s.summary().additional_properties;
+        if let Some(v) = props.get(PROP_LANCE_VERSION).and_then(|v| v.parse().ok()) {
+            let own = s.snapshot_id() == snapshot_id;
+            recorded = Some((v, props.get(PROP_LANCE_URI).cloned(), own));
+            break;
+        }
+        cursor = s.parent_snapshot_id().and_then(|p| meta.snapshot_by_id(p));
+    }
+    let uri = recorded
+        .as_ref()
+        .and_then(|(_, u, _)| u.clone())
+        .or_else(|| meta.properties().get(PROP_LANCE_URI).cloned());
+    let Some(uri) = uri else {
+        return Ok(None);
+    };
+    if !trust.allows_dataset(&uri) {
+        bail!(
+            "table {} says its Lance dataset is {uri}, outside the warehouse and the allowed prefixes; \
+             pass --allow-uri-prefix if that location is meant to be read",
+            table.identifier()
+        );
+    }
+    if recorded.is_none() && !crate::vectors::exists(&uri).await {
+        return Ok(None);
+    }
+    let ds = Dataset::open(&uri)
+        .await
+        .with_context(|| format!("cannot open Lance dataset {uri}"))?;
+    let version = match recorded {
+        Some((v, _, true)) => v,
+        other => {
+            let ancestor = other.map(|(v, _, _)| v);
+            let floor = ancestor.unwrap_or(0);
+            let by_time = ds
+                .versions()
+                .await?
+                .into_iter()
+                .filter(|v| v.timestamp.timestamp_millis() <= snapshot.timestamp_ms())
+                .map(|v| v.version)
+                .max();
+            match by_time.map(|t| t.max(floor)).or(ancestor) {
+                Some(v) => v,
+                None => return Ok(None),
+            }
+        }
+    };
+    let ds = ds
+        .checkout_version(version)
+        .await
+        .with_context(|| format!("Lance dataset {uri} has no version {version}"))?;
+    let dim = crate::vectors::dim_of(&ds)?;
+    Ok(Some(LanceAt {
+        uri,
+        version,
+        dataset: Arc::new(ds),
+        dim,
+    }))
+}
