@@ -66,6 +66,12 @@ impl ChunkCache {
         }
     }
 
+    /// Bytes held, after applying pending evictions.
+    pub async fn resident_bytes(&self) -> u64 {
+        self.cache.run_pending_tasks().await;
+        self.cache.weighted_size()
+    }
+
     /// The source behind the cache.
     pub fn source(&self) -> &Arc<dyn Source> {
         &self.source

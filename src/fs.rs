@@ -209,6 +209,11 @@ impl ViewFs {
         fs
     }
 
+    /// The chunk cache.
+    pub fn cache(&self) -> &ChunkCache {
+        &self.cache
+    }
+
     fn add(&mut self, parent: u64, body: Body) -> u64 {
         self.nodes.push(Node {
             parent: parent as u32,

@@ -130,31 +130,44 @@ pub async fn append(
     let reader = || RecordBatchIterator::new(vec![Ok(batch.clone())], schema.clone());
     let mut ds = match existing {
         Some(ds) => ds,
-        None => {
-            let params = WriteParams {
-                mode: WriteMode::Create,
-                // Stable row ids survive compaction, so a pinned view's row
-                // addresses never shift under it.
-                enable_stable_row_ids: true,
-                ..Default::default()
-            };
-            match Dataset::write(reader(), uri, Some(params)).await {
-                Ok(ds) => return Ok(ds),
-                // Another ingest created it first: append to theirs.
-                Err(e) => match open(uri).await {
-                    Ok(Some(ds)) => ds,
-                    _ => {
-                        return Err(anyhow::Error::new(e))
-                            .with_context(|| format!("cannot create Lance dataset {uri}"));
-                    }
-                },
-            }
-        }
+        None => match create(uri, &batch).await {
+            Ok(ds) => return Ok(ds),
+            // Another ingest created it first: append to theirs.
+            Err(e) => match open(uri).await {
+                Ok(Some(ds)) => ds,
+                _ => return Err(e),
+            },
+        },
     };
     ds.append(reader(), None)
         .await
         .with_context(|| format!("Lance append to {uri} failed"))?;
     Ok(ds)
+}
+
+/// Creates the dataset holding `batch`, or fails if someone else created
+/// it meanwhile. Lance would otherwise rebase a losing create onto the
+/// winner as an overwrite and drop the winner's rows; a commit with no
+/// retries is a strict create instead.
+async fn create(uri: &str, batch: &RecordBatch) -> Result<Dataset> {
+    let params = WriteParams {
+        mode: WriteMode::Create,
+        // Stable row ids survive compaction, so a pinned view's row
+        // addresses never shift under it.
+        enable_stable_row_ids: true,
+        ..Default::default()
+    };
+    let txn = lance::dataset::InsertBuilder::new(uri)
+        .with_params(&params)
+        .execute_uncommitted(vec![batch.clone()])
+        .await
+        .with_context(|| format!("cannot create Lance dataset {uri}"))?;
+    lance::dataset::CommitBuilder::new(uri)
+        .use_stable_row_ids(true)
+        .with_max_retries(0)
+        .execute(txn)
+        .await
+        .with_context(|| format!("cannot create Lance dataset {uri}"))
 }
 
 fn rows_to_batch(schema: &Arc<Schema>, rows: &[VectorRow], dim: usize) -> Result<RecordBatch> {

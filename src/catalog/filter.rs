@@ -610,6 +610,51 @@ mod tests {
         ok(&sql);
     }
 
+    fn token() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just("label".to_string()),
+            Just("size_bytes".to_string()),
+            Just("ingested_at".to_string()),
+            Just("nope".to_string()),
+            Just("'a'".to_string()),
+            Just("'2024-01-01'".to_string()),
+            Just("3".to_string()),
+            Just("-1.5".to_string()),
+            Just("NULL".to_string()),
+            Just("=".to_string()),
+            Just("<>".to_string()),
+            Just(">=".to_string()),
+            Just("AND".to_string()),
+            Just("OR".to_string()),
+            Just("NOT".to_string()),
+            Just("(".to_string()),
+            Just(")".to_string()),
+            Just("IN".to_string()),
+            Just("BETWEEN".to_string()),
+            Just("LIKE".to_string()),
+            Just("IS".to_string()),
+            Just(",".to_string()),
+            "[a-z'%_]{1,4}",
+        ]
+    }
+
+    proptest::proptest! {
+        /// Any sequence of filter tokens parses and binds to a predicate or
+        /// to an error with a message; nothing panics.
+        #[test]
+        fn generated_filters_never_panic(tokens in proptest::collection::vec(token(), 0..40)) {
+            let sql = tokens.join(" ");
+            match Filter::parse(&sql) {
+                Ok(f) => match f.bind(&schema()) {
+                    Ok(_) => {}
+                    Err(e) => proptest::prop_assert!(!e.message.is_empty()),
+                },
+                Err(e) => proptest::prop_assert!(!e.message.is_empty()),
+            }
+        }
+    }
+
     #[test]
     fn dates_are_midnight_utc() {
         assert_eq!(parse_instant("1970-01-02"), Some(86_400_000_000));

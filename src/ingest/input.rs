@@ -386,6 +386,30 @@ fn infer<'a>(values: impl Iterator<Item = &'a Raw>) -> Result<ExtraType, (Raw, S
         Raw::Json(serde_json::Value::Number(_)) => ExtraType::Double,
         _ => ExtraType::String,
     };
+    // An integer too large for a long must not quietly become a double:
+    // one above i64::MAX (read as u64), or, in a column of integers, a
+    // whole number beyond the long range (read as a float).
+    let integers = values.iter().all(|v| match v {
+        Raw::Json(serde_json::Value::Number(n)) => {
+            n.is_i64() || n.is_u64() || n.as_f64().is_some_and(|f| f.fract() == 0.0)
+        }
+        _ => false,
+    });
+    for v in &values {
+        if let Raw::Json(serde_json::Value::Number(n)) = v {
+            let too_big = (n.is_u64() && !n.is_i64())
+                || integers && !n.is_i64() && n.as_f64().is_some_and(|f| f.abs() >= 9.2e18);
+            if too_big {
+                return Err((
+                    (*v).clone(),
+                    format!(
+                        "integer {n} does not fit a 64-bit signed integer (at most {}); write it as a string or a float if that is what it is",
+                        i64::MAX
+                    ),
+                ));
+            }
+        }
+    }
     let mut acc: Option<ExtraType> = None;
     for v in &values {
         let k = kind(v);
@@ -453,6 +477,29 @@ mod tests {
         ];
         let err = infer(raws.iter()).unwrap_err();
         assert!(err.1.contains("string here but long"), "{}", err.1);
+    }
+
+    #[test]
+    fn integers_beyond_i64_are_errors_not_doubles() {
+        let raws = [
+            Raw::Json(serde_json::json!(1)),
+            Raw::Json(serde_json::json!(u64::MAX)),
+        ];
+        let err = infer(raws.iter()).unwrap_err();
+        assert!(
+            err.1.contains("does not fit a 64-bit signed integer"),
+            "{}",
+            err.1
+        );
+        let big: serde_json::Value = serde_json::from_str("100000000000000000000").unwrap();
+        let raws = [Raw::Json(serde_json::json!(1)), Raw::Json(big)];
+        assert!(infer(raws.iter()).is_err());
+        // A float column may hold large values.
+        let raws = [
+            Raw::Json(serde_json::json!(0.5)),
+            Raw::Json(serde_json::json!(1e20)),
+        ];
+        assert_eq!(infer(raws.iter()).unwrap(), ExtraType::Double);
     }
 
     #[test]

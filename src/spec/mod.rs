@@ -561,6 +561,34 @@ mod tests {
         assert!(e("name: \"a\\tb\"").contains("control"));
     }
 
+    proptest::proptest! {
+        /// Generated spec text, however malformed, is a spec or an error
+        /// naming the file; nothing panics.
+        #[test]
+        fn generated_specs_never_panic(
+            lines in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::strategy::Just("name: x".to_string()),
+                    "name: [a-z\\u{202e}\\t/.]{0,300}",
+                    "snapshot: [a-z0-9-]{0,8}",
+                    "filter: \"[a-z =<>'()]{0,30}\"",
+                    "layout: \"[a-z{}/._]{0,20}\"",
+                    "limit: -?[0-9]{0,22}",
+                    "sidecars: \\[[a-z, ]{0,20}\\]",
+                    "similar: \\{to: \\{[a-z_]{0,10}: [a-z0-9.]{0,70}\\}, k: [0-9]{0,3}\\}",
+                    "[a-z]{1,6}: [^\\n]{0,10}",
+                    "  [a-z]{1,6}: [0-9]{0,3}",
+                ],
+                0..8,
+            )
+        ) {
+            let text = lines.join("\n");
+            if let Err(e) = p(&text) {
+                proptest::prop_assert!(e.to_string().starts_with("spec specs/cats.yaml"));
+            }
+        }
+    }
+
     #[test]
     fn similarity_block() {
         let s = p("similar:\n  to: {vector: q.npy}\n  k: 5\n  metric: l2\n  nprobes: 8\n").unwrap();

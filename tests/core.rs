@@ -1,0 +1,262 @@
+//! The filesystem core and the chunk cache without FUSE: a real view of a
+//! real warehouse, served from sources that hold bytes in memory, fail or
+//! count requests (the `source::testing` doubles).
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use lakemount::cache::ChunkCache;
+use lakemount::content_id::{CHUNK, ContentId};
+use lakemount::fs::{FsError, OpenMode, Opened, ROOT, ViewFs};
+use lakemount::source::testing::{FaultySource, MemorySource};
+use lakemount::source::{FetchError, Source};
+use lakemount::view::View;
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    view: Arc<View>,
+    /// content id -> bytes
+    bytes: HashMap<ContentId, Vec<u8>>,
+}
+
+/// A warehouse with six images and a 2.5 MB sample, resolved with the default spec.
+async fn fixture() -> Fixture {
+    let tmp = tempfile::tempdir().unwrap();
+    let files = image_folder(&tmp.path().join("in"), &[("cat", 3), ("dog", 3)]);
+    let mut big = vec![0u8; 2_500_000];
+    for (i, b) in big.iter_mut().enumerate() {
+        *b = (i * 7 % 251) as u8;
+    }
+    std::fs::create_dir_all(tmp.path().join("in/blob")).unwrap();
+    std::fs::write(tmp.path().join("in/blob/big.bin"), &big).unwrap();
+    let wh = open(&tmp.path().join("wh")).await;
+    lakemount::ingest::run(
+        &quiet(lakemount::ingest::InputSource::Dir(tmp.path().join("in"))),
+        &wh,
+        &lakemount::encode::builtin::BuiltinEncoder,
+    )
+    .await
+    .unwrap();
+    let spec = lakemount::spec::parse(
+        "name: v\n",
+        std::path::Path::new("v.yaml"),
+        "datasets.samples",
+    )
+    .unwrap();
+    let view = Arc::new(resolve(&wh, &spec).await.unwrap());
+    let mut bytes: HashMap<ContentId, Vec<u8>> = files
+        .into_values()
+        .map(|b| (ContentId::of(&b), b))
+        .collect();
+    bytes.insert(ContentId::of(&big), big);
+    Fixture {
+        _tmp: tmp,
+        view,
+        bytes,
+    }
+}
+
+fn memory(bytes: &HashMap<ContentId, Vec<u8>>) -> MemorySource {
+    let mut m = MemorySource::default();
+    for (id, b) in bytes {
+        m.bytes.insert(*id, Bytes::from(b.clone()));
+        m.embeddings.insert(*id, vec![0.5; 256]);
+    }
+    m
+}
+
+fn fs_with(view: &Arc<View>, source: Arc<dyn Source>, capacity: u64) -> ViewFs {
+    ViewFs::new(vec![view.clone()], ChunkCache::new(capacity, source))
+}
+
+/// Inode of `path` (relative to the mount root) by lookups.
+fn ino(fs: &ViewFs, path: &str) -> u64 {
+    path.split('/')
+        .fold(ROOT, |parent, name| fs.lookup(parent, name).unwrap().ino)
+}
+
+/// (path, content id) of the big sample.
+fn big_path(f: &Fixture) -> (String, ContentId) {
+    let i = (0..f.view.len())
+        .find(|&i| f.view.sample(i).size > CHUNK)
+        .unwrap();
+    (format!("v/{}", f.view.path(i)), f.view.sample(i).content_id)
+}
+
+#[tokio::test]
+async fn reads_across_chunk_edges_are_exact() {
+    let f = fixture().await;
+    let fs = fs_with(&f.view, Arc::new(memory(&f.bytes)), 64 << 20);
+    let (path, id) = big_path(&f);
+    let original = &f.bytes[&id];
+    let ino = ino(&fs, &path);
+    let c = CHUNK as usize;
+    for (offset, size) in [
+        (0, 10),
+        (c - 1, 2),
+        (c - 100, 200),
+        (c, 1),
+        (2 * c - 1, 1),
+        (2 * c - 10, 300_000),
+        (0, 2_500_000),
+        (2_499_990, 100),
+        (2_500_000, 10),
+    ] {
+        let got = fs.read(ino, offset as u64, size as u32).await.unwrap();
+        let end = (offset + size).min(original.len());
+        let want: &[u8] = if offset >= original.len() {
+            &[]
+        } else {
+            &original[offset..end]
+        };
+        assert_eq!(&got[..], want, "offset {offset} size {size}");
+    }
+}
+
+#[tokio::test]
+async fn concurrent_readers_of_a_chunk_share_one_fetch() {
+    let f = fixture().await;
+    let mut faulty = FaultySource::new(Arc::new(memory(&f.bytes)));
+    faulty.delay = Duration::from_millis(100);
+    let faulty = Arc::new(faulty);
+    let fs = Arc::new(fs_with(&f.view, faulty.clone(), 64 << 20));
+    let (path, _) = big_path(&f);
+    let ino = ino(&fs, &path);
+    let readers: Vec<_> = (0..16)
+        .map(|k| {
+            let fs = fs.clone();
+            tokio::spawn(async move { fs.read(ino, 1000 + k * 10, 4096).await.unwrap() })
+        })
+        .collect();
+    for r in readers {
+        r.await.unwrap();
+    }
+    assert_eq!(faulty.requests(), 1, "16 readers of one chunk, one fetch");
+    // A read over three chunks fetches the two it lacks, once each.
+    fs.read(ino, 0, 2_500_000).await.unwrap();
+    assert_eq!(faulty.requests(), 3);
+    // Everything is cached now.
+    fs.read(ino, 0, 2_500_000).await.unwrap();
+    assert_eq!(faulty.requests(), 3);
+}
+
+#[tokio::test]
+async fn corrupt_missing_and_failing_bytes_are_errors_that_map_to_eio() {
+    let f = fixture().await;
+    let (path, id) = big_path(&f);
+    let small = (0..f.view.len())
+        .find(|&i| f.view.sample(i).size < CHUNK)
+        .unwrap();
+    let small_path = format!("v/{}", f.view.path(small));
+    let small_id = f.view.sample(small).content_id;
+
+    let mut corrupt = memory(&f.bytes);
+    let mut b = f.bytes[&id].clone();
+    b[CHUNK as usize + 5] ^= 1;
+    corrupt.bytes.insert(id, Bytes::from(b));
+    let mut s = f.bytes[&small_id].clone();
+    s[0] ^= 1;
+    corrupt.bytes.insert(small_id, Bytes::from(s));
+    let fs = fs_with(&f.view, Arc::new(corrupt), 64 << 20);
+    // The big sample's first chunk is intact and served; its second is not.
+    assert!(fs.read(ino(&fs, &path), 0, 100).await.is_ok());
+    let err = fs.read(ino(&fs, &path), CHUNK, 100).await.unwrap_err();
+    assert!(
+        matches!(&err, FsError::Fetch(e) if matches!(**e, FetchError::Corrupt { .. })),
+        "{err}"
+    );
+    assert_eq!(lakemount::fuse::errno(&err), fuser::Errno::EIO);
+    let err = fs.read(ino(&fs, &small_path), 0, 10).await.unwrap_err();
+    assert!(
+        err.to_string().contains("do not hash to the content id"),
+        "{err}"
+    );
+
+    let mut missing = memory(&f.bytes);
+    missing.bytes.remove(&small_id);
+    let fs = fs_with(&f.view, Arc::new(missing), 64 << 20);
+    let err = fs.read(ino(&fs, &small_path), 0, 10).await.unwrap_err();
+    assert!(
+        matches!(&err, FsError::Fetch(e) if matches!(**e, FetchError::NotFound { .. })),
+        "{err}"
+    );
+    assert_eq!(lakemount::fuse::errno(&err), fuser::Errno::EIO);
+
+    // A failing backend fails that read only; the next one works.
+    let mut faulty = FaultySource::new(Arc::new(memory(&f.bytes)));
+    faulty.fail_every = 2;
+    let fs = fs_with(&f.view, Arc::new(faulty), 64 << 20);
+    let ino_small = ino(&fs, &small_path);
+    assert!(fs.read(ino_small, 0, 10).await.is_ok());
+    assert!(fs.read(ino(&fs, &path), 0, 10).await.is_err());
+    assert!(fs.read(ino(&fs, &path), 0, 10).await.is_ok());
+}
+
+#[tokio::test]
+async fn every_error_kind_has_its_errno() {
+    let f = fixture().await;
+    let fs = fs_with(&f.view, Arc::new(memory(&f.bytes)), 64 << 20);
+    use fuser::Errno;
+    let errno = |e: FsError| lakemount::fuse::errno(&e);
+    assert_eq!(errno(fs.lookup(ROOT, "nope").unwrap_err()), Errno::ENOENT);
+    let file = ino(&fs, "v/_index.jsonl");
+    assert_eq!(errno(fs.lookup(file, "x").unwrap_err()), Errno::ENOTDIR);
+    assert!(fs.readdir(file, 0).is_err());
+    assert_eq!(
+        errno(fs.read(ino(&fs, "v"), 0, 1).await.unwrap_err()),
+        Errno::EISDIR
+    );
+    assert_eq!(
+        errno(fs.open(file, true, OpenMode::default()).unwrap_err()),
+        Errno::EROFS
+    );
+    assert_eq!(
+        errno(
+            fs.open(ino(&fs, "v"), false, OpenMode::default())
+                .unwrap_err()
+        ),
+        Errno::EISDIR
+    );
+    assert!(matches!(
+        fs.open(
+            file,
+            false,
+            OpenMode {
+                no_open: true,
+                passthrough: false
+            }
+        ),
+        Ok(Opened::Skip)
+    ));
+    assert!(matches!(
+        fs.open(file, false, OpenMode::default()),
+        Ok(Opened::Cached)
+    ));
+    assert_eq!(errno(FsError::Unsupported), Errno::ENOSYS);
+    assert_eq!(errno(FsError::NoData), Errno::ENODATA);
+    assert_eq!(errno(fs.getattr(9_999_999).unwrap_err()), Errno::ENOENT);
+}
+
+#[tokio::test]
+async fn the_cache_holds_at_most_its_capacity() {
+    let f = fixture().await;
+    let capacity = 3 * CHUNK / 2;
+    let fs = fs_with(&f.view, Arc::new(memory(&f.bytes)), capacity);
+    let (path, id) = big_path(&f);
+    let ino = ino(&fs, &path);
+    for _ in 0..3 {
+        let all = fs.read(ino, 0, 2_500_000).await.unwrap();
+        assert_eq!(&all[..], &f.bytes[&id][..]);
+        for i in 0..f.view.len() {
+            let p = format!("v/{}", f.view.path(i));
+            let n = self::ino(&fs, &p);
+            fs.read(n, 0, 1 << 20).await.unwrap();
+        }
+        assert!(fs.cache().resident_bytes().await <= capacity);
+    }
+}
