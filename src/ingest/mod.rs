@@ -208,10 +208,8 @@ pub async fn run(
         bail!("--batch-size must be at least 1");
     }
     let (embeddings, dim, model_id) = embeddings_for(config, &inputs, encoder)?;
-
-    let catalog = &warehouse.catalog;
     let table = catalog::ensure_table(
-        catalog.as_ref(),
+        warehouse.catalog.as_ref(),
         &warehouse.table,
         &warehouse.lance_uri,
         dim,
@@ -219,10 +217,8 @@ pub async fn run(
     .await?;
     let table_name = warehouse.table.to_string();
     let extras = input::type_extras(&mut inputs, &catalog::extra_columns(&table), &table_name)?;
-    let mut published = Published::new(table, extras);
-
-    let mut lance = vectors::open(&warehouse.lance_uri).await?;
-    let mut in_lance: HashSet<ContentId> = match &lance {
+    let lance = vectors::open(&warehouse.lance_uri).await?;
+    let in_lance = match &lance {
         Some(ds) => {
             let lance_dim = vectors::dim_of(ds)?;
             if lance_dim != dim {
@@ -235,71 +231,112 @@ pub async fn run(
         }
         None => HashSet::new(),
     };
-
+    let mut state = State {
+        config,
+        warehouse,
+        dim,
+        model_id,
+        published: Published::new(table, extras),
+        lance,
+        in_lance,
+        report: IngestReport::default(),
+    };
     let Inputs { items, .. } = inputs;
-    let mut report = IngestReport::default();
     let mut progress = Progress::new(items.len() as u64, config.progress);
     let indices: Vec<usize> = (0..items.len()).collect();
     for chunk in indices.chunks(config.batch_size) {
-        published.refresh(catalog.as_ref()).await?;
-        let (prepared, rejected) = prepare(&items, chunk, &embeddings, published.ids(), &in_lance);
-        report.rejected.extend(rejected);
-        let chunk_bytes: u64 = prepared.iter().map(|p| p.bytes.len() as u64).sum();
+        let bytes = state.batch(&items, chunk, &embeddings).await?;
+        progress.advance(chunk.len() as u64, bytes);
+    }
+    progress.finish();
+    state.report.seconds = progress.elapsed();
+    Ok(state.report)
+}
+
+/// What an ingest carries from batch to batch.
+struct State<'a> {
+    config: &'a IngestConfig,
+    warehouse: &'a Warehouse,
+    dim: usize,
+    model_id: String,
+    published: Published,
+    lance: Option<lance::Dataset>,
+    in_lance: HashSet<ContentId>,
+    report: IngestReport,
+}
+
+impl State<'_> {
+    /// One batch through the stages; returns the bytes it read.
+    async fn batch(
+        &mut self,
+        items: &[input::InputItem],
+        chunk: &[usize],
+        embeddings: &Embeddings<'_>,
+    ) -> Result<u64> {
+        let (config, warehouse) = (self.config, self.warehouse);
+        self.published.refresh(warehouse.catalog.as_ref()).await?;
+        let (prepared, rejected) = prepare(
+            items,
+            chunk,
+            embeddings,
+            self.published.ids(),
+            &self.in_lance,
+        );
+        self.report.rejected.extend(rejected);
+        let bytes: u64 = prepared.iter().map(|p| p.bytes.len() as u64).sum();
         let mut seen: HashSet<ContentId> = HashSet::new();
         let (fresh, dups): (Vec<Prepared>, Vec<Prepared>) = prepared
             .into_iter()
-            .partition(|p| !published.contains(&p.content_id) && seen.insert(p.content_id));
-        report.duplicates += dups.len();
+            .partition(|p| !self.published.contains(&p.content_id) && seen.insert(p.content_id));
+        self.report.duplicates += dups.len();
         if fresh.is_empty() {
-            progress.advance(chunk.len() as u64, chunk_bytes);
-            continue;
+            return Ok(bytes);
         }
         let to_lance: Vec<&Prepared> = fresh
             .iter()
-            .filter(|p| !in_lance.contains(&p.content_id))
+            .filter(|p| !self.in_lance.contains(&p.content_id))
             .collect();
         if !config.inline_blobs {
             store_blobs(warehouse, &to_lance).await?;
         }
         let uri_of = |p: &Prepared| sample_uri(config, warehouse, &p.content_id);
         if !to_lance.is_empty() {
+            let existing = self.lance.take();
             let ds =
-                append_vectors(warehouse, lance.take(), &to_lance, &uri_of, config, dim).await?;
-            lance = Some(ds);
-            in_lance.extend(to_lance.iter().map(|p| p.content_id));
+                append_vectors(warehouse, existing, &to_lance, &uri_of, config, self.dim).await?;
+            self.lance = Some(ds);
+            self.in_lance.extend(to_lance.iter().map(|p| p.content_id));
         }
-        report.adopted += fresh.len() - to_lance.len();
-
+        self.report.adopted += fresh.len() - to_lance.len();
         let rows = fresh
             .iter()
-            .map(|p| prepare::sample_row(config, &items[p.index], p, uri_of(p), &model_id))
+            .map(|p| prepare::sample_row(config, &items[p.index], p, uri_of(p), &self.model_id))
             .collect();
+        let batch = Batch {
+            rows,
+            lance_uri: warehouse.lance_uri.clone(),
+        };
         let outcome = publish::publish(
-            catalog,
+            &warehouse.catalog,
             &warehouse.table,
-            &mut published,
-            Batch {
-                rows,
-                lance_uri: warehouse.lance_uri.clone(),
-            },
+            &mut self.published,
+            batch,
         )
         .await?;
-        report.duplicates += outcome.duplicates;
-        report.added += outcome.added.len();
-        report.added_bytes += fresh
+        let r = &mut self.report;
+        r.duplicates += outcome.duplicates;
+        r.added += outcome.added.len();
+        r.added_bytes += fresh
             .iter()
             .filter(|p| outcome.added.contains(&p.content_id))
             .map(|p| p.bytes.len() as u64)
             .sum::<u64>();
         if let Some((snapshot, version)) = outcome.committed {
-            report.snapshot_id = Some(snapshot);
-            report.lance_version = Some(version);
+            r.snapshot_id = Some(snapshot);
+            r.lance_version = Some(version);
         }
-        progress.advance(chunk.len() as u64, chunk_bytes);
+        Ok(bytes)
     }
-    progress.finish();
-    report.seconds = progress.elapsed();
-    Ok(report)
 }
 
 /// Where embeddings come from: the encoder, or a precomputed `.npy` whose

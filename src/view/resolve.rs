@@ -37,51 +37,29 @@ pub async fn resolve(spec: &Spec, r: &Resolver<'_>) -> Result<View> {
     super::scan::check_layout(spec, &schema)?;
     let rows = super::scan::rows(spec, &table, snapshot.snapshot_id(), &schema).await?;
     phase.done("scan");
-    let by_id = rows.by_content_id();
-    phase.done("sort");
-
     let lance = open_lance(spec, &table, snapshot.snapshot_id(), r.trust).await?;
     let lance_rows = match &lance {
         Some(l) => crate::vectors::row_ids_by_content(&l.dataset).await?,
         None => foldhash::HashMap::default(),
     };
-    let (mut selected, mut ranks, search) = match &spec.similar {
-        Some(sim) => {
-            let l = lance.as_ref().ok_or_else(|| {
-                anyhow!(
-                    "{}: table {} has no Lance dataset with embeddings",
-                    at(spec, "similar"),
-                    spec.table
-                )
-            })?;
-            let ranked =
-                super::rank::rank(spec, sim, l, &lance_rows, &rows, &by_id, r.encoder).await?;
-            (ranked.rows, ranked.ranks, Some(ranked.search))
-        }
-        None => (by_id, Vec::new(), None),
-    };
-    if let Some(limit) = spec.limit {
-        selected.truncate(limit);
-        ranks.truncate(limit);
-    }
-    phase.done("lance+similar");
+    let chosen = select(spec, r, &rows, lance.as_ref(), &lance_rows).await?;
+    phase.done("select");
 
     let npy = |k: usize| {
-        spec.sidecars.embedding && lance_rows.contains_key(&rows.ids[selected[k] as usize])
+        spec.sidecars.embedding && lance_rows.contains_key(&rows.ids[chosen.rows[k] as usize])
     };
     let input = LayoutInput {
         rows: &rows,
-        selected: &selected,
-        ranks: &ranks,
+        selected: &chosen.rows,
+        ranks: &chosen.ranks,
         npy: &npy,
     };
     let placed = super::place::place(spec, &input)?;
-    phase.done("names");
     let by_path = sort_by_path(&placed);
-    phase.done("path order");
+    phase.done("place");
 
     // Path order from here on: samples, columns and ranks all follow it.
-    let mut entries = entries_in_path_order(&rows, &selected, &ranks, &by_path, &placed, spec)?;
+    let mut entries = entries_in_path_order(&rows, &chosen, &by_path, &placed, spec)?;
     drop(placed);
     for s in &mut entries.samples {
         s.lance_row = lance_rows.get(&s.content_id).copied();
@@ -91,16 +69,87 @@ pub async fn resolve(spec: &Spec, r: &Resolver<'_>) -> Result<View> {
     entries.npy_len = lance.as_ref().map_or(0, |l| {
         crate::npy::write_vector(&vec![0.0; l.dim]).len() as u64
     });
-    phase.done("samples");
+    let listing = measure(spec, &mut entries)?;
+    phase.done("measure");
+    let receipt = receipt(
+        spec,
+        &snapshot,
+        lance.as_ref(),
+        chosen.search.as_ref(),
+        entries.samples.len(),
+    );
+    Ok(View {
+        name: spec.name.clone(),
+        snapshot_id: snapshot.snapshot_id(),
+        snapshot_ms: snapshot.timestamp_ms(),
+        lance,
+        search: chosen.search,
+        receipt_len: receipt.size(),
+        receipt,
+        receipt_bytes: OnceLock::new(),
+        entries,
+        listing,
+    })
+}
 
+/// The rows a view shows, in placement order.
+struct Chosen {
+    /// Scan rows: content-id order, or rank order in a similarity view.
+    rows: Vec<u32>,
+    /// (rank, distance) per row in a similarity view, else empty.
+    ranks: Vec<(u32, f32)>,
+    search: Option<SearchInfo>,
+}
+
+/// One row per content id, the similarity search if the spec has one, the limit.
+async fn select(
+    spec: &Spec,
+    r: &Resolver<'_>,
+    rows: &Rows,
+    lance: Option<&LanceAt>,
+    lance_rows: &foldhash::HashMap<crate::content_id::ContentId, u64>,
+) -> Result<Chosen> {
+    let by_id = rows.by_content_id();
+    let mut chosen = match &spec.similar {
+        Some(sim) => {
+            let l = lance.ok_or_else(|| {
+                anyhow!(
+                    "{}: table {} has no Lance dataset with embeddings",
+                    at(spec, "similar"),
+                    spec.table
+                )
+            })?;
+            let ranked =
+                super::rank::rank(spec, sim, l, lance_rows, rows, &by_id, r.encoder).await?;
+            Chosen {
+                rows: ranked.rows,
+                ranks: ranked.ranks,
+                search: Some(ranked.search),
+            }
+        }
+        None => Chosen {
+            rows: by_id,
+            ranks: Vec::new(),
+            search: None,
+        },
+    };
+    if let Some(limit) = spec.limit {
+        chosen.rows.truncate(limit);
+        chosen.ranks.truncate(limit);
+    }
+    Ok(chosen)
+}
+
+/// The sizes of the generated files: the listing's (rendered once, for its
+/// line offsets too) and each `.json` sidecar's (computed, not rendered).
+fn measure(spec: &Spec, entries: &mut Entries) -> Result<Listing> {
     // The listing shows a similarity view in rank order, any other in path order.
     let order = (!entries.ranks.is_empty()).then(|| {
         let mut order: Vec<u32> = (0..entries.samples.len() as u32).collect();
         order.sort_by_key(|&i| entries.ranks[i as usize].0);
         order
     });
-    let listing = measure_listing(&entries, order);
-    phase.done("listing");
+    let listing = measure_listing(entries, order);
     if spec.sidecars.metadata {
         let lens = par_chunks(entries.samples.len(), |range| {
             range.map(|i| entries.metadata_len(i)).collect()
@@ -109,26 +158,7 @@ pub async fn resolve(spec: &Spec, r: &Resolver<'_>) -> Result<View> {
             s.json_len = u32::try_from(n).context("a metadata sidecar exceeds 4 GiB")?;
         }
     }
-    let receipt = receipt(
-        spec,
-        &snapshot,
-        lance.as_ref(),
-        search.as_ref(),
-        entries.samples.len(),
-    );
-    phase.done("metadata+receipt");
-    Ok(View {
-        name: spec.name.clone(),
-        snapshot_id: snapshot.snapshot_id(),
-        snapshot_ms: snapshot.timestamp_ms(),
-        lance,
-        search,
-        receipt_len: receipt.size(),
-        receipt,
-        receipt_bytes: OnceLock::new(),
-        entries,
-        listing,
-    })
+    Ok(listing)
 }
 
 async fn load_table(spec: &Spec, catalog: &dyn Catalog) -> Result<iceberg::table::Table> {
@@ -171,12 +201,12 @@ async fn open_lance(
 /// The selected rows as samples in path order, with their columns.
 fn entries_in_path_order(
     rows: &Rows,
-    selected: &[u32],
-    ranks: &[(u32, f32)],
+    chosen: &Chosen,
     by_path: &[u32],
     placed: &super::place::Placed,
     spec: &Spec,
 ) -> Result<Entries> {
+    let (selected, ranks) = (&chosen.rows, &chosen.ranks);
     let sizes = rows
         .column("size_bytes")
         .and_then(|c| c.as_any().downcast_ref::<Int64Array>());
