@@ -66,6 +66,15 @@ impl ChunkCache {
         }
     }
 
+    /// Whether chunk `chunk` of sample `i` of view `view_no` is cached.
+    pub fn has_chunk(&self, view_no: u32, i: usize, chunk: u32) -> bool {
+        self.cache.contains_key(&ChunkKey {
+            view: view_no,
+            sample: i as u32,
+            chunk,
+        })
+    }
+
     /// Bytes held, after applying pending evictions.
     pub async fn resident_bytes(&self) -> u64 {
         self.cache.run_pending_tasks().await;

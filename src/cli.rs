@@ -189,6 +189,11 @@ struct MountArgs {
     /// to normal reads where unavailable.
     #[arg(long, help_heading = "Serving")]
     passthrough: bool,
+    /// Samples fetched ahead, in the background, of a reader that walks a
+    /// directory in listing order (sorted names, as ImageFolder and `ls`
+    /// read); random-order reads trigger nothing. 0 turns it off.
+    #[arg(long, default_value_t = crate::mount::DEFAULT_PREFETCH, value_name = "N", help_heading = "Serving")]
+    prefetch: usize,
     #[command(flatten)]
     warehouse: WarehouseArgs,
 }
@@ -517,6 +522,7 @@ async fn run_mount(args: MountArgs) -> Result<ExitCode> {
         threads: args.threads,
         allow_other: args.allow_other,
         passthrough: args.passthrough,
+        prefetch: args.prefetch,
     };
     let source = LakeSource::new(&wh.trust.local_roots())
         .context("cannot open the warehouse directory for reading")?;

@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
@@ -48,11 +49,12 @@ pub struct Attr {
     pub mtime: SystemTime,
 }
 
-/// One entry of a directory listing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DirEntry {
+/// One entry of a directory listing. The name is borrowed from the view
+/// (a million-entry listing allocates nothing per entry).
+#[derive(Debug, Clone)]
+pub struct DirEntry<'a> {
     /// The entry's name.
-    pub name: String,
+    pub name: FileName<'a>,
     /// Its attributes.
     pub attr: Attr,
     /// Offset to pass to continue the listing after this entry.
@@ -127,25 +129,50 @@ struct Dir {
     view: Option<u32>,
     /// Children's inode numbers, sorted by name.
     children: Vec<u32>,
+    /// Position in `children` of the sample read last (`u32::MAX`: none):
+    /// what tells a reader walking the listing from a random one.
+    last_read: AtomicU32,
 }
+
+/// Prefetch in listing order: when reads of a directory walk its listing
+/// (each sample read is at most [`SEQUENTIAL_GAP`] places after the one
+/// before, as for a sequential reader or a few DataLoader workers sharing
+/// one), the next `depth` samples are fetched into the cache in the
+/// background, at most `depth` at a time. Random-order reads trigger
+/// nothing.
+struct Prefetch {
+    depth: usize,
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+/// How far apart two consecutive reads may be and still count as walking
+/// the listing.
+const SEQUENTIAL_GAP: u32 = 8;
 
 /// The mounted tree.
 pub struct ViewFs {
     nodes: Vec<Node>,
     dirs: Vec<Dir>,
     views: Vec<Arc<View>>,
-    cache: ChunkCache,
+    cache: Arc<ChunkCache>,
+    prefetch: Prefetch,
     mount_time: SystemTime,
 }
 
 impl ViewFs {
-    /// Builds the tree: one directory per view under the root.
-    pub fn new(views: Vec<Arc<View>>, cache: ChunkCache) -> Self {
+    /// Builds the tree: one directory per view under the root. `prefetch`
+    /// is how many samples ahead a reader walking a listing is served from
+    /// (0: no prefetch).
+    pub fn new(views: Vec<Arc<View>>, cache: ChunkCache, prefetch: usize) -> Self {
         let mut fs = Self {
             nodes: Vec::new(),
             dirs: Vec::new(),
             views,
-            cache,
+            cache: Arc::new(cache),
+            prefetch: Prefetch {
+                depth: prefetch,
+                permits: Arc::new(tokio::sync::Semaphore::new(prefetch.max(1))),
+            },
             mount_time: SystemTime::now(),
         };
         fs.add_dir(ROOT, "", None);
@@ -233,6 +260,7 @@ impl ViewFs {
             name: name.into(),
             view,
             children: Vec::new(),
+            last_read: AtomicU32::new(u32::MAX),
         });
         self.add(parent, Body::Dir((self.dirs.len() - 1) as u32))
     }
@@ -317,17 +345,17 @@ impl ViewFs {
         &self,
         ino: u64,
         offset: u64,
-    ) -> Result<impl Iterator<Item = DirEntry> + '_, FsError> {
+    ) -> Result<impl Iterator<Item = DirEntry<'_>> + '_, FsError> {
         let children = self.children(ino)?;
         let parent = u64::from(self.node(ino)?.parent);
         let total = children.len() as u64 + 2;
         Ok((offset..total).filter_map(move |pos| {
             let (name, child) = match pos {
-                0 => (".".to_string(), ino),
-                1 => ("..".to_string(), parent),
+                0 => (FileName::plain("."), ino),
+                1 => (FileName::plain(".."), parent),
                 _ => {
                     let c = u64::from(children[(pos - 2) as usize]);
-                    (self.name(c).to_string(), c)
+                    (self.name(c), c)
                 }
             };
             Some(DirEntry {
@@ -409,6 +437,9 @@ impl ViewFs {
                 Ok(slice(&npy))
             }
             Content::Sample(i) => {
+                if offset == 0 {
+                    self.prefetch_after(ino);
+                }
                 let i = i as usize;
                 let first = offset / CHUNK;
                 let last = (end - 1) / CHUNK;
@@ -430,6 +461,61 @@ impl ViewFs {
                 }
                 Ok(out.freeze())
             }
+        }
+    }
+}
+
+impl ViewFs {
+    /// Starts fetching the samples after `ino` in its directory's listing
+    /// if reads there walk the listing (see [`Prefetch`]).
+    fn prefetch_after(&self, ino: u64) {
+        let depth = self.prefetch.depth;
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let Some(node) = self.nodes.get((ino - 1) as usize) else {
+            return;
+        };
+        let Body::Dir(d) = self.nodes[(u64::from(node.parent) - 1) as usize].body else {
+            return;
+        };
+        let dir = &self.dirs[d as usize];
+        let name = self.name(ino);
+        let Ok(pos) = dir
+            .children
+            .binary_search_by(|&c| self.name(u64::from(c)).cmp_name(&name))
+        else {
+            return;
+        };
+        let pos = pos as u32;
+        let prev = dir.last_read.swap(pos, Ordering::Relaxed);
+        if depth == 0 || prev == u32::MAX || pos <= prev || pos - prev > SEQUENTIAL_GAP {
+            return;
+        }
+        let next = dir.children[pos as usize + 1..]
+            .iter()
+            .filter_map(|&c| match self.nodes[(c - 1) as usize].body {
+                Body::File {
+                    view,
+                    content: Content::Sample(i),
+                } => Some((view, i)),
+                _ => None,
+            })
+            .take(depth);
+        for (view_no, i) in next {
+            if self.cache.has_chunk(view_no, i as usize, 0) {
+                continue;
+            }
+            let Ok(permit) = self.prefetch.permits.clone().try_acquire_owned() else {
+                break;
+            };
+            let cache = self.cache.clone();
+            let view = self.views[view_no as usize].clone();
+            runtime.spawn(async move {
+                // A failure is reported when the sample is really read.
+                let _ = cache.sample_chunk(view_no, &view, i as usize, 0).await;
+                drop(permit);
+            });
         }
     }
 }

@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::future::Future;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -58,6 +59,14 @@ fn reply_read(result: Result<bytes::Bytes, FsError>, reply: ReplyData) {
 /// Backing files registered with the kernel for passthrough, by inode: the
 /// kernel wants one registration per inode while any handle is open.
 type Backings = Arc<Mutex<HashMap<u64, (Arc<BackingId>, usize)>>>;
+
+/// `name`'s bytes into `out` (reused across a listing).
+fn name_bytes(name: &crate::view::FileName<'_>, out: &mut Vec<u8>) {
+    out.clear();
+    for part in name.parts() {
+        out.extend_from_slice(part);
+    }
+}
 
 /// Registers `file` with the kernel as the backing file of `ino` (one
 /// registration per inode while any handle is open) and opens it for
@@ -302,12 +311,19 @@ impl Filesystem for FuseAdapter {
     ) {
         match self.fs.readdir(ino.0, offset) {
             Ok(entries) => {
+                let mut name = Vec::with_capacity(256);
                 for e in entries {
                     let kind = match e.attr.kind {
                         Kind::Dir => FileType::Directory,
                         Kind::File => FileType::RegularFile,
                     };
-                    if reply.add(INodeNo(e.attr.ino), e.next_offset, kind, &e.name) {
+                    name_bytes(&e.name, &mut name);
+                    if reply.add(
+                        INodeNo(e.attr.ino),
+                        e.next_offset,
+                        kind,
+                        OsStr::from_bytes(&name),
+                    ) {
                         break;
                     }
                 }
@@ -327,11 +343,13 @@ impl Filesystem for FuseAdapter {
     ) {
         match self.fs.readdir(ino.0, offset) {
             Ok(entries) => {
+                let mut name = Vec::with_capacity(256);
                 for e in entries {
+                    name_bytes(&e.name, &mut name);
                     if reply.add(
                         INodeNo(e.attr.ino),
                         e.next_offset,
-                        &e.name,
+                        OsStr::from_bytes(&name),
                         &TTL,
                         &self.attr(&e.attr),
                         Generation(0),

@@ -71,7 +71,7 @@ fn memory(bytes: &HashMap<ContentId, Vec<u8>>) -> MemorySource {
 }
 
 fn fs_with(view: &Arc<View>, source: Arc<dyn Source>, capacity: u64) -> ViewFs {
-    ViewFs::new(vec![view.clone()], ChunkCache::new(capacity, source))
+    ViewFs::new(vec![view.clone()], ChunkCache::new(capacity, source), 0)
 }
 
 /// Inode of `path` (relative to the mount root) by lookups.
@@ -259,4 +259,50 @@ async fn the_cache_holds_at_most_its_capacity() {
         }
         assert!(fs.cache().resident_bytes().await <= capacity);
     }
+}
+
+#[tokio::test]
+async fn a_reader_walking_the_listing_is_served_ahead_and_a_random_one_is_not() {
+    let f = fixture().await;
+    let listing = |fs: &ViewFs| -> Vec<u64> {
+        let dir = ino(fs, "v/cat");
+        fs.readdir(dir, 2)
+            .unwrap()
+            .filter(|e| e.name.to_string().ends_with(".png"))
+            .map(|e| e.attr.ino)
+            .collect()
+    };
+    // Walking the listing: after two reads, the rest is fetched ahead.
+    let faulty = Arc::new(FaultySource::new(Arc::new(memory(&f.bytes))));
+    let fs = ViewFs::new(
+        vec![f.view.clone()],
+        ChunkCache::new(64 << 20, faulty.clone()),
+        4,
+    );
+    let files = listing(&fs);
+    assert_eq!(files.len(), 3);
+    fs.read(files[0], 0, 100).await.unwrap();
+    fs.read(files[1], 0, 100).await.unwrap();
+    for _ in 0..100 {
+        if faulty.requests() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(faulty.requests(), 3, "the third sample is fetched ahead");
+    fs.read(files[2], 0, 100).await.unwrap();
+    assert_eq!(faulty.requests(), 3, "and read from the cache");
+
+    // Random order (backwards here): nothing ahead.
+    let faulty = Arc::new(FaultySource::new(Arc::new(memory(&f.bytes))));
+    let fs = ViewFs::new(
+        vec![f.view.clone()],
+        ChunkCache::new(64 << 20, faulty.clone()),
+        4,
+    );
+    for &file in listing(&fs).iter().rev() {
+        fs.read(file, 0, 100).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(faulty.requests(), 3);
 }

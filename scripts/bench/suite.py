@@ -16,7 +16,8 @@ ratio to the local-disk baseline measured in the same run:
    pyarrow (what an Iceberg-only path costs).
 2. A generated metadata-only table of --meta-rows samples: mount-ready
    time, RSS of the mount (and per sample, above an empty mount's RSS) and
-   the time of a `find` over the whole mount.
+   the time of a `find` over the whole mount, with `sidecars: []` (one file
+   per sample) and again with the default sidecars (a `.json` per sample).
 3. Memory bound: two random epochs over the images (the page cache dropped
    in between) with the cache set to a quarter of their size; peak RSS
    against the cache size plus the mount's fixed overhead: its RSS when
@@ -42,7 +43,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import Mount, drop_page_cache, find_bin, generate_images, median, read_all, read_files  # noqa: E402
+from benchlib import Mount, drop_page_cache, find_bin, generate_images, median, read_all, read_files, report  # noqa: E402
 
 
 class Bindfs:
@@ -170,6 +171,22 @@ def read_section(args, binary, work, data, paths, wh, results, pool):
         print(f"read run {run + 1}/{args.runs} done", flush=True)
 
 
+def prefetch_section(args, binary, work, paths, wh, results):
+    """First touch in listing order (a sequential reader: sorted names, as
+    ImageFolder reads), prefetch on (the default) and off."""
+    spec = work / "bench.yaml"
+    cache = f"{max(1, args.samples * args.size_kb * 2 // 1024)}MiB"
+    blobs = [p for p in (wh / "blobs").rglob("*") if p.is_file()]
+    for run in range(args.runs):
+        for label, prefetch in [("lakemount first touch, listing order, prefetch 16", "16"),
+                                ("lakemount first touch, listing order, prefetch off", "0")]:
+            read_files(blobs, 2)
+            with Mount(binary, wh, [spec], work / "mnt", extra=["--cache-size", cache, "--prefetch", prefetch]) as m:
+                view = listing(m.mnt / "bench", len(paths))
+                results.setdefault((label, "1 thread"), []).append(read_files(view, 1, seed=None))
+        print(f"prefetch run {run + 1}/{args.runs} done", flush=True)
+
+
 def meta_section(args, binary, work, out):
     wh = work / "meta-wh"
     if not wh.exists():
@@ -194,6 +211,18 @@ def meta_section(args, binary, work, out):
             res = subprocess.run(["find", str(mnt)], stdout=subprocess.PIPE, check=True)
             finds.append(time.perf_counter() - start)
             entries = res.stdout.count(b"\n")
+    # The same table with the default sidecars: every sample and its .json
+    # (sizes computed at resolve, twice the entries to list).
+    full = work / "meta-sidecars.yaml"
+    full.write_text("name: meta\ntable: bench.meta\n")
+    ready_sc, finds_sc = [], []
+    for _ in range(args.runs):
+        with Mount(binary, wh, [full], mnt) as m:
+            ready_sc.append(m.ready_s)
+            start = time.perf_counter()
+            res = subprocess.run(["find", str(mnt)], stdout=subprocess.PIPE, check=True)
+            finds_sc.append(time.perf_counter() - start)
+            entries_sc = res.stdout.count(b"\n")
     per_sample = (median(rss) - median(base)) * 1024 / args.meta_rows
     out["meta"] = {
         "rows": args.meta_rows,
@@ -204,6 +233,9 @@ def meta_section(args, binary, work, out):
         "bytes_per_sample_total": round(median(rss) * 1024 / args.meta_rows),
         "find_s": round(median(finds), 2),
         "find_entries": entries,
+        "ready_s_default_sidecars": round(median(ready_sc), 2),
+        "find_s_default_sidecars": round(median(finds_sc), 2),
+        "find_entries_default_sidecars": entries_sc,
     }
 
 
@@ -246,21 +278,21 @@ def main():
     ap.add_argument("--bin", help="lakemount binary (default: the release build)")
     ap.add_argument("--work", type=Path, help="keep generated data here and reuse it")
     ap.add_argument("--json", type=Path, default=Path("scripts/out/bench.json"))
-    ap.add_argument("--only", choices=["read", "meta", "memory"], action="append",
+    ap.add_argument("--only", choices=["read", "prefetch", "meta", "memory"], action="append",
                     help="run only these sections (repeatable)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("the suite drops the page cache and mounts bindfs: run it as root")
     if not shutil.which("bindfs"):
         raise SystemExit("bindfs is missing: run scripts/bench/run, or apt-get install bindfs")
-    sections = args.only or ["read", "meta", "memory"]
+    sections = args.only or ["read", "prefetch", "meta", "memory"]
     binary = find_bin(args.bin)
     work = args.work or Path(tempfile.mkdtemp(prefix="lakemount-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     out = {"binary": binary, "samples": args.samples, "size_kb": args.size_kb, "runs": args.runs}
 
-    if "read" in sections or "memory" in sections:
+    if {"read", "prefetch", "memory"} & set(sections):
         data = work / "images"
         print(f"generating {args.samples} images of ~{args.size_kb} KB in {data} ...", flush=True)
         paths = generate_images(data, args.samples, args.size_kb, labels=100)
@@ -287,6 +319,15 @@ def main():
                 rows.append({"path": name, "readers": label, "files_per_s": round(v),
                              "ratio_to_local": round(v / local, 3)})
         out["read"] = rows
+    if "prefetch" in sections:
+        results = {}
+        prefetch_section(args, binary, work, paths, wh, results)
+        off = median(results[("lakemount first touch, listing order, prefetch off", "1 thread")])
+        out["prefetch"] = [
+            {"path": name, "readers": lab, "files_per_s": round(median(v)),
+             "ratio_to_prefetch_off": round(median(v) / off, 2)}
+            for (name, lab), v in results.items()
+        ]
     if "meta" in sections:
         print(f"metadata-only table of {args.meta_rows} rows ...", flush=True)
         meta_section(args, binary, work, out)
@@ -304,6 +345,8 @@ def main():
 
 
 def print_report(out):
+    if "prefetch" in out:
+        report("listing-order first touch, 1 reader, median of runs", out["prefetch"], None)
     if "read" in out:
         rows = out["read"]
         print(f"\nrandom-order reads of {out['samples']} files of ~{out['size_kb']} KB, "
