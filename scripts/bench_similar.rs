@@ -62,6 +62,7 @@ async fn main() -> Result<()> {
     let spread = arg("--spread", 35) as f32 / 100.0;
     let dir = tempfile::tempdir()?;
     let uri = dir.path().join("bench.lance").display().to_string();
+    let storage = lakemount::storage::Storage::default();
 
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
     let centres: Vec<Vec<f32>> = (0..clusters)
@@ -91,7 +92,7 @@ async fn main() -> Result<()> {
                 }
             })
             .collect();
-        existing = Some(vectors::append(&uri, existing.take(), &batch, dim).await?);
+        existing = Some(vectors::append(&uri, &storage, existing.take(), &batch, dim).await?);
     }
     eprintln!(
         "wrote {rows} x {dim} vectors in {:.1} s",
@@ -106,7 +107,7 @@ async fn main() -> Result<()> {
 
     let params = IndexParams::derive(rows, dim, Metric::Cosine);
     let start = Instant::now();
-    let version = similar::build_index(&uri, params, false).await?;
+    let version = similar::build_index(&uri, &storage, params, false).await?;
     let build_s = start.elapsed().as_secs_f64();
     eprintln!(
         "built IVF-PQ ({} partitions, {} sub-vectors) in {build_s:.1} s",

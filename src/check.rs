@@ -15,6 +15,7 @@ use futures::TryStreamExt;
 use iceberg::table::Table;
 
 use crate::content_id::ContentId;
+use crate::storage::Storage;
 use crate::trust::UriTrust;
 
 /// What `check` found in one snapshot.
@@ -51,6 +52,7 @@ pub async fn check(
     table: &Table,
     snapshots: &[i64],
     trust: &UriTrust,
+    storage: &Storage,
 ) -> Result<Vec<SnapshotCheck>> {
     let mut ids: Vec<(i64, i64)> = table
         .metadata()
@@ -70,7 +72,7 @@ pub async fn check(
     let mut lance_ids: HashMap<u64, HashSet<ContentId>> = HashMap::new();
     let mut out = Vec::with_capacity(ids.len());
     for (_, id) in ids {
-        out.push(check_one(table, id, trust, &mut lance_ids).await?);
+        out.push(check_one(table, id, trust, storage, &mut lance_ids).await?);
     }
     Ok(out)
 }
@@ -79,13 +81,15 @@ async fn check_one(
     table: &Table,
     snapshot_id: i64,
     trust: &UriTrust,
+    storage: &Storage,
     lance_ids: &mut HashMap<u64, HashSet<ContentId>>,
 ) -> Result<SnapshotCheck> {
     let mut report = SnapshotCheck {
         snapshot_id,
         ..Default::default()
     };
-    let lance = crate::view::scan::open_lance(table, snapshot_id, &UriTrust::any()).await?;
+    let lance =
+        crate::view::scan::open_lance(table, snapshot_id, &UriTrust::any(), storage).await?;
     let known = match &lance {
         Some(l) => {
             report.lance_version = Some(l.version);

@@ -79,8 +79,9 @@ enum Command {
 /// Where the warehouse and its catalog are.
 #[derive(Debug, Args)]
 struct WarehouseArgs {
-    /// Warehouse directory or URI holding blobs, the Lance dataset, the
-    /// Iceberg tables and (by default) the SQLite catalog.
+    /// Warehouse: a directory (or file:// URI) or s3://BUCKET/PREFIX, holding
+    /// blobs, the Lance dataset, the Iceberg tables and, for a directory, the
+    /// default SQLite catalog.
     #[arg(
         long,
         env = "LAKEMOUNT_WAREHOUSE",
@@ -88,7 +89,10 @@ struct WarehouseArgs {
         help_heading = "Warehouse"
     )]
     warehouse: String,
-    /// Iceberg SQL catalog URI [default: sqlite:<WAREHOUSE>/catalog.db].
+    /// Iceberg catalog: sqlite:PATH or postgres://USER:PASS@HOST/DB (SQL
+    /// catalog), or http(s)://HOST:PORT[/PATH] (REST catalog; also written
+    /// rest+http(s)://...) [default for a directory warehouse:
+    /// sqlite:<WAREHOUSE>/catalog.db; an s3:// warehouse needs one].
     #[arg(
         long,
         env = "LAKEMOUNT_CATALOG",
@@ -97,13 +101,30 @@ struct WarehouseArgs {
     )]
     catalog: Option<String>,
     /// Iceberg table, as <namespace>.<table>.
-    #[arg(long, default_value = DEFAULT_TABLE, help_heading = "Warehouse")]
+    #[arg(long, env = "LAKEMOUNT_TABLE", default_value = DEFAULT_TABLE, help_heading = "Warehouse")]
     table: String,
     /// Also read samples whose uri is below this directory or URI prefix
     /// (repeatable). By default only URIs inside the warehouse are read: the
     /// table is untrusted input and a row must not point a mount at any file.
     #[arg(long, value_name = "PATH_OR_URI", help_heading = "Warehouse")]
     allow_uri_prefix: Vec<String>,
+    /// REST catalog property (repeatable): warehouse=NAME, credential=ID:SECRET
+    /// (OAuth2 client credentials), token=TOKEN, scope=..., prefix=...,
+    /// header.NAME=VALUE.
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_kv, help_heading = "Warehouse")]
+    catalog_option: Vec<(String, String)>,
+    /// Object-store setting (repeatable), over the AWS_* environment
+    /// variables: endpoint=URL, region=R, access_key_id=..., secret_access_key=...,
+    /// session_token=..., allow_http=true, virtual_hosted_style_request=true.
+    #[arg(long, value_name = "KEY=VALUE", help_heading = "Warehouse")]
+    storage_option: Vec<String>,
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_string(), v.to_string()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
 }
 
 impl WarehouseArgs {
@@ -113,6 +134,8 @@ impl WarehouseArgs {
             catalog: self.catalog.clone(),
             table: self.table.clone(),
             allow_uri_prefixes: self.allow_uri_prefix.clone(),
+            catalog_options: self.catalog_option.clone(),
+            storage_options: self.storage_option.clone(),
         }
     }
 }
@@ -354,7 +377,7 @@ async fn run_ingest(args: IngestArgs) -> Result<ExitCode> {
 
 async fn run_index(args: IndexArgs) -> Result<ExitCode> {
     let wh = Warehouse::open(&args.warehouse.config(), false).await?;
-    let ds = crate::vectors::open(&wh.lance_uri)
+    let ds = crate::vectors::open(&wh.lance_uri, &wh.storage)
         .await?
         .with_context(|| format!("no Lance dataset at {}; ingest first", wh.lance_uri))?;
     let rows = ds.count_rows(None).await?;
@@ -373,7 +396,8 @@ async fn run_index(args: IndexArgs) -> Result<ExitCode> {
         params.metric.name()
     );
     let start = std::time::Instant::now();
-    let version = crate::similar::build_index(&wh.lance_uri, params, !args.no_scalar).await?;
+    let version =
+        crate::similar::build_index(&wh.lance_uri, &wh.storage, params, !args.no_scalar).await?;
     println!(
         "indexed {rows} vectors in {:.1} s; Lance version {version}",
         start.elapsed().as_secs_f64()
@@ -387,6 +411,7 @@ async fn run_pin(args: PinArgs) -> Result<ExitCode> {
         catalog: wh.catalog.as_ref(),
         encoder: &BuiltinEncoder,
         trust: &wh.trust,
+        storage: &wh.storage,
     };
     let (pinned, view) =
         crate::spec::pin::pin(&args.spec, &args.warehouse.table, &resolver).await?;
@@ -412,7 +437,7 @@ async fn run_check(args: CheckArgs) -> Result<ExitCode> {
     let table = iceberg::Catalog::load_table(wh.catalog.as_ref(), &wh.table)
         .await
         .with_context(|| format!("cannot load table {}", wh.table))?;
-    let reports = crate::check::check(&table, &args.snapshots, &wh.trust).await?;
+    let reports = crate::check::check(&table, &args.snapshots, &wh.trust, &wh.storage).await?;
     let mut failed = 0;
     for r in &reports {
         let lance = r.lance_version.map_or("-".to_string(), |v| v.to_string());
@@ -494,6 +519,7 @@ async fn resolve_specs(
         catalog: wh.catalog.as_ref(),
         encoder: &BuiltinEncoder,
         trust: &wh.trust,
+        storage: &wh.storage,
     };
     let mut views = Vec::with_capacity(specs.len());
     for spec in &specs {
@@ -524,7 +550,7 @@ async fn run_mount(args: MountArgs) -> Result<ExitCode> {
         passthrough: args.passthrough,
         prefetch: args.prefetch,
     };
-    let source = LakeSource::new(&wh.trust.local_roots())
+    let source = LakeSource::new(&wh.trust.local_roots(), wh.storage.clone())
         .context("cannot open the warehouse directory for reading")?;
     let mounted = crate::mount::mount(views, &mountpoint, &opts, std::sync::Arc::new(source))?;
     release_freed_memory();

@@ -26,6 +26,7 @@ pub mod npy;
 pub mod similar;
 pub mod source;
 pub mod spec;
+pub mod storage;
 pub mod trust;
 pub mod vectors;
 pub mod view;

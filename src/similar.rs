@@ -274,8 +274,13 @@ impl IndexParams {
 
 /// Builds (or replaces) the IVF-PQ index on the embedding column and a
 /// B-tree on `content_id`. Returns the new Lance version.
-pub async fn build_index(uri: &str, params: IndexParams, scalar: bool) -> Result<u64> {
-    let mut ds = Dataset::open(uri)
+pub async fn build_index(
+    uri: &str,
+    storage: &crate::storage::Storage,
+    params: IndexParams,
+    scalar: bool,
+) -> Result<u64> {
+    let mut ds = crate::vectors::open_dataset(uri, storage)
         .await
         .with_context(|| format!("cannot open Lance dataset {uri}"))?;
     let rows = ds.count_rows(None).await?;
@@ -323,8 +328,11 @@ pub async fn build_index(uri: &str, params: IndexParams, scalar: bool) -> Result
 }
 
 /// Opens the newest version of the dataset at `uri` if it has a vector index.
-pub async fn latest_index(uri: &str) -> Result<Option<(Arc<Dataset>, Metric)>> {
-    let ds = Dataset::open(uri).await?;
+pub async fn latest_index(
+    uri: &str,
+    storage: &crate::storage::Storage,
+) -> Result<Option<(Arc<Dataset>, Metric)>> {
+    let ds = crate::vectors::open_dataset(uri, storage).await?;
     Ok(vector_index(&ds).await?.map(|(_, m)| (Arc::new(ds), m)))
 }
 

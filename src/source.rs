@@ -114,12 +114,14 @@ struct LocalRoot {
 pub struct LakeSource {
     stores: Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
     roots: Vec<LocalRoot>,
+    storage: crate::storage::Storage,
 }
 
 impl LakeSource {
     /// A source that opens local files only beneath `roots` (the trusted
     /// local directories: the warehouse and allowed prefixes).
-    pub fn new(roots: &[PathBuf]) -> std::io::Result<Self> {
+    /// Object stores are configured by `storage`.
+    pub fn new(roots: &[PathBuf], storage: crate::storage::Storage) -> std::io::Result<Self> {
         let roots = roots
             .iter()
             .filter(|p| p.is_dir())
@@ -134,6 +136,7 @@ impl LakeSource {
         Ok(Self {
             stores: Mutex::default(),
             roots,
+            storage,
         })
     }
 
@@ -149,8 +152,10 @@ impl LakeSource {
         if let Some(store) = stores.get(&key) {
             return Ok((store.clone(), path));
         }
-        let (store, _) = object_store::parse_url(url).map_err(|e| e.to_string())?;
-        let store: Arc<dyn ObjectStore> = Arc::from(store);
+        let store = self
+            .storage
+            .object_store(url)
+            .map_err(|e| crate::trust::redact(&format!("{e:#}")))?;
         stores.insert(key, store.clone());
         Ok((store, path))
     }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 
 use crate::content_id::ContentId;
+use crate::storage::Storage;
 use arrow_array::{
     Array, ArrayRef, FixedSizeListArray, Float32Array, Int64Array, RecordBatch,
     RecordBatchIterator, StringArray,
@@ -21,6 +22,7 @@ use arrow_schema::{DataType, Field, Schema};
 use futures::TryStreamExt;
 use lance::Dataset;
 use lance::blob::{BlobArrayBuilder, blob_field};
+use lance::dataset::builder::DatasetBuilder;
 use lance::dataset::{WriteMode, WriteParams};
 
 /// Name of the blob column.
@@ -62,32 +64,26 @@ pub fn schema(dim: usize) -> Result<Arc<Schema>> {
     ])))
 }
 
+/// Opens the dataset at `uri` with the warehouse's storage settings.
+pub async fn open_dataset(uri: &str, storage: &Storage) -> lance::Result<Dataset> {
+    DatasetBuilder::from_uri(uri)
+        .with_storage_options(storage.lance_options())
+        .load()
+        .await
+}
+
 /// Opens the dataset at `uri`, or `None` when nothing was written there yet.
-pub async fn open(uri: &str) -> Result<Option<Dataset>> {
-    if !dataset_exists(uri) {
-        return Ok(None);
+pub async fn open(uri: &str, storage: &Storage) -> Result<Option<Dataset>> {
+    match open_dataset(uri, storage).await {
+        Ok(ds) => Ok(Some(ds)),
+        Err(lance::Error::DatasetNotFound { .. }) => Ok(None),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("cannot open Lance dataset {uri}"))),
     }
-    Ok(Some(Dataset::open(uri).await.with_context(|| {
-        format!("cannot open Lance dataset {uri}")
-    })?))
 }
 
 /// Whether a Lance dataset exists at `uri`.
-pub async fn exists(uri: &str) -> bool {
-    if dataset_exists(uri) {
-        return !uri.contains("://")
-            || uri.starts_with("file://")
-            || Dataset::open(uri).await.is_ok();
-    }
-    false
-}
-
-fn dataset_exists(uri: &str) -> bool {
-    if uri.contains("://") && !uri.starts_with("file://") {
-        return true;
-    }
-    let path = uri.strip_prefix("file://").unwrap_or(uri);
-    std::path::Path::new(path).join("_versions").is_dir()
+pub async fn exists(uri: &str, storage: &Storage) -> bool {
+    matches!(open(uri, storage).await, Ok(Some(_)))
 }
 
 /// Embedding dimension of an existing dataset.
@@ -110,8 +106,8 @@ pub async fn content_ids(ds: &Dataset) -> Result<HashSet<ContentId>> {
 }
 
 /// The newest version of the dataset at `uri`.
-pub async fn latest_version(uri: &str) -> Result<u64> {
-    let ds = Dataset::open(uri)
+pub async fn latest_version(uri: &str, storage: &Storage) -> Result<u64> {
+    let ds = open_dataset(uri, storage)
         .await
         .with_context(|| format!("cannot open Lance dataset {uri}"))?;
     Ok(ds.version().version)
@@ -121,6 +117,7 @@ pub async fn latest_version(uri: &str) -> Result<u64> {
 /// dataset at its new version.
 pub async fn append(
     uri: &str,
+    storage: &Storage,
     existing: Option<Dataset>,
     rows: &[VectorRow],
     dim: usize,
@@ -130,10 +127,10 @@ pub async fn append(
     let reader = || RecordBatchIterator::new(vec![Ok(batch.clone())], schema.clone());
     let mut ds = match existing {
         Some(ds) => ds,
-        None => match create(uri, &batch).await {
+        None => match create(uri, storage, &batch).await {
             Ok(ds) => return Ok(ds),
             // Another ingest created it first: append to theirs.
-            Err(e) => match open(uri).await {
+            Err(e) => match open(uri, storage).await {
                 Ok(Some(ds)) => ds,
                 _ => return Err(e),
             },
@@ -149,12 +146,13 @@ pub async fn append(
 /// it meanwhile. Lance would otherwise rebase a losing create onto the
 /// winner as an overwrite and drop the winner's rows; a commit with no
 /// retries is a strict create instead.
-async fn create(uri: &str, batch: &RecordBatch) -> Result<Dataset> {
+async fn create(uri: &str, storage: &Storage, batch: &RecordBatch) -> Result<Dataset> {
     let params = WriteParams {
         mode: WriteMode::Create,
         // Stable row ids survive compaction, so a pinned view's row
         // addresses never shift under it.
         enable_stable_row_ids: true,
+        store_params: Some(storage.lance_params()),
         ..Default::default()
     };
     let txn = lance::dataset::InsertBuilder::new(uri)
@@ -164,6 +162,7 @@ async fn create(uri: &str, batch: &RecordBatch) -> Result<Dataset> {
         .with_context(|| format!("cannot create Lance dataset {uri}"))?;
     lance::dataset::CommitBuilder::new(uri)
         .use_stable_row_ids(true)
+        .with_store_params(storage.lance_params())
         .with_max_retries(0)
         .execute(txn)
         .await

@@ -23,12 +23,16 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use iceberg::io::LocalFsStorageFactory;
 use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableIdent};
+use iceberg_catalog_rest::RestCatalogBuilder;
 use iceberg_catalog_sql::{SqlBindStyle, SqlCatalogBuilder};
+use iceberg_storage_opendal::OpenDalResolvingStorageFactory;
 use object_store::ObjectStore;
 use object_store::local::LocalFileSystem;
+use object_store::path::Path as StorePath;
 use url::Url;
 
 use crate::blobs::BlobStore;
+use crate::storage::Storage;
 use crate::trust::{UriTrust, redact};
 
 /// Name under which the catalog's rows are stored; other readers (PyIceberg's
@@ -40,14 +44,21 @@ pub const DEFAULT_TABLE: &str = "datasets.samples";
 /// Where a warehouse lives and how to reach its catalog.
 #[derive(Debug, Clone)]
 pub struct WarehouseConfig {
-    /// A local path or a URI (`file:///...`).
+    /// A local path, a `file://` URI, or `s3://bucket/prefix`.
     pub location: String,
-    /// Catalog URI; default `sqlite:<warehouse>/catalog.db`.
+    /// Catalog URI: `sqlite:...`, `postgres://...` (Iceberg SQL catalog) or
+    /// `http(s)://...` / `rest+http(s)://...` (Iceberg REST catalog); default
+    /// `sqlite:<warehouse>/catalog.db` for a local warehouse.
     pub catalog: Option<String>,
+    /// REST catalog properties (`warehouse`, `credential`, `token`,
+    /// `scope`, `prefix`, `header.NAME`).
+    pub catalog_options: Vec<(String, String)>,
     /// `namespace.table` of the Iceberg table.
     pub table: String,
     /// Locations outside the warehouse that samples may be read from.
     pub allow_uri_prefixes: Vec<String>,
+    /// `KEY=VALUE` storage settings, over the environment's.
+    pub storage_options: Vec<String>,
 }
 
 impl WarehouseConfig {
@@ -56,8 +67,10 @@ impl WarehouseConfig {
         Self {
             location: location.into(),
             catalog: None,
+            catalog_options: Vec::new(),
             table: DEFAULT_TABLE.to_string(),
             allow_uri_prefixes: Vec::new(),
+            storage_options: Vec::new(),
         }
     }
 }
@@ -77,86 +90,188 @@ pub struct Warehouse {
     pub lance_uri: String,
     /// Where samples may be read from: the warehouse and the allowed prefixes.
     pub trust: UriTrust,
+    /// How to reach the storage.
+    pub storage: Storage,
+    /// Where a new table's Iceberg files go when the catalog does not
+    /// place them under the warehouse itself (REST catalogs); `None` lets
+    /// the catalog decide (SQL catalogs: `<warehouse>/iceberg/<ns>/<table>`).
+    pub table_location: Option<String>,
 }
 
 impl Warehouse {
-    /// Opens the warehouse; with `create`, makes the local root directory if needed.
+    /// Opens the warehouse; with `create`, makes a local root directory if needed.
     pub async fn open(config: &WarehouseConfig, create: bool) -> Result<Self> {
         let table = parse_table_ident(&config.table)?;
         let root_url = root_url(&config.location)?;
-        if root_url.scheme() != "file" {
-            bail!(
-                "warehouse {}: only local warehouses (a path or file:// URI) are supported by this build",
+        let storage = Storage::from_env(&config.storage_options)?;
+        let (store, prefix) = match root_url.scheme() {
+            "file" => (
+                open_local_root(&root_url, &config.location, create)?,
+                StorePath::default(),
+            ),
+            "s3" | "s3a" => {
+                let prefix = StorePath::from_url_path(root_url.path())
+                    .with_context(|| format!("warehouse {}: bad prefix", config.location))?;
+                (storage.object_store(&root_url)?, prefix)
+            }
+            other => bail!(
+                "warehouse {}: the {other}:// scheme is not supported; use a local path or s3://bucket/prefix",
                 config.location
-            );
-        }
-        let root: PathBuf = root_url.to_file_path().map_err(|_| {
-            anyhow::anyhow!("warehouse {}: not a usable local path", config.location)
-        })?;
-        if create {
-            std::fs::create_dir_all(&root).with_context(|| {
-                format!(
-                    "warehouse {} is not writable (cannot create the directory); pass --warehouse a directory you can write",
-                    root.display()
-                )
-            })?;
-            probe_writable(&root)?;
-        } else if !root.is_dir() {
-            bail!(
-                "no warehouse at {}: run `lakemount ingest --warehouse {}` first, or point --warehouse at an existing one",
-                root.display(),
-                root.display()
-            );
-        }
-        let store: Arc<dyn ObjectStore> =
-            Arc::new(LocalFileSystem::new_with_prefix(&root).with_context(|| {
-                format!(
-                    "warehouse {}: cannot open as an object store",
-                    root.display()
-                )
-            })?);
-        let blobs = BlobStore::new(store, object_store::path::Path::default(), root_url.clone());
-
-        let catalog_uri = match &config.catalog {
-            Some(uri) => uri.clone(),
-            None => format!("sqlite:{}?mode=rwc", root.join("catalog.db").display()),
+            ),
         };
-        let bind_style = if catalog_uri.starts_with("sqlite:") {
-            SqlBindStyle::QMark
-        } else {
-            SqlBindStyle::DollarNumeric
-        };
-        let catalog = SqlCatalogBuilder::default()
-            .uri(catalog_uri.clone())
-            .warehouse_location(format!("{root_url}iceberg"))
-            .sql_bind_style(bind_style)
-            .with_storage_factory(Arc::new(LocalFsStorageFactory))
-            .load(CATALOG_NAME, HashMap::new())
-            .await
-            .map_err(|e| anyhow::anyhow!(redact(&format!("{e:#}"))))
-            .with_context(|| {
-                format!(
-                    "cannot open the Iceberg catalog at {}",
-                    redact(&catalog_uri)
-                )
-            })?;
-
-        let lance_uri = lance_location(&root, &table);
+        let blobs = BlobStore::new(store, prefix, root_url.clone());
+        let (catalog, rest) = open_catalog(config, &root_url, &storage).await?;
+        let lance_uri = lance_location(&root_url, &table)?;
+        let table_location = rest.then(|| {
+            format!(
+                "{root_url}iceberg/{}/{}",
+                table.namespace().join("/"),
+                table.name()
+            )
+        });
         let trust = UriTrust::new(&root_url, &config.allow_uri_prefixes)?;
         Ok(Self {
             root_url,
-            catalog: Arc::new(catalog),
+            catalog,
             table,
             blobs,
             lance_uri,
             trust,
+            storage,
+            table_location,
         })
     }
 }
 
-fn lance_location(root: &FsPath, table: &TableIdent) -> String {
+/// The object store of a local warehouse directory, created if asked.
+fn open_local_root(root_url: &Url, location: &str, create: bool) -> Result<Arc<dyn ObjectStore>> {
+    let root: PathBuf = root_url
+        .to_file_path()
+        .map_err(|_| anyhow::anyhow!("warehouse {location}: not a usable local path"))?;
+    if create {
+        std::fs::create_dir_all(&root).with_context(|| {
+            format!(
+                "warehouse {} is not writable (cannot create the directory); pass --warehouse a directory you can write",
+                root.display()
+            )
+        })?;
+        probe_writable(&root)?;
+    } else if !root.is_dir() {
+        bail!(
+            "no warehouse at {}: run `lakemount ingest --warehouse {}` first, or point --warehouse at an existing one",
+            root.display(),
+            root.display()
+        );
+    }
+    Ok(Arc::new(
+        LocalFileSystem::new_with_prefix(&root).with_context(|| {
+            format!(
+                "warehouse {}: cannot open as an object store",
+                root.display()
+            )
+        })?,
+    ))
+}
+
+/// The catalog a config names (see [`WarehouseConfig::catalog`]), and
+/// whether it is a REST catalog.
+async fn open_catalog(
+    config: &WarehouseConfig,
+    root_url: &Url,
+    storage: &Storage,
+) -> Result<(Arc<dyn Catalog>, bool)> {
+    let local = root_url.scheme() == "file";
+    let uri = match &config.catalog {
+        Some(uri) => uri.clone(),
+        None if local => {
+            let root = root_url.to_file_path().unwrap_or_default();
+            format!("sqlite:{}?mode=rwc", root.join("catalog.db").display())
+        }
+        None => bail!(
+            "warehouse {}: an object-store warehouse needs a shared catalog: pass --catalog \
+             postgres://USER:PASSWORD@HOST/DB (Iceberg SQL catalog) or --catalog http(s)://HOST:PORT \
+             (Iceberg REST catalog); a SQLite file would be local to this machine",
+            config.location
+        ),
+    };
+    let failed = |e: iceberg::Error| {
+        anyhow::anyhow!(redact(&format!("{e:#}"))).context(format!(
+            "cannot open the Iceberg catalog at {}",
+            redact(&uri)
+        ))
+    };
+    if let Some(rest) = uri.strip_prefix("rest+").or_else(|| {
+        (uri.starts_with("http://") || uri.starts_with("https://")).then_some(uri.as_str())
+    }) {
+        let mut props: HashMap<String, String> = storage.iceberg_props();
+        props.insert("uri".into(), rest.to_string());
+        props.extend(config.catalog_options.iter().cloned());
+        let catalog = RestCatalogBuilder::default()
+            .with_storage_factory(Arc::new(OpenDalResolvingStorageFactory::new()))
+            .load(CATALOG_NAME, props)
+            .await
+            .map_err(failed)?;
+        return Ok((Arc::new(catalog), true));
+    }
+    let bind_style = if uri.starts_with("sqlite:") {
+        SqlBindStyle::QMark
+    } else if uri.starts_with("postgres://") || uri.starts_with("postgresql://") {
+        SqlBindStyle::DollarNumeric
+    } else {
+        bail!(
+            "--catalog {}: expected sqlite:PATH, postgres://USER:PASSWORD@HOST/DB or http(s)://HOST:PORT (REST)",
+            redact(&uri)
+        );
+    };
+    if bind_style == SqlBindStyle::DollarNumeric {
+        reachable(&uri).await?;
+    }
+    let builder = SqlCatalogBuilder::default()
+        .uri(uri.clone())
+        .warehouse_location(format!("{root_url}iceberg"))
+        .sql_bind_style(bind_style);
+    let builder = if local {
+        builder.with_storage_factory(Arc::new(LocalFsStorageFactory))
+    } else {
+        builder.with_storage_factory(Arc::new(OpenDalResolvingStorageFactory::new()))
+    };
+    let catalog = builder
+        .load(CATALOG_NAME, storage.iceberg_props())
+        .await
+        .map_err(failed)?;
+    Ok((Arc::new(catalog), false))
+}
+
+/// Fails fast, with a clear message, when a database server does not
+/// answer (the SQL pool would wait 30 s and report a timeout).
+async fn reachable(uri: &str) -> Result<()> {
+    let url = Url::parse(uri).with_context(|| format!("--catalog {}: not a URI", redact(uri)))?;
+    let host = url.host_str().unwrap_or("localhost").to_string();
+    let port = url.port().unwrap_or(5432);
+    let connect = tokio::net::TcpStream::connect((host.as_str(), port));
+    match tokio::time::timeout(std::time::Duration::from_secs(10), connect).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => bail!(
+            "cannot reach the catalog database {} ({e}); is PostgreSQL running there?",
+            redact(uri)
+        ),
+        Err(_) => bail!(
+            "cannot reach the catalog database {} (no answer in 10 s)",
+            redact(uri)
+        ),
+    }
+}
+
+/// `<root>/lance/<ns>.<table>.lance`: a path for a local warehouse, a URI otherwise.
+fn lance_location(root_url: &Url, table: &TableIdent) -> Result<String> {
     let name = format!("{}.{}.lance", table.namespace().join("."), table.name());
-    root.join("lance").join(name).display().to_string()
+    if root_url.scheme() == "file" {
+        let root = root_url
+            .to_file_path()
+            .map_err(|_| anyhow::anyhow!("{root_url}: not a usable local path"))?;
+        return Ok(root.join("lance").join(name).display().to_string());
+    }
+    Ok(format!("{root_url}lance/{name}"))
 }
 
 fn probe_writable(root: &FsPath) -> Result<()> {

@@ -237,7 +237,7 @@ async fn crash_between_lance_and_iceberg_leaves_nothing_visible_and_rerun_comple
 
     let cfg = quiet(InputSource::Dir(tmp.path().join("in")));
     // The table exists first (its creation is not what fails).
-    lakemount::catalog::ensure_table(wh.catalog.as_ref(), &wh.table, &wh.lance_uri, 256)
+    lakemount::catalog::ensure_table(wh.catalog.as_ref(), &wh.table, None, &wh.lance_uri, 256)
         .await
         .unwrap();
     let mut dying = wh.clone();

@@ -410,7 +410,7 @@ async fn large_candidate_sets_use_the_flat_kernel_and_stay_exact() {
             inline: None,
         })
         .collect();
-    let ds = lakemount::vectors::append(&uri, None, &rows, 8)
+    let ds = lakemount::vectors::append(&uri, &Default::default(), None, &rows, 8)
         .await
         .unwrap();
     let ids: std::collections::HashMap<String, u64> = lakemount::vectors::row_ids_by_content(&ds)

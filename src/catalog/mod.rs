@@ -136,6 +136,7 @@ pub fn partition_spec() -> Result<UnboundPartitionSpec> {
 pub async fn ensure_table(
     catalog: &dyn Catalog,
     ident: &TableIdent,
+    location: Option<&str>,
     lance_uri: &str,
     dim: usize,
 ) -> Result<Table> {
@@ -147,17 +148,26 @@ pub async fn ensure_table(
         {
             return Err(e).with_context(|| format!("cannot create namespace {ns:?}"));
         }
-        let creation = TableCreation::builder()
-            .name(ident.name().to_string())
-            .schema(base_schema()?)
-            .partition_spec(partition_spec()?)
-            .properties([
-                (PROP_LANCE_URI.to_string(), lance_uri.to_string()),
-                (PROP_EMBEDDING_DIM.to_string(), dim.to_string()),
-                ("write.format.default".to_string(), "parquet".to_string()),
-            ])
-            .build();
-        match catalog.create_table(ns, creation).await {
+        let creation = |location: Option<&str>| -> Result<TableCreation> {
+            Ok(TableCreation::builder()
+                .name(ident.name().to_string())
+                .location_opt(location.map(str::to_string))
+                .schema(base_schema()?)
+                .partition_spec(partition_spec()?)
+                .properties([
+                    (PROP_LANCE_URI.to_string(), lance_uri.to_string()),
+                    (PROP_EMBEDDING_DIM.to_string(), dim.to_string()),
+                    ("write.format.default".to_string(), "parquet".to_string()),
+                ])
+                .build())
+        };
+        let mut result = catalog.create_table(ns, creation(location)?).await;
+        if result.is_err() && location.is_some() && !catalog.table_exists(ident).await? {
+            // A REST catalog may insist on placing tables in its own storage.
+            tracing::info!("the catalog refused the location {location:?}; letting it choose");
+            result = catalog.create_table(ns, creation(None)?).await;
+        }
+        match result {
             Ok(t) => return Ok(t),
             Err(e) if !catalog.table_exists(ident).await.unwrap_or(false) => {
                 return Err(e).with_context(|| format!("cannot create Iceberg table {ident}"));

@@ -211,13 +211,14 @@ pub async fn run(
     let table = catalog::ensure_table(
         warehouse.catalog.as_ref(),
         &warehouse.table,
+        warehouse.table_location.as_deref(),
         &warehouse.lance_uri,
         dim,
     )
     .await?;
     let table_name = warehouse.table.to_string();
     let extras = input::type_extras(&mut inputs, &catalog::extra_columns(&table), &table_name)?;
-    let lance = vectors::open(&warehouse.lance_uri).await?;
+    let lance = vectors::open(&warehouse.lance_uri, &warehouse.storage).await?;
     let in_lance = match &lance {
         Some(ds) => {
             let lance_dim = vectors::dim_of(ds)?;
@@ -315,6 +316,7 @@ impl State<'_> {
         let batch = Batch {
             rows,
             lance_uri: warehouse.lance_uri.clone(),
+            storage: warehouse.storage.clone(),
         };
         let outcome = publish::publish(
             &warehouse.catalog,
@@ -428,7 +430,14 @@ pub async fn append_vectors(
             inline: config.inline_blobs.then(|| p.bytes.clone()),
         })
         .collect();
-    vectors::append(&warehouse.lance_uri, existing, &rows, dim).await
+    vectors::append(
+        &warehouse.lance_uri,
+        &warehouse.storage,
+        existing,
+        &rows,
+        dim,
+    )
+    .await
 }
 
 /// Snapshot summary properties of a lakemount commit.

@@ -112,6 +112,8 @@ pub struct Batch {
     pub rows: Vec<SampleRow>,
     /// The Lance dataset holding their embeddings.
     pub lance_uri: String,
+    /// How to reach it.
+    pub storage: crate::storage::Storage,
 }
 
 /// What publishing a batch did.
@@ -135,6 +137,7 @@ pub async fn publish(
     let Batch {
         mut rows,
         lance_uri,
+        storage,
     } = batch;
     let mut outcome = Outcome::default();
     let mut files: Option<Vec<DataFile>> = None;
@@ -165,7 +168,7 @@ pub async fn publish(
         };
         // The newest Lance version holds every row appended so far, this
         // batch's and every earlier commit's.
-        let lance_version = crate::vectors::latest_version(&lance_uri).await?;
+        let lance_version = crate::vectors::latest_version(&lance_uri, &storage).await?;
         let props = super::snapshot_props(&lance_uri, lance_version);
         let tx = fast_append(&published.table, data.clone(), props)?;
         match commit_on(catalog, &published.table, tx).await {

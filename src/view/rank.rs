@@ -34,9 +34,9 @@ pub async fn rank(
     lance_rows: &foldhash::HashMap<ContentId, u64>,
     rows: &Rows,
     candidates: &[u32],
-    encoder: &dyn Encoder,
+    r: &super::Resolver<'_>,
 ) -> Result<Ranked> {
-    let query = query_vector(spec, sim, lance, lance_rows, rows, candidates, encoder).await?;
+    let query = query_vector(spec, sim, lance, lance_rows, rows, candidates, r.encoder).await?;
     if query.len() != lance.dim {
         bail!(
             "{}: the query has {} dimensions, the table's embeddings have {}",
@@ -54,7 +54,7 @@ pub async fn rank(
             at(spec, "similar.to")
         );
     }
-    let index = choose_index(spec, sim, lance).await?;
+    let index = choose_index(spec, sim, lance, r.storage).await?;
     let mut ids: Vec<(String, u64)> = Vec::new();
     let mut id_rows: Vec<u32> = Vec::new();
     for &r in candidates {
@@ -158,6 +158,7 @@ async fn choose_index(
     spec: &Spec,
     sim: &Similar,
     lance: &LanceAt,
+    storage: &crate::storage::Storage,
 ) -> Result<Option<(Arc<Dataset>, u64)>> {
     Ok(match &spec.pinned {
         Some(p) => match p.index_version {
@@ -175,7 +176,7 @@ async fn choose_index(
             }
             None => None,
         },
-        None => match similar::latest_index(&lance.uri).await? {
+        None => match similar::latest_index(&lance.uri, storage).await? {
             Some((ds, metric)) if metric == sim.metric => {
                 let v = ds.version().version;
                 Some((ds, v))

@@ -27,6 +27,8 @@ pub struct Resolver<'a> {
     pub encoder: &'a dyn Encoder,
     /// Which URIs samples may be read from.
     pub trust: &'a UriTrust,
+    /// How to reach the Lance dataset.
+    pub storage: &'a crate::storage::Storage,
 }
 
 /// Resolves `spec`. Every error names the spec file and key.
@@ -37,7 +39,7 @@ pub async fn resolve(spec: &Spec, r: &Resolver<'_>) -> Result<View> {
     super::scan::check_layout(spec, &schema)?;
     let rows = super::scan::rows(spec, &table, snapshot.snapshot_id(), &schema).await?;
     phase.done("scan");
-    let lance = open_lance(spec, &table, snapshot.snapshot_id(), r.trust).await?;
+    let lance = open_lance(spec, &table, snapshot.snapshot_id(), r).await?;
     let lance_rows = match &lance {
         Some(l) => crate::vectors::row_ids_by_content(&l.dataset).await?,
         None => foldhash::HashMap::default(),
@@ -119,8 +121,7 @@ async fn select(
                     spec.table
                 )
             })?;
-            let ranked =
-                super::rank::rank(spec, sim, l, lance_rows, rows, &by_id, r.encoder).await?;
+            let ranked = super::rank::rank(spec, sim, l, lance_rows, rows, &by_id, r).await?;
             Chosen {
                 rows: ranked.rows,
                 ranks: ranked.ranks,
@@ -183,9 +184,9 @@ async fn open_lance(
     spec: &Spec,
     table: &iceberg::table::Table,
     snapshot_id: i64,
-    trust: &UriTrust,
+    r: &Resolver<'_>,
 ) -> Result<Option<LanceAt>> {
-    let lance = super::scan::open_lance(table, snapshot_id, trust).await?;
+    let lance = super::scan::open_lance(table, snapshot_id, r.trust, r.storage).await?;
     if let (Some(pinned), Some(l)) = (spec.pinned.as_ref().and_then(|p| p.lance_version), &lance)
         && pinned != l.version
     {

@@ -18,7 +18,6 @@ use arrow_schema::DataType;
 use futures::TryStreamExt;
 use iceberg::spec::{SchemaRef, SnapshotRef};
 use iceberg::table::Table;
-use lance::Dataset;
 
 use super::LanceAt;
 use super::compact::{BlobUris, UriRef};
@@ -336,6 +335,7 @@ pub async fn open_lance(
     table: &Table,
     snapshot_id: i64,
     trust: &crate::trust::UriTrust,
+    storage: &crate::storage::Storage,
 ) -> Result<Option<LanceAt>> {
     let meta = table.metadata();
     let Some(snapshot) = meta.snapshot_by_id(snapshot_id) else {
@@ -366,10 +366,10 @@ pub async fn open_lance(
             table.identifier()
         );
     }
-    if recorded.is_none() && !crate::vectors::exists(&uri).await {
+    if recorded.is_none() && !crate::vectors::exists(&uri, storage).await {
         return Ok(None);
     }
-    let ds = Dataset::open(&uri)
+    let ds = crate::vectors::open_dataset(&uri, storage)
         .await
         .with_context(|| format!("cannot open Lance dataset {uri}"))?;
     let version = match recorded {

@@ -125,7 +125,10 @@ pub async fn snapshot_count(wh: &Warehouse) -> usize {
 
 /// content id -> (embedding, inline bytes) from the Lance dataset.
 pub async fn lance_rows(wh: &Warehouse) -> HashMap<String, (Vec<f32>, Option<Vec<u8>>)> {
-    let Some(ds) = lakemount::vectors::open(&wh.lance_uri).await.unwrap() else {
+    let Some(ds) = lakemount::vectors::open(&wh.lance_uri, &wh.storage)
+        .await
+        .unwrap()
+    else {
         return HashMap::new();
     };
     let ds = Arc::new(ds);
@@ -148,7 +151,10 @@ pub async fn lance_rows(wh: &Warehouse) -> HashMap<String, (Vec<f32>, Option<Vec
 
 /// Number of rows physically in the Lance dataset (orphans included).
 pub async fn lance_row_count(wh: &Warehouse) -> usize {
-    match lakemount::vectors::open(&wh.lance_uri).await.unwrap() {
+    match lakemount::vectors::open(&wh.lance_uri, &wh.storage)
+        .await
+        .unwrap()
+    {
         Some(ds) => ds.count_rows(None).await.unwrap(),
         None => 0,
     }
@@ -335,6 +341,7 @@ pub async fn resolve(
         catalog: wh.catalog.as_ref(),
         encoder: &lakemount::encode::builtin::BuiltinEncoder,
         trust: &wh.trust,
+        storage: &wh.storage,
     };
     lakemount::view::resolve(spec, &resolver).await
 }
