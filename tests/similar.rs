@@ -93,13 +93,10 @@ fn spec(dir: &Path, name: &str, body: &str) -> PathBuf {
 
 /// The ids of a resolved spec in rank order, from `_index.jsonl` via `lakemount ls` + mount-free resolve.
 async fn ranked(wh: &Path, spec: &Path) -> (Vec<String>, serde_json::Value) {
-    let w = lakemount::warehouse::Warehouse::open(
-        &lakemount::warehouse::WarehouseConfig::new(wh.display().to_string()),
-        false,
-    )
-    .await
-    .unwrap();
-    let s = lakemount::spec::load(spec, "datasets.samples").unwrap();
+    let w = lakemount::warehouse::Warehouse::open(&wh_config(wh), false)
+        .await
+        .unwrap();
+    let s = lakemount::spec::load(spec, &table_name(wh)).unwrap();
     let view = resolve(&w, &s).await.unwrap_or_else(|e| panic!("{e:#}"));
     let index = view.index_bytes(0..u64::MAX);
     // The listing is rendered on demand; the receipt's digest covers exactly it.
@@ -239,13 +236,7 @@ async fn encoder_and_dimension_mismatches_are_errors() {
         ],
     );
     let s = spec(tmp.path(), "f", "similar: {to: {file: a.png}, k: 1}\n");
-    let out = bin()
-        .arg("ls")
-        .arg("--warehouse")
-        .arg(&wh)
-        .arg(&s)
-        .output()
-        .unwrap();
+    let out = bin().arg("ls").args(wh_args(&wh)).arg(&s).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("`similar.to.file`") && err.contains("embedded by `clip-vit-b32`"),
@@ -255,13 +246,7 @@ async fn encoder_and_dimension_mismatches_are_errors() {
     npy = lakemount::npy::write_vector(&[1.0; 8]);
     std::fs::write(tmp.path().join("q8.npy"), &npy).unwrap();
     let s = spec(tmp.path(), "v", "similar: {to: {vector: q8.npy}, k: 1}\n");
-    let out = bin()
-        .arg("ls")
-        .arg("--warehouse")
-        .arg(&wh)
-        .arg(&s)
-        .output()
-        .unwrap();
+    let out = bin().arg("ls").args(wh_args(&wh)).arg(&s).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("the query has 8 dimensions, the table's embeddings have 4"),
@@ -281,8 +266,8 @@ async fn pin_then_ingest_and_index_keeps_listing_bytes_and_receipt() {
     );
     let pinned = f.root.join("sim.pinned.yaml");
     let out = bin()
-        .args(["pin", "--warehouse"])
-        .arg(&f.wh)
+        .args(["pin"])
+        .args(wh_args(&f.wh))
         .arg(&s)
         .arg("-o")
         .arg(&pinned)
@@ -316,11 +301,7 @@ async fn pin_then_ingest_and_index_keeps_listing_bytes_and_receipt() {
         std::fs::write(f.root.join(format!("more/a/n{i}.png")), png(7000 + i, 24)).unwrap();
     }
     ingest_cli(&f.wh, &[f.root.join("more").to_str().unwrap()]);
-    let out = bin()
-        .args(["index", "--warehouse"])
-        .arg(&f.wh)
-        .output()
-        .unwrap();
+    let out = bin().args(["index"]).args(wh_args(&f.wh)).output().unwrap();
     assert!(
         out.status.success(),
         "{}",

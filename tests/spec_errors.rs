@@ -56,7 +56,7 @@ fn each_bad_spec_is_refused_before_mounting_with_file_and_key() {
             "snapshot: 12345\n",
             &[
                 "`snapshot`",
-                "snapshot 12345 does not exist in table datasets.samples",
+                "snapshot 12345 does not exist in table",
                 "lakemount snapshots",
             ],
         ),
@@ -107,8 +107,7 @@ fn each_bad_spec_is_refused_before_mounting_with_file_and_key() {
         // A good spec alongside does not get mounted either.
         let out = bin()
             .arg("mount")
-            .arg("--warehouse")
-            .arg(&wh)
+            .args(wh_args(&wh))
             .arg(&good)
             .arg(&path)
             .arg(&mnt)
@@ -131,8 +130,7 @@ fn each_bad_spec_is_refused_before_mounting_with_file_and_key() {
     std::fs::write(&twin, "name: good\n").unwrap();
     let out = bin()
         .arg("ls")
-        .arg("--warehouse")
-        .arg(&wh)
+        .args(wh_args(&wh))
         .arg(&good)
         .arg(&twin)
         .output()
@@ -144,7 +142,7 @@ fn each_bad_spec_is_refused_before_mounting_with_file_and_key() {
 #[test]
 fn the_example_specs_parse() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("specs");
-    let specs = lakemount::spec::load_all(&[dir], "datasets.samples").unwrap();
+    let specs = lakemount::spec::load_all(&[dir], lakemount::warehouse::DEFAULT_TABLE).unwrap();
     let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["digits-train", "digits-val-small"]);
 }

@@ -49,10 +49,164 @@ pub fn image_folder(dir: &Path, labels: &[(&str, u32)]) -> HashMap<String, Vec<u
     out
 }
 
+/// The backend the tests run against, from `LAKEMOUNT_TEST_BACKEND`:
+/// `local` (the default: a directory with a SQLite catalog), `s3-postgres`
+/// (SeaweedFS S3 + the SQL catalog on PostgreSQL) or `s3-rest` (SeaweedFS
+/// S3 + its Iceberg REST catalog). scripts/test.sh starts the servers and
+/// exports what scripts/servers.py prints.
+pub fn backend() -> String {
+    std::env::var("LAKEMOUNT_TEST_BACKEND").unwrap_or_else(|_| "local".into())
+}
+
+/// Whether the backend keeps the warehouse in a local directory.
+pub fn is_local() -> bool {
+    backend() == "local"
+}
+
+/// For a test that only makes sense on a local warehouse (it needs the
+/// warehouse's files on this disk): true, after saying why, on a remote
+/// backend, where the test then returns.
+pub fn local_only(why: &str) -> bool {
+    if is_local() {
+        return false;
+    }
+    eprintln!("not run on {}: {why}", backend());
+    true
+}
+
+fn env(name: &str) -> String {
+    std::env::var(name)
+        .unwrap_or_else(|_| panic!("{name} is not set: start the servers (scripts/test.sh does)"))
+}
+
+/// A short id for the test warehouse at `path` (its temp dir is unique).
+fn wh_id(path: &Path) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    path.hash(&mut h);
+    format!("{:016x}", h.finish())
+}
+
+/// The table the tests' specs read by default.
+pub fn table_name(path: &Path) -> String {
+    match backend().as_str() {
+        // One REST catalog serves every test: a namespace each.
+        "s3-rest" => format!("w{}.samples", wh_id(path)),
+        _ => lakemount::warehouse::DEFAULT_TABLE.to_string(),
+    }
+}
+
+/// The warehouse config of the test warehouse at `path`: the path itself
+/// locally; on a shared backend a prefix of the test bucket and a catalog
+/// (a database, or a namespace of the REST catalog) of its own.
+pub fn wh_config(path: &Path) -> WarehouseConfig {
+    let mut c = WarehouseConfig::new(path.display().to_string());
+    let id = wh_id(path);
+    match backend().as_str() {
+        "local" => {}
+        "s3-postgres" => {
+            c.location = format!("{}/{id}", env("LAKEMOUNT_TEST_S3"));
+            c.catalog = Some(format!("{}/{}", env("LAKEMOUNT_TEST_PG"), pg_database(&id)));
+        }
+        "s3-rest" => {
+            c.location = format!("{}/{id}", env("LAKEMOUNT_TEST_S3"));
+            c.catalog = Some(env("LAKEMOUNT_TEST_REST"));
+            c.catalog_options = vec![(
+                "credential".into(),
+                format!(
+                    "{}:{}",
+                    env("AWS_ACCESS_KEY_ID"),
+                    env("AWS_SECRET_ACCESS_KEY")
+                ),
+            )];
+            c.table = table_name(path);
+        }
+        other => panic!("LAKEMOUNT_TEST_BACKEND={other}: expected local, s3-postgres or s3-rest"),
+    }
+    c
+}
+
+/// The same, as `lakemount` arguments.
+pub fn wh_args(path: &Path) -> Vec<String> {
+    let c = wh_config(path);
+    let mut out = vec!["--warehouse".to_string(), c.location];
+    if let Some(cat) = c.catalog {
+        out.extend(["--catalog".to_string(), cat]);
+    }
+    for (k, v) in c.catalog_options {
+        out.extend(["--catalog-option".to_string(), format!("{k}={v}")]);
+    }
+    if c.table != lakemount::warehouse::DEFAULT_TABLE {
+        out.extend(["--table".to_string(), c.table]);
+    }
+    out
+}
+
+/// A PostgreSQL database for one test warehouse, created on first use.
+fn pg_database(id: &str) -> String {
+    let name = format!("lm_{id}");
+    let url = url::Url::parse(&env("LAKEMOUNT_TEST_PG")).unwrap();
+    let out = std::process::Command::new("psql")
+        .args(["-h", url.host_str().unwrap(), "-p"])
+        .arg(url.port().unwrap().to_string())
+        .args(["-U", url.username(), "-d", "postgres", "-qc"])
+        .arg(format!("CREATE DATABASE {name}"))
+        .env("PGPASSWORD", url.password().unwrap_or(""))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() || err.contains("already exists"),
+        "cannot create database {name}: {err}"
+    );
+    name
+}
+
 pub async fn open(wh: &Path) -> Warehouse {
-    Warehouse::open(&WarehouseConfig::new(wh.display().to_string()), true)
-        .await
+    Warehouse::open(&wh_config(wh), true).await.unwrap()
+}
+
+/// The object holding a blob of the test warehouse at `wh`.
+pub async fn blob_object(
+    wh: &Path,
+    id: &str,
+) -> (Arc<dyn object_store::ObjectStore>, object_store::path::Path) {
+    open(wh).await.blobs.locate(id)
+}
+
+/// A blob's bytes.
+pub async fn read_blob(wh: &Path, id: &str) -> Option<Vec<u8>> {
+    use object_store::ObjectStoreExt;
+    let (store, path) = blob_object(wh, id).await;
+    Some(store.get(&path).await.ok()?.bytes().await.unwrap().to_vec())
+}
+
+/// Replaces a blob's bytes (to corrupt it), whatever the storage.
+pub async fn write_blob(wh: &Path, id: &str, bytes: Vec<u8>) {
+    use object_store::ObjectStoreExt;
+    let (store, path) = blob_object(wh, id).await;
+    store.put(&path, bytes.into()).await.unwrap();
+}
+
+/// Deletes a blob.
+pub async fn delete_blob(wh: &Path, id: &str) {
+    use object_store::ObjectStoreExt;
+    let (store, path) = blob_object(wh, id).await;
+    store.delete(&path).await.unwrap();
+}
+
+/// Flips the byte at `offset` of a blob.
+pub async fn flip_blob(wh: &Path, id: &str, offset: usize) {
+    let mut b = read_blob(wh, id).await.unwrap();
+    b[offset] ^= 0xff;
+    write_blob(wh, id, b).await;
+}
+
+/// [`flip_blob`] from synchronous tests.
+pub fn flip_blob_sync(wh: &Path, id: &str, offset: usize) {
+    tokio::runtime::Runtime::new()
         .unwrap()
+        .block_on(flip_blob(wh, id, offset));
 }
 
 pub fn quiet(input: InputSource) -> IngestConfig {
@@ -197,7 +351,7 @@ impl MountGuard {
     pub fn start_with(wh: &Path, specs: &[&Path], mountpoint: &Path, extra: &[&str]) -> Self {
         std::fs::create_dir_all(mountpoint).unwrap();
         let mut cmd = bin();
-        cmd.arg("mount").arg("--warehouse").arg(wh).args(extra);
+        cmd.arg("mount").args(wh_args(wh)).args(extra);
         for s in specs {
             cmd.arg(s);
         }
@@ -258,7 +412,7 @@ impl Drop for MountGuard {
 /// Runs `lakemount ls` and returns {path: size}.
 pub fn ls(wh: &Path, specs: &[&Path]) -> std::collections::BTreeMap<String, u64> {
     let mut cmd = bin();
-    cmd.arg("ls").arg("--warehouse").arg(wh);
+    cmd.arg("ls").args(wh_args(wh));
     for s in specs {
         cmd.arg(s);
     }
@@ -302,8 +456,7 @@ pub fn ingest_cli(wh: &Path, args: &[&str]) -> String {
     let out = bin()
         .arg("ingest")
         .arg("--quiet")
-        .arg("--warehouse")
-        .arg(wh)
+        .args(wh_args(wh))
         .args(args)
         .output()
         .unwrap();
@@ -318,12 +471,7 @@ pub fn ingest_cli(wh: &Path, args: &[&str]) -> String {
 
 /// Snapshot ids from `lakemount snapshots`, newest first.
 pub fn snapshot_ids(wh: &Path) -> Vec<i64> {
-    let out = bin()
-        .arg("snapshots")
-        .arg("--warehouse")
-        .arg(wh)
-        .output()
-        .unwrap();
+    let out = bin().arg("snapshots").args(wh_args(wh)).output().unwrap();
     String::from_utf8(out.stdout)
         .unwrap()
         .lines()
