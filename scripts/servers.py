@@ -111,10 +111,10 @@ def start_postgres(work: Path):
         pw.write_text("postgres\n")
         shutil.chown(pw, "postgres", "postgres")
         subprocess.run(["su", "postgres", "-c", f"{PG_BIN}/initdb -D {data} -A md5 -U postgres --pwfile={pw} >/dev/null"],
-                       check=True)
+                       check=True, cwd="/")
     subprocess.run(["su", "postgres", "-c",
                     f"{PG_BIN}/pg_ctl -D {data} -l {data}/log -w -o '-p {port} -k {data} -c listen_addresses=127.0.0.1 "
-                    f"-c max_connections=300 -c fsync=off' start >/dev/null"], check=True)
+                    f"-c max_connections=300 -c fsync=off' start >/dev/null"], check=True, cwd="/")
     (work / "pg.port").write_text(str(port))
     wait_port(port, "PostgreSQL")
     return f"postgres://postgres:postgres@127.0.0.1:{port}"
@@ -154,7 +154,7 @@ def stop(work: Path):
         pid_file.unlink()
     if (work / "pg.port").exists():
         subprocess.run(["su", "postgres", "-c", f"{PG_BIN}/pg_ctl -D {work / 'pg'} -m immediate stop >/dev/null"],
-                       check=False)
+                       check=False, cwd="/")
         (work / "pg.port").unlink()
 
 

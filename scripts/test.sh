@@ -16,7 +16,8 @@ venv=${LAKEMOUNT_VENV:-.venv}
 cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings
 LAKEMOUNT_TEST_BACKEND=local cargo test
-LAKEMOUNT_BIN="$CARGO_TARGET_DIR/debug/lakemount" "$venv/bin/python" -m pytest -q tests/python
+export LAKEMOUNT_BIN="$CARGO_TARGET_DIR/debug/lakemount"
+"$venv/bin/python" -m pytest -q tests/python --ignore=tests/python/test_shared.py
 
 servers=$(mktemp -d)
 trap '"$venv/bin/python" scripts/servers.py stop "$servers"; rm -rf "$servers"' EXIT
@@ -25,3 +26,4 @@ for backend in s3-postgres s3-rest; do
     echo "test.sh: the integration suite on $backend"
     LAKEMOUNT_TEST_BACKEND=$backend cargo test --quiet --tests
 done
+"$venv/bin/python" -m pytest -q tests/python/test_shared.py

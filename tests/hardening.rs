@@ -20,14 +20,6 @@ fn text(out: &std::process::Output) -> String {
     )
 }
 
-/// `n` distinct small PNGs `DIR/<label>/<seed>.png` for seeds `from..from+n`.
-fn pngs(dir: &Path, label: &str, from: u32, n: u32) {
-    std::fs::create_dir_all(dir.join(label)).unwrap();
-    for seed in from..from + n {
-        std::fs::write(dir.join(label).join(format!("{seed}.png")), png(seed, 12)).unwrap();
-    }
-}
-
 /// `lakemount check` on every snapshot: (exit ok, output).
 fn check(wh: &Path, extra: &[&str]) -> (bool, String) {
     let out = bin()

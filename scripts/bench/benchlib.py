@@ -100,12 +100,14 @@ def drop_page_cache() -> bool:
 class Mount:
     """`lakemount mount` in the background; unmounts on exit."""
 
-    def __init__(self, bin_path, wh, specs, mnt, extra=()):
+    def __init__(self, bin_path, wh, specs, mnt, extra=(), env=None):
+        """`wh`: a warehouse directory, or the warehouse arguments as a list."""
         mnt.mkdir(parents=True, exist_ok=True)
         self.mnt = mnt
         start = time.perf_counter()
-        self.proc = subprocess.Popen([bin_path, "mount", "--warehouse", str(wh), *extra, *map(str, specs), str(mnt)],
-                                     stderr=subprocess.PIPE, text=True)
+        wh_args = list(wh) if isinstance(wh, (list, tuple)) else ["--warehouse", str(wh)]
+        self.proc = subprocess.Popen([bin_path, "mount", *wh_args, *extra, *map(str, specs), str(mnt)],
+                                     stderr=subprocess.PIPE, text=True, env=env)
         while not os.path.ismount(mnt):
             if self.proc.poll() is not None:
                 raise RuntimeError(f"mount failed: {self.proc.stderr.read()}")

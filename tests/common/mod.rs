@@ -162,6 +162,14 @@ fn pg_database(id: &str) -> String {
     name
 }
 
+/// `n` distinct small PNGs `DIR/<label>/<seed>.png` for seeds `from..from+n`.
+pub fn pngs(dir: &Path, label: &str, from: u32, n: u32) {
+    std::fs::create_dir_all(dir.join(label)).unwrap();
+    for seed in from..from + n {
+        std::fs::write(dir.join(label).join(format!("{seed}.png")), png(seed, 12)).unwrap();
+    }
+}
+
 pub async fn open(wh: &Path) -> Warehouse {
     Warehouse::open(&wh_config(wh), true).await.unwrap()
 }
