@@ -417,15 +417,15 @@ pub mod testing {
         }
     }
 
-    impl Source for FaultySource {
-        fn read_range(
+    impl FaultySource {
+        /// `inner`, delayed and, if this request is one to fail, failed.
+        fn wrap<T: Send + 'static>(
             &self,
             loc: &SampleLoc,
-            range: Range<u64>,
-        ) -> BoxFuture<'static, Result<Bytes, FetchError>> {
+            inner: BoxFuture<'static, Result<T, FetchError>>,
+        ) -> BoxFuture<'static, Result<T, FetchError>> {
             let fail = self.next_fails();
             let delay = self.delay;
-            let inner = self.inner.read_range(loc, range);
             let loc = loc.clone();
             Box::pin(async move {
                 if !delay.is_zero() {
@@ -437,21 +437,19 @@ pub mod testing {
                 inner.await
             })
         }
+    }
+
+    impl Source for FaultySource {
+        fn read_range(
+            &self,
+            loc: &SampleLoc,
+            range: Range<u64>,
+        ) -> BoxFuture<'static, Result<Bytes, FetchError>> {
+            self.wrap(loc, self.inner.read_range(loc, range))
+        }
 
         fn embedding(&self, loc: &SampleLoc) -> BoxFuture<'static, Result<Vec<f32>, FetchError>> {
-            let fail = self.next_fails();
-            let delay = self.delay;
-            let inner = self.inner.embedding(loc);
-            let loc = loc.clone();
-            Box::pin(async move {
-                if !delay.is_zero() {
-                    tokio::time::sleep(delay).await;
-                }
-                if fail {
-                    return Err(FetchError::backend(&loc, "injected failure"));
-                }
-                inner.await
-            })
+            self.wrap(loc, self.inner.embedding(loc))
         }
     }
 }

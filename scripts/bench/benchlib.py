@@ -55,6 +55,17 @@ def read_all(paths) -> int:
     return len(paths)
 
 
+def run_threads(fn, parts) -> float:
+    """Runs fn(part) for each part on its own thread; returns the seconds taken."""
+    ts = [threading.Thread(target=fn, args=(part,)) for part in parts]
+    start = time.perf_counter()
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return time.perf_counter() - start
+
+
 def read_files(paths: list[Path], threads: int, seed: int | None = 7) -> float:
     """Reads every file once (open, read all, close) in a seeded random
     order (or, with seed None, in the order given) split across `threads`
@@ -71,13 +82,7 @@ def read_files(paths: list[Path], threads: int, seed: int | None = 7) -> float:
         except OSError as e:  # reported, never silently skipped
             errors.append(e)
 
-    ts = [threading.Thread(target=worker, args=(part,)) for part in parts]
-    start = time.perf_counter()
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    elapsed = time.perf_counter() - start
+    elapsed = run_threads(worker, parts)
     if errors:
         raise RuntimeError(f"{len(errors)} read errors, first: {errors[0]}")
     return len(paths) / elapsed

@@ -25,12 +25,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import Mount, find_bin, generate_images, median, read_files, report  # noqa: E402
+from benchlib import Mount, find_bin, generate_images, median, read_files, report, run_threads  # noqa: E402
 
 HERE = Path(__file__).resolve().parents[1]
 
@@ -86,13 +85,7 @@ def direct_reads(endpoint: str, keys: list[str], threads: int, seed) -> float:
             with fs.open_input_stream(k) as f:
                 f.read()
 
-    ts = [threading.Thread(target=work, args=(p,)) for p in parts]
-    start = time.perf_counter()
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    return len(keys) / (time.perf_counter() - start)
+    return len(keys) / run_threads(work, parts)
 
 
 def main():
