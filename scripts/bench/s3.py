@@ -95,6 +95,8 @@ def main():
     ap.add_argument("--delay-ms", type=float, default=20)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--threads", default="1,2,8")
+    ap.add_argument("--prefetch", type=int, help="lakemount --prefetch (default: its default)")
+    ap.add_argument("--delays", help="comma-separated delays in ms to run (default: 0 and --delay-ms)")
     ap.add_argument("--bin")
     ap.add_argument("--work", type=Path)
     ap.add_argument("--json", type=Path, default=Path("scripts/out/bench-s3.json"))
@@ -131,7 +133,8 @@ def main():
         results.setdefault(tuple(key), []).append(value)
 
     for run in range(args.runs):
-        for delay in (0.0, args.delay_ms):
+        delays = [float(d) for d in args.delays.split(",")] if args.delays else [0.0, args.delay_ms]
+        for delay in delays:
             proxy = Proxy(upstream, delay)
             env_ep = proxy.endpoint
             try:
@@ -139,7 +142,8 @@ def main():
                     for order in ("listing", "random"):
                         seed = None if order == "listing" else run
                         env = dict(os.environ, AWS_ENDPOINT_URL=env_ep)
-                        with Mount(binary, wh_args, [spec], work / "mnt", env=env) as m:
+                        extra = ["--prefetch", str(args.prefetch)] if args.prefetch is not None else []
+                        with Mount(binary, wh_args, [spec], work / "mnt", extra=extra, env=env) as m:
                             view = sorted((m.mnt / "bench").rglob("*.png"))
                             rec(delay, n, order, "lakemount first touch", read_files(view, n, seed=seed))
                             rec(delay, n, order, "lakemount second epoch", read_files(view, n, seed=seed))

@@ -178,7 +178,7 @@ def prefetch_section(args, binary, work, paths, wh, results):
     cache = f"{max(1, args.samples * args.size_kb * 2 // 1024)}MiB"
     blobs = [p for p in (wh / "blobs").rglob("*") if p.is_file()]
     for run in range(args.runs):
-        for label, prefetch in [("lakemount first touch, listing order, prefetch 16", "16"),
+        for label, prefetch in [("lakemount first touch, listing order, prefetch 128 (default)", "128"),
                                 ("lakemount first touch, listing order, prefetch off", "0")]:
             read_files(blobs, 2)
             with Mount(binary, wh, [spec], work / "mnt", extra=["--cache-size", cache, "--prefetch", prefetch]) as m:
