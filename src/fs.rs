@@ -470,6 +470,9 @@ impl ViewFs {
     /// if reads there walk the listing (see [`Prefetch`]).
     fn prefetch_after(&self, ino: u64) {
         let depth = self.prefetch.depth;
+        if depth == 0 {
+            return;
+        }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -489,7 +492,7 @@ impl ViewFs {
         };
         let pos = pos as u32;
         let prev = dir.last_read.swap(pos, Ordering::Relaxed);
-        if depth == 0 || prev == u32::MAX || pos <= prev || pos - prev > SEQUENTIAL_GAP {
+        if prev == u32::MAX || pos <= prev || pos - prev > SEQUENTIAL_GAP {
             return;
         }
         let next = dir.children[pos as usize + 1..]

@@ -81,11 +81,6 @@ pub async fn open(uri: &str, storage: &Storage) -> Result<Option<Dataset>> {
     }
 }
 
-/// Whether a Lance dataset exists at `uri`.
-pub async fn exists(uri: &str, storage: &Storage) -> bool {
-    matches!(open(uri, storage).await, Ok(Some(_)))
-}
-
 /// Embedding dimension of an existing dataset.
 pub fn dim_of(ds: &Dataset) -> Result<usize> {
     let field = ds

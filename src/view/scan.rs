@@ -366,12 +366,15 @@ pub async fn open_lance(
             table.identifier()
         );
     }
-    if recorded.is_none() && !crate::vectors::exists(&uri, storage).await {
-        return Ok(None);
-    }
-    let ds = crate::vectors::open_dataset(&uri, storage)
-        .await
-        .with_context(|| format!("cannot open Lance dataset {uri}"))?;
+    let ds = match crate::vectors::open(&uri, storage).await? {
+        Some(ds) => ds,
+        // Another engine's table may name a Lance dataset never written.
+        None if recorded.is_none() => return Ok(None),
+        None => bail!(
+            "Lance dataset {uri}, which table {} records, does not exist",
+            table.identifier()
+        ),
+    };
     let version = match recorded {
         Some((v, _, true)) => v,
         other => {
