@@ -17,7 +17,10 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod arrange;
 pub mod pin;
+
+pub use arrange::{Diverse, Order, Shard, SortKey};
 
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
@@ -218,6 +221,12 @@ pub struct Spec {
     pub sidecars: Sidecars,
     /// Similarity view, if any.
     pub similar: Option<Similar>,
+    /// Diverse sampling, if any (never together with `similar`).
+    pub diverse: Option<Diverse>,
+    /// Epoch order, if not the selection's.
+    pub order: Option<Order>,
+    /// Data-parallel ranks, if any.
+    pub shard: Option<Shard>,
     /// What `lakemount pin` recorded.
     pub pinned: Option<Pinned>,
     /// Where each key is in the file, for messages.
@@ -247,6 +256,9 @@ struct RawSpec {
     layout: Option<String>,
     sidecars: Option<Vec<String>>,
     similar: Option<RawSimilar>,
+    select: Option<arrange::RawSelect>,
+    order: Option<arrange::RawOrder>,
+    shard: Option<arrange::RawShard>,
     pinned: Option<RawPinned>,
 }
 
@@ -307,7 +319,7 @@ pub fn parse(text: &str, file: &Path, default_table: &str) -> Result<Spec, SpecE
         key: None,
         line: None,
         message: format!(
-            "{e} (keys: name, table, snapshot, filter, limit, layout, sidecars, similar, pinned)"
+            "{e} (keys: name, table, snapshot, filter, limit, layout, sidecars, similar, select, order, shard, pinned)"
         ),
     })?;
     let stem = file
@@ -354,6 +366,24 @@ pub fn parse(text: &str, file: &Path, default_table: &str) -> Result<Spec, SpecE
         .similar
         .map(|r| similar(r, base).map_err(|(key, m)| err(key, m)))
         .transpose()?;
+    let diverse = raw
+        .select
+        .map(|r| arrange::select(r).map_err(|(key, m)| err(key, m)))
+        .transpose()?;
+    if diverse.is_some() && similar.is_some() {
+        return Err(err(
+            "select",
+            "cannot be combined with `similar`; a view is either the nearest to a query or a diverse sample".into(),
+        ));
+    }
+    let order = raw
+        .order
+        .map(|r| arrange::order(r).map_err(|(key, m)| err(key, m)))
+        .transpose()?;
+    let shard = raw
+        .shard
+        .map(|r| arrange::shard(r).map_err(|(key, m)| err(key, m)))
+        .transpose()?;
     let pinned = raw.pinned.map(|p| Pinned {
         lance_version: p.lance_version,
         query_sha256: p.query_sha256,
@@ -369,6 +399,9 @@ pub fn parse(text: &str, file: &Path, default_table: &str) -> Result<Spec, SpecE
         layout,
         sidecars,
         similar,
+        diverse,
+        order,
+        shard,
         pinned,
         lines,
     })

@@ -24,6 +24,7 @@
 //! similarity view, rendered through the layout, and clashes resolved as
 //! [`crate::layout`] documents.
 
+pub mod arrange;
 pub mod compact;
 pub mod place;
 pub mod rank;
@@ -143,6 +144,8 @@ struct Entries {
     columns: Columns,
     /// (rank, distance) of sample `i` in a similarity view; empty otherwise.
     ranks: Vec<(u32, f32)>,
+    /// Position, shard and cluster of sample `i`, where the spec has them.
+    extra: arrange::Extra,
     /// Size of every `.npy` sidecar (they all have the table's dimension).
     npy_len: u64,
     /// Chunk digests by sample, for samples that have them (sorted).

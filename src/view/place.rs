@@ -78,6 +78,8 @@ pub struct LayoutInput<'a> {
     pub selected: &'a [u32],
     /// (rank, distance) per selected row in a similarity view, else empty.
     pub ranks: &'a [(u32, f32)],
+    /// Positions, shards and clusters per selected row.
+    pub extra: &'a super::arrange::Extra,
     /// Whether selected row `k` has a `.npy` sidecar.
     pub npy: &'a (dyn Fn(usize) -> bool + Sync),
 }
@@ -129,6 +131,11 @@ fn render_range(spec: &Spec, input: &LayoutInput<'_>, range: Range<usize>) -> Pl
             None => extension_for(&rows.text("media_type", r).unwrap_or_default()),
         };
         let start = part.arena.len();
+        let x = input.extra;
+        if let Some(r) = x.shards.get(k) {
+            part.arena
+                .push_str(&format!("rank-{r:0w$}/", w = x.shard_width));
+        }
         spec.layout
             .render_into(&mut part.arena, &mut scratch, |f, out| match f {
                 "ext" => {
@@ -149,6 +156,14 @@ fn render_range(spec: &Spec, input: &LayoutInput<'_>, range: Range<usize>) -> Pl
                 }
                 "distance" if !input.ranks.is_empty() => {
                     out.push_str(&format!("{:.6}", input.ranks[k].1));
+                    true
+                }
+                "pos" if !x.pos.is_empty() => {
+                    out.push_str(&format!("{:0w$}", x.pos[k], w = x.pos_width));
+                    true
+                }
+                "cluster" if !x.clusters.is_empty() => {
+                    out.push_str(&format!("{:0w$}", x.clusters[k], w = x.cluster_width));
                     true
                 }
                 _ => match layout_cols.get(f) {

@@ -30,6 +30,9 @@ enum MetaField {
     Uri,
     Rank,
     Distance,
+    Pos,
+    Shard,
+    Cluster,
 }
 
 /// The columns a view keeps, row `i` = sample `i`, and how its JSON files
@@ -45,8 +48,9 @@ pub struct Columns {
 }
 
 impl Columns {
-    /// `cols` as a view keeps them; `ranked` adds rank and distance keys.
-    pub fn new(cols: Vec<(String, ArrayRef)>, ranked: bool) -> Self {
+    /// `cols` as a view keeps them; `ranked` adds rank and distance keys,
+    /// `extra` pos, shard and cluster keys where it has them.
+    pub fn new(cols: Vec<(String, ArrayRef)>, ranked: bool, extra: &super::arrange::Extra) -> Self {
         let index_cols = INDEX_COLUMNS.map(|c| cols.iter().position(|(n, _)| n == c));
         let mut fields: std::collections::BTreeMap<String, MetaField> = cols
             .iter()
@@ -59,6 +63,15 @@ impl Columns {
             // Rank and distance win over columns of the same name.
             fields.insert("rank".into(), MetaField::Rank);
             fields.insert("distance".into(), MetaField::Distance);
+        }
+        for (key, field, present) in [
+            ("pos", MetaField::Pos, !extra.pos.is_empty()),
+            ("shard", MetaField::Shard, !extra.shards.is_empty()),
+            ("cluster", MetaField::Cluster, !extra.clusters.is_empty()),
+        ] {
+            if present {
+                fields.insert(key.into(), field);
+            }
         }
         Self {
             cols,
@@ -142,6 +155,13 @@ impl Entries {
                 MetaField::Distance => {
                     serde_json::to_writer(&mut out, &self.rank_json(i).1).ok();
                 }
+                MetaField::Pos | MetaField::Shard | MetaField::Cluster => {
+                    out.extend_from_slice(
+                        itoa::Buffer::new()
+                            .format(self.extra_value(*field, i))
+                            .as_bytes(),
+                    );
+                }
             }
         }
         if !self.columns.meta_fields.is_empty() {
@@ -169,9 +189,21 @@ impl Entries {
                 }
                 MetaField::Rank => self.rank_json(i).0.to_string().len(),
                 MetaField::Distance => self.rank_json(i).1.to_string().len(),
+                MetaField::Pos | MetaField::Shard | MetaField::Cluster => itoa::Buffer::new()
+                    .format(self.extra_value(*field, i))
+                    .len(),
             };
         }
         len
+    }
+
+    fn extra_value(&self, field: MetaField, i: usize) -> u32 {
+        let list = match field {
+            MetaField::Pos => &self.extra.pos,
+            MetaField::Shard => &self.extra.shards,
+            _ => &self.extra.clusters,
+        };
+        list.get(i).copied().unwrap_or(0)
     }
 
     fn rank_json(&self, i: usize) -> (Json, Json) {
@@ -198,10 +230,23 @@ impl Entries {
             out.extend_from_slice(key.as_bytes());
             out.extend_from_slice(b"\":");
         }
+        fn number(out: &mut Vec<u8>, name: &str, list: &[u32], i: usize) {
+            if let Some(v) = list.get(i) {
+                key(out, name);
+                out.extend_from_slice(itoa::Buffer::new().format(*v).as_bytes());
+            }
+        }
         let s = &self.samples[i];
         let ranked = (!self.ranks.is_empty()).then(|| self.rank_json(i));
         let cols = &self.columns;
-        out.extend_from_slice(b"{\"content_id\":\"");
+        let x = &self.extra;
+        out.push(b'{');
+        if let Some(c) = x.clusters.get(i) {
+            out.extend_from_slice(b"\"cluster\":");
+            out.extend_from_slice(itoa::Buffer::new().format(*c).as_bytes());
+            out.push(b',');
+        }
+        out.extend_from_slice(b"\"content_id\":\"");
         out.extend_from_slice(&s.content_id.hex_bytes());
         out.push(b'"');
         if let Some((_, dist)) = &ranked {
@@ -224,10 +269,12 @@ impl Entries {
         let name = self.file_name(super::Content::Sample(i as u32));
         let [a, b, c, d] = name.parts();
         push_json_str(out, &[dir.as_bytes(), a, b, c, d]);
+        number(out, "pos", &x.pos, i);
         if let Some((rank, _)) = &ranked {
             key(out, "rank");
             serde_json::to_writer(&mut *out, rank).ok();
         }
+        number(out, "shard", &x.shards, i);
         key(out, "size_bytes");
         cols.write_value(cols.index_cols[2], i, out);
         key(out, "split");
@@ -436,6 +483,16 @@ pub struct Receipt {
     pub sidecars: SidecarsRecord,
     /// Similarity search, if any.
     pub similar: Option<SimilarRecord>,
+    /// Diverse sampling, if any: `{"diverse": {clusters, per_cluster, seed}}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub select: Option<Json>,
+    /// Epoch order, if any: `{"shuffle": seed}` or `{"by": "..."}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub order: Option<Json>,
+    /// Shards, if any: world size, pad, samples per rank, and the rank a
+    /// mount shows when it shows one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard: Option<Json>,
     /// Samples in the view.
     pub row_count: usize,
 }
@@ -487,7 +544,7 @@ mod tests {
                 ("t".into(), std::sync::Arc::new(TimestampMicrosecondArray::from(micros[..n].to_vec()))),
                 ("b".into(), std::sync::Arc::new(BooleanArray::from(ints[..n].iter().map(|v| v % 2 == 0).collect::<Vec<_>>()))),
             ];
-            let c = Columns::new(cols, false);
+            let c = Columns::new(cols, false, &Default::default());
             for col in 0..c.len() {
                 for i in 0..n {
                     let mut out = Vec::new();

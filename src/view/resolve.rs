@@ -8,6 +8,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use arrow_array::{Array, Int64Array};
 use iceberg::Catalog;
 
+use super::arrange::{Arranged, Extra, MountRank};
 use super::compact::{BlobUris, PathArena};
 use super::place::{LayoutInput, sort_by_path};
 use super::render::{Columns, QueryRecord, Receipt, Requested, SidecarsRecord, SimilarRecord};
@@ -29,6 +30,8 @@ pub struct Resolver<'a> {
     pub trust: &'a UriTrust,
     /// How to reach the Lance dataset.
     pub storage: &'a crate::storage::Storage,
+    /// Show only this rank of every view (`--rank`, `--world-size`).
+    pub rank: Option<MountRank>,
 }
 
 /// Resolves `spec`. Every error names the spec file and key.
@@ -36,7 +39,7 @@ pub async fn resolve(spec: &Spec, r: &Resolver<'_>) -> Result<View> {
     let mut phase = Phases::new(&spec.name);
     let table = load_table(spec, r.catalog).await?;
     let (snapshot, schema) = super::scan::snapshot(spec, &table)?;
-    super::scan::check_layout(spec, &schema)?;
+    super::scan::check_layout(spec, &schema, r.rank.is_some())?;
     let rows = super::scan::rows(spec, &table, snapshot.snapshot_id(), &schema).await?;
     phase.done("scan");
     let lance = open_lance(spec, &table, snapshot.snapshot_id(), r).await?;
@@ -54,10 +57,19 @@ pub async fn resolve(spec: &Spec, r: &Resolver<'_>) -> Result<View> {
         rows: &rows,
         selected: &chosen.rows,
         ranks: &chosen.ranks,
+        extra: &chosen.extra,
         npy: &npy,
     };
     let placed = super::place::place(spec, &input)?;
     let by_path = sort_by_path(&placed);
+    // The listing follows the arranged order in views that have one.
+    let order = chosen.ordered.then(|| {
+        let mut order = vec![0u32; by_path.len()];
+        for (n, &k) in by_path.iter().enumerate() {
+            order[k as usize] = n as u32;
+        }
+        order
+    });
     phase.done("place");
 
     // Path order from here on: samples, columns and ranks all follow it.
@@ -71,7 +83,7 @@ pub async fn resolve(spec: &Spec, r: &Resolver<'_>) -> Result<View> {
     entries.npy_len = lance.as_ref().map_or(0, |l| {
         crate::npy::write_vector(&vec![0.0; l.dim]).len() as u64
     });
-    let listing = measure(spec, &mut entries)?;
+    let listing = measure(spec, &mut entries, order)?;
     phase.done("measure");
     let receipt = receipt(
         spec,
@@ -79,7 +91,8 @@ pub async fn resolve(spec: &Spec, r: &Resolver<'_>) -> Result<View> {
         lance.as_ref(),
         chosen.search.as_ref(),
         entries.samples.len(),
-    );
+        r.rank,
+    )?;
     Ok(View {
         name: spec.name.clone(),
         snapshot_id: snapshot.snapshot_id(),
@@ -96,14 +109,20 @@ pub async fn resolve(spec: &Spec, r: &Resolver<'_>) -> Result<View> {
 
 /// The rows a view shows, in placement order.
 struct Chosen {
-    /// Scan rows: content-id order, or rank order in a similarity view.
+    /// Scan rows: content-id order, rank order in a similarity view,
+    /// cluster order in a diverse one, then as `order` and `shard` say.
     rows: Vec<u32>,
     /// (rank, distance) per row in a similarity view, else empty.
     ranks: Vec<(u32, f32)>,
+    /// Positions, shards and clusters per row.
+    extra: Extra,
     search: Option<SearchInfo>,
+    /// Whether the listing follows `rows` (else it is in path order).
+    ordered: bool,
 }
 
-/// One row per content id, the similarity search if the spec has one, the limit.
+/// One row per content id; the similarity search or the diverse sample if
+/// the spec has one; the limit; then the order and the shards.
 async fn select(
     spec: &Spec,
     r: &Resolver<'_>,
@@ -112,44 +131,58 @@ async fn select(
     lance_rows: &foldhash::HashMap<crate::content_id::ContentId, u64>,
 ) -> Result<Chosen> {
     let by_id = rows.by_content_id();
-    let mut chosen = match &spec.similar {
-        Some(sim) => {
-            let l = lance.ok_or_else(|| {
-                anyhow!(
-                    "{}: table {} has no Lance dataset with embeddings",
-                    at(spec, "similar"),
-                    spec.table
-                )
-            })?;
-            let ranked = super::rank::rank(spec, sim, l, lance_rows, rows, &by_id, r).await?;
-            Chosen {
-                rows: ranked.rows,
-                ranks: ranked.ranks,
-                search: Some(ranked.search),
-            }
-        }
-        None => Chosen {
+    let needs_lance = |key: &str| {
+        lance.ok_or_else(|| {
+            anyhow!(
+                "{}: table {} has no Lance dataset with embeddings",
+                at(spec, key),
+                spec.table
+            )
+        })
+    };
+    let (mut a, search) = if let Some(sim) = &spec.similar {
+        let l = needs_lance("similar")?;
+        let ranked = super::rank::rank(spec, sim, l, lance_rows, rows, &by_id, r).await?;
+        let a = Arranged {
+            rows: ranked.rows,
+            ranks: ranked.ranks,
+            extra: Extra::default(),
+        };
+        (a, Some(ranked.search))
+    } else if let Some(d) = spec.diverse {
+        let l = needs_lance("select")?;
+        let a = super::arrange::diverse(spec, d, l, lance_rows, rows, &by_id).await?;
+        (a, None)
+    } else {
+        let a = Arranged {
             rows: by_id,
             ranks: Vec::new(),
-            search: None,
-        },
+            extra: Extra::default(),
+        };
+        (a, None)
     };
     if let Some(limit) = spec.limit {
-        chosen.rows.truncate(limit);
-        chosen.ranks.truncate(limit);
+        a.rows.truncate(limit);
+        a.ranks.truncate(limit);
+        a.extra.clusters.truncate(limit);
     }
-    Ok(chosen)
+    let ordered = spec.similar.is_some()
+        || spec.diverse.is_some()
+        || spec.order.is_some()
+        || super::arrange::effective_shard(spec, r.rank)?.is_some();
+    let a = super::arrange::arrange(spec, rows, a, r.rank)?;
+    Ok(Chosen {
+        rows: a.rows,
+        ranks: a.ranks,
+        extra: if ordered { a.extra } else { Extra::default() },
+        search,
+        ordered,
+    })
 }
 
 /// The sizes of the generated files: the listing's (rendered once, for its
 /// line offsets too) and each `.json` sidecar's (computed, not rendered).
-fn measure(spec: &Spec, entries: &mut Entries) -> Result<Listing> {
-    // The listing shows a similarity view in rank order, any other in path order.
-    let order = (!entries.ranks.is_empty()).then(|| {
-        let mut order: Vec<u32> = (0..entries.samples.len() as u32).collect();
-        order.sort_by_key(|&i| entries.ranks[i as usize].0);
-        order
-    });
+fn measure(spec: &Spec, entries: &mut Entries, order: Option<Vec<u32>>) -> Result<Listing> {
     let listing = measure_listing(entries, order);
     if spec.sidecars.metadata {
         let lens = par_chunks(entries.samples.len(), |range| {
@@ -249,9 +282,11 @@ fn entries_in_path_order(
     } else {
         by_path.iter().map(|&k| ranks[k as usize]).collect()
     };
+    let extra = chosen.extra.take(by_path);
     let columns = Columns::new(
         rows.compact(&final_rows, spec.sidecars.metadata)?,
         !ranks.is_empty(),
+        &extra,
     );
     Ok(Entries {
         samples,
@@ -259,6 +294,7 @@ fn entries_in_path_order(
         uris,
         columns,
         ranks,
+        extra,
         npy_len: 0,
         digests,
         untrusted: Vec::new(),
@@ -310,8 +346,19 @@ fn receipt(
     lance: Option<&LanceAt>,
     search: Option<&SearchInfo>,
     row_count: usize,
-) -> Receipt {
-    Receipt {
+    rank: Option<MountRank>,
+) -> Result<Receipt> {
+    use serde_json::json;
+    let shard = super::arrange::effective_shard(spec, rank)?.map(|s| {
+        let shown = rank.map_or(s.world_size as usize, |_| 1);
+        json!({
+            "world_size": s.world_size,
+            "pad": s.pad,
+            "per_rank": row_count / shown.max(1),
+            "rank": rank.map(|r| r.rank),
+        })
+    });
+    Ok(Receipt {
         spec: spec.name.clone(),
         table: spec.table.clone(),
         snapshot_requested: match spec.snapshot {
@@ -350,8 +397,22 @@ fn receipt(
                 refine: indexed.then(|| sim.refine.unwrap_or(similar::DEFAULT_REFINE)),
             }
         }),
+        select: spec.diverse.map(|d| {
+            json!({"diverse": {"clusters": d.clusters, "per_cluster": d.per_cluster, "seed": d.seed}})
+        }),
+        order: spec.order.as_ref().map(|o| match o {
+            crate::spec::Order::Shuffle(seed) => json!({ "shuffle": seed }),
+            crate::spec::Order::By(keys) => json!({
+                "by": keys
+                    .iter()
+                    .map(|k| format!("{} {}", k.column, if k.descending { "DESC" } else { "ASC" }))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }),
+        }),
+        shard,
         row_count,
-    }
+    })
 }
 
 /// Debug log of how long each step of a resolution took (`LAKEMOUNT_LOG=debug`).

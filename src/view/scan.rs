@@ -60,16 +60,45 @@ pub fn snapshot(spec: &Spec, table: &Table) -> Result<(SnapshotRef, SchemaRef)> 
 }
 
 /// Checks that every layout field is a column (or a computed field).
-pub fn check_layout(spec: &Spec, schema: &iceberg::spec::Schema) -> Result<()> {
+/// `mount_sharded`: the mount cuts every view into ranks, so every view
+/// is ordered and `{pos}` is valid.
+pub fn check_layout(
+    spec: &Spec,
+    schema: &iceberg::spec::Schema,
+    mount_sharded: bool,
+) -> Result<()> {
+    let ordered = mount_sharded
+        || spec.similar.is_some()
+        || spec.diverse.is_some()
+        || spec.order.is_some()
+        || spec.shard.is_some();
     for field in spec.layout.fields() {
-        let similarity_field = spec.similar.is_some() && (field == "rank" || field == "distance");
-        if field != "ext" && !similarity_field && schema.field_by_name(field).is_none() {
+        let computed = match field {
+            "ext" => true,
+            "rank" | "distance" => spec.similar.is_some(),
+            "cluster" => spec.diverse.is_some(),
+            "pos" => ordered,
+            _ => false,
+        };
+        if !computed && schema.field_by_name(field).is_none() {
             bail!(
-                "{}: unknown column `{{{field}}}` in {:?} (columns: {}, ext, and rank and distance in similarity views)",
+                "{}: unknown column `{{{field}}}` in {:?} (columns: {}, ext, pos in views with `order` or `shard`, rank and distance in similarity views, cluster in diverse ones)",
                 at(spec, "layout"),
                 spec.layout.text(),
                 column_names(schema)
             );
+        }
+    }
+    if let Some(crate::spec::Order::By(keys)) = &spec.order {
+        for k in keys {
+            if k.column != "content_id" && schema.field_by_name(&k.column).is_none() {
+                bail!(
+                    "{}: unknown column {:?} (columns: {})",
+                    at(spec, "order.by"),
+                    k.column,
+                    column_names(schema)
+                );
+            }
         }
     }
     Ok(())
@@ -101,6 +130,9 @@ pub async fn rows(
         let mut wanted: Vec<&str> = vec!["content_id", "uri", "size_bytes", CHUNK_DIGESTS_COLUMN];
         wanted.extend(INDEX_COLUMNS);
         wanted.extend(spec.layout.fields());
+        if let Some(crate::spec::Order::By(keys)) = &spec.order {
+            wanted.extend(keys.iter().map(|k| k.column.as_str()));
+        }
         if spec.similar.is_some() {
             wanted.push("embedding_model");
         }

@@ -498,6 +498,7 @@ pub async fn resolve(
         encoder: &lakemount::encode::builtin::BuiltinEncoder,
         trust: &wh.trust,
         storage: &wh.storage,
+        rank: None,
     };
     lakemount::view::resolve(spec, &resolver).await
 }

@@ -33,10 +33,10 @@ def image_folder(root: Path):
 
 
 class Mount:
-    def __init__(self, bin_path, wh, specs, mnt):
+    def __init__(self, bin_path, wh, specs, mnt, extra=()):
         mnt.mkdir(parents=True, exist_ok=True)
         self.mnt = mnt
-        self.proc = subprocess.Popen([bin_path, "mount", "--warehouse", str(wh), *map(str, specs), str(mnt)],
+        self.proc = subprocess.Popen([bin_path, "mount", "--warehouse", str(wh), *extra, *map(str, specs), str(mnt)],
                                      stderr=subprocess.PIPE, text=True)
         deadline = time.time() + 30
         while not os.path.ismount(mnt):

@@ -10,10 +10,11 @@ use clap::{Args, Parser, Subcommand};
 use crate::encode::builtin::BuiltinEncoder;
 use crate::ingest::progress::ProgressMode;
 use crate::ingest::{self, IngestConfig, InputSource, SplitRatios};
-use crate::mount::release_freed_memory;
-use crate::source::LakeSource;
 use crate::view::Resolver;
 use crate::warehouse::{DEFAULT_TABLE, Warehouse, WarehouseConfig};
+
+mod mount;
+use mount::resolve_specs;
 
 /// Exit status when the command worked but some inputs were rejected.
 pub const EXIT_REJECTED: u8 = 3;
@@ -47,7 +48,7 @@ enum Command {
     /// resolved: snapshot, Lance version, row count, listing digest). Runs in
     /// the foreground; Ctrl-C, SIGTERM or `lakemount umount` unmounts. If any
     /// spec is invalid nothing is mounted.
-    Mount(MountArgs),
+    Mount(mount::MountArgs),
     /// Unmount a lakemount mountpoint, including a stale one whose daemon died.
     Umount(UmountArgs),
     /// Build a vector index (IVF-PQ) on the embeddings and a B-tree on content_id.
@@ -188,40 +189,6 @@ struct IngestArgs {
 }
 
 #[derive(Debug, Args)]
-struct MountArgs {
-    /// Spec files, or directories whose *.yaml files are specs.
-    #[arg(required = true, value_name = "SPEC_OR_DIR")]
-    specs: Vec<PathBuf>,
-    /// An existing empty directory to mount on.
-    mountpoint: PathBuf,
-    /// Bytes of sample data kept in memory (suffixes K, M, G, KiB, MiB, GiB).
-    #[arg(long, default_value = "1GiB", value_parser = parse_size, help_heading = "Serving")]
-    cache_size: u64,
-    /// FUSE worker threads; default one per CPU, 2 to 16 (cache hits and
-    /// local blob files are read on them; remote fetches run on the async
-    /// runtime).
-    #[arg(long, default_value_t = crate::mount::default_threads(), help_heading = "Serving")]
-    threads: usize,
-    /// Let other users read the mount (needs root or user_allow_other in /etc/fuse.conf).
-    #[arg(long, help_heading = "Serving")]
-    allow_other: bool,
-    /// Let the kernel read samples kept as local files (a local warehouse's
-    /// blob store) directly, bypassing lakemount: much faster first reads,
-    /// but no content-id check (a corrupt blob is served as it is; a missing
-    /// or resized one still gives EIO). Needs root and Linux 6.9+; falls back
-    /// to normal reads where unavailable.
-    #[arg(long, help_heading = "Serving")]
-    passthrough: bool,
-    /// Samples fetched ahead, in the background, of a reader that walks a
-    /// directory in listing order (sorted names, as ImageFolder and `ls`
-    /// read); random-order reads trigger nothing. 0 turns it off.
-    #[arg(long, default_value_t = crate::mount::DEFAULT_PREFETCH, value_name = "N", help_heading = "Serving")]
-    prefetch: usize,
-    #[command(flatten)]
-    warehouse: WarehouseArgs,
-}
-
-#[derive(Debug, Args)]
 struct IndexArgs {
     /// IVF partitions [default: sqrt(rows)].
     #[arg(long)]
@@ -294,7 +261,7 @@ pub fn run(cli: Cli) -> ExitCode {
         match cli.command {
             Command::Ingest(args) => run_ingest(args).await,
             Command::Snapshots(args) => run_snapshots(args).await,
-            Command::Mount(args) => run_mount(args).await,
+            Command::Mount(args) => mount::run(args).await,
             Command::Umount(args) => {
                 crate::mount::unmount(&args.mountpoint, args.lazy)?;
                 println!("unmounted {}", args.mountpoint.display());
@@ -412,6 +379,7 @@ async fn run_pin(args: PinArgs) -> Result<ExitCode> {
         encoder: &BuiltinEncoder,
         trust: &wh.trust,
         storage: &wh.storage,
+        rank: None,
     };
     let (pinned, view) =
         crate::spec::pin::pin(&args.spec, &args.warehouse.table, &resolver).await?;
@@ -508,76 +476,10 @@ fn parse_size(s: &str) -> Result<u64, String> {
     Ok((n * mult as f64) as u64)
 }
 
-/// Loads and resolves every spec; fails on the first invalid one.
-async fn resolve_specs(
-    paths: &[PathBuf],
-    wh: &Warehouse,
-    table: &str,
-) -> Result<Vec<std::sync::Arc<crate::view::View>>> {
-    let specs = crate::spec::load_all(paths, table)?;
-    let resolver = Resolver {
-        catalog: wh.catalog.as_ref(),
-        encoder: &BuiltinEncoder,
-        trust: &wh.trust,
-        storage: &wh.storage,
-    };
-    let mut views = Vec::with_capacity(specs.len());
-    for spec in &specs {
-        views.push(std::sync::Arc::new(
-            crate::view::resolve(spec, &resolver).await?,
-        ));
-    }
-    Ok(views)
-}
-
-async fn run_mount(args: MountArgs) -> Result<ExitCode> {
-    let mountpoint = args.mountpoint.clone();
-    let local_root = warehouse_dir(&args.warehouse.warehouse);
-    crate::mount::check_mountpoint(&mountpoint, local_root.as_deref())?;
-    let start = std::time::Instant::now();
-    let wh = Warehouse::open(&args.warehouse.config(), false).await?;
-    let views = resolve_specs(&args.specs, &wh, &args.warehouse.table).await?;
-    release_freed_memory();
-    let samples: usize = views.iter().map(|v| v.len()).sum();
-    let names: Vec<String> = views
-        .iter()
-        .map(|v| format!("{} (snapshot {})", v.name, v.snapshot_id))
-        .collect();
-    let opts = crate::mount::MountOptions {
-        cache_bytes: args.cache_size,
-        threads: args.threads,
-        allow_other: args.allow_other,
-        passthrough: args.passthrough,
-        prefetch: args.prefetch,
-    };
-    let source = LakeSource::new(&wh.trust.local_roots(), wh.storage.clone())
-        .context("cannot open the warehouse directory for reading")?;
-    let mounted = crate::mount::mount(views, &mountpoint, &opts, std::sync::Arc::new(source))?;
-    release_freed_memory();
-    eprintln!(
-        "mounted {} at {} ({samples} samples, ready in {:.2} s); Ctrl-C or `lakemount umount {}` to unmount",
-        names.join(", "),
-        mountpoint.display(),
-        start.elapsed().as_secs_f64(),
-        mountpoint.display()
-    );
-    crate::mount::serve(mounted).await?;
-    eprintln!("unmounted {}", mountpoint.display());
-    Ok(ExitCode::SUCCESS)
-}
-
-/// The local directory of a warehouse location, if it is one.
-fn warehouse_dir(location: &str) -> Option<PathBuf> {
-    let url = crate::warehouse::root_url(location).ok()?;
-    (url.scheme() == "file")
-        .then(|| url.to_file_path().ok())
-        .flatten()
-}
-
 async fn run_ls(args: LsArgs) -> Result<ExitCode> {
     use std::io::Write;
     let wh = Warehouse::open(&args.warehouse.config(), false).await?;
-    let views = resolve_specs(&args.specs, &wh, &args.warehouse.table).await?;
+    let views = resolve_specs(&args.specs, &wh, &args.warehouse.table, None).await?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for v in &views {
         for f in v.files() {

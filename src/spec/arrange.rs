@@ -1,0 +1,180 @@
+//! The spec keys that arrange a view for training: `select` (diverse
+//! sampling), `order` (epoch order) and `shard` (data-parallel ranks).
+//!
+//! ```yaml
+//! select: {diverse: {clusters: 10, per_cluster: 50, seed: 7}}
+//! order: {shuffle: 42}                  # or {by: "quality DESC, content_id"}
+//! shard: {world_size: 8, pad: false}
+//! ```
+
+use serde::Deserialize;
+
+/// How a view's samples are ordered: the listing order, and `{pos}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Order {
+    /// A permutation of the selection drawn from this seed.
+    Shuffle(u64),
+    /// Sorted by these columns; ties by content id.
+    By(Vec<SortKey>),
+}
+
+/// One column of an `order.by` list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SortKey {
+    /// Column name (`content_id` included).
+    pub column: String,
+    /// `DESC`.
+    pub descending: bool,
+}
+
+/// Data-parallel shards: `rank-<r>/` directories of equal size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// Number of ranks.
+    pub world_size: u32,
+    /// Fill the last ranks by repeating samples instead of dropping the remainder.
+    pub pad: bool,
+}
+
+/// `select: {diverse: ...}`: k-means over the embeddings, the samples
+/// nearest each centroid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Diverse {
+    /// K, the number of clusters.
+    pub clusters: usize,
+    /// N, samples kept per cluster.
+    pub per_cluster: usize,
+    /// Seed of the centroids' initialisation.
+    pub seed: u64,
+}
+
+/// Most ranks a spec may ask for.
+pub const MAX_WORLD_SIZE: u32 = 65_536;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawOrder {
+    shuffle: Option<u64>,
+    by: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawShard {
+    world_size: u64,
+    pad: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSelect {
+    diverse: RawDiverse,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDiverse {
+    clusters: u64,
+    per_cluster: u64,
+    seed: Option<u64>,
+}
+
+type KeyError = (&'static str, String);
+
+pub(super) fn order(raw: RawOrder) -> Result<Order, KeyError> {
+    match (raw.shuffle, raw.by) {
+        (Some(seed), None) => Ok(Order::Shuffle(seed)),
+        (None, Some(by)) => parse_by(&by).map(Order::By).map_err(|m| ("order.by", m)),
+        _ => Err((
+            "order",
+            "give exactly one of shuffle (a seed) or by (columns, as \"quality DESC, content_id\")"
+                .into(),
+        )),
+    }
+}
+
+/// Parses `col [ASC|DESC], ...`.
+pub fn parse_by(text: &str) -> Result<Vec<SortKey>, String> {
+    let mut keys: Vec<SortKey> = Vec::new();
+    for part in text.split(',') {
+        let words: Vec<&str> = part.split_whitespace().collect();
+        let (column, descending) = match words.as_slice() {
+            [c] => (*c, false),
+            [c, d] if d.eq_ignore_ascii_case("asc") => (*c, false),
+            [c, d] if d.eq_ignore_ascii_case("desc") => (*c, true),
+            _ => {
+                return Err(format!(
+                    "expected `column [ASC|DESC]` separated by commas, got {:?}",
+                    part.trim()
+                ));
+            }
+        };
+        let column = column.trim_matches('"');
+        if keys.iter().any(|k| k.column == column) {
+            return Err(format!("column {column:?} is listed twice"));
+        }
+        keys.push(SortKey {
+            column: column.to_string(),
+            descending,
+        });
+    }
+    Ok(keys)
+}
+
+pub(super) fn shard(raw: RawShard) -> Result<Shard, KeyError> {
+    if raw.world_size == 0 || raw.world_size > u64::from(MAX_WORLD_SIZE) {
+        return Err((
+            "shard.world_size",
+            format!("must be between 1 and {MAX_WORLD_SIZE}"),
+        ));
+    }
+    Ok(Shard {
+        world_size: raw.world_size as u32,
+        pad: raw.pad.unwrap_or(false),
+    })
+}
+
+pub(super) fn select(raw: RawSelect) -> Result<Diverse, KeyError> {
+    let d = raw.diverse;
+    if d.clusters == 0 || d.clusters > 65_536 {
+        return Err((
+            "select.diverse.clusters",
+            "must be between 1 and 65536".into(),
+        ));
+    }
+    if d.per_cluster == 0 {
+        return Err(("select.diverse.per_cluster", "must be at least 1".into()));
+    }
+    Ok(Diverse {
+        clusters: d.clusters as usize,
+        per_cluster: usize::try_from(d.per_cluster)
+            .map_err(|_| ("select.diverse.per_cluster", "too large".to_string()))?,
+        seed: d.seed.unwrap_or(0),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn by_lists_parse() {
+        let keys = parse_by("quality DESC, content_id").unwrap();
+        assert_eq!(
+            keys,
+            vec![
+                SortKey {
+                    column: "quality".into(),
+                    descending: true
+                },
+                SortKey {
+                    column: "content_id".into(),
+                    descending: false
+                }
+            ]
+        );
+        assert!(parse_by("quality sideways").is_err());
+        assert!(parse_by("a, a DESC").is_err());
+        assert!(parse_by("a,,b").is_err());
+    }
+}
