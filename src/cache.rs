@@ -23,6 +23,7 @@ use moka::future::Cache;
 use sha2::{Digest, Sha256};
 
 use crate::content_id::CHUNK;
+use crate::metrics::Metrics;
 use crate::source::{FetchError, SampleLoc, Source};
 use crate::view::View;
 
@@ -46,15 +47,29 @@ pub struct ChunkCache {
     cache: Cache<ChunkKey, Bytes>,
     learned: Cache<(u32, u32), Arc<[[u8; 32]]>>,
     source: Arc<dyn Source>,
+    metrics: Arc<Metrics>,
 }
 
 impl ChunkCache {
-    /// A cache holding at most `capacity` bytes.
+    /// A cache holding at most `capacity` bytes, with counters of its own.
     pub fn new(capacity: u64, source: Arc<dyn Source>) -> Self {
+        Self::with_metrics(capacity, source, Arc::new(Metrics::new()))
+    }
+
+    /// A cache holding at most `capacity` bytes, counting into `metrics`.
+    pub fn with_metrics(capacity: u64, source: Arc<dyn Source>, metrics: Arc<Metrics>) -> Self {
+        let evictions = metrics.cache_evictions.clone();
         let cache = Cache::builder()
             .max_capacity(capacity)
             .weigher(|_k: &ChunkKey, v: &Bytes| u32::try_from(v.len()).unwrap_or(u32::MAX))
+            .eviction_listener(move |_k, _v, cause| {
+                if cause == moka::notification::RemovalCause::Size {
+                    evictions.inc();
+                }
+            })
             .build();
+        let watched = cache.clone();
+        metrics.watch_cache_bytes(move || watched.weighted_size());
         let learned = Cache::builder()
             .max_capacity(LEARNED_DIGESTS_BYTES)
             .weigher(|_k: &(u32, u32), v: &Arc<[[u8; 32]]>| (v.len() * 32 + 64) as u32)
@@ -63,7 +78,23 @@ impl ChunkCache {
             cache,
             learned,
             source,
+            metrics,
         }
+    }
+
+    /// The counters this cache (and the mount around it) updates.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Bytes the cache may hold.
+    pub fn capacity(&self) -> u64 {
+        self.cache.policy().max_capacity().unwrap_or(u64::MAX)
+    }
+
+    /// Bytes held now (pending evictions may not be applied yet).
+    pub fn weighted_size(&self) -> u64 {
+        self.cache.weighted_size()
     }
 
     /// Whether chunk `chunk` of sample `i` of view `view_no` is cached.
@@ -100,8 +131,10 @@ impl ChunkCache {
             chunk,
         };
         if let Some(hit) = self.cache.get(&key).await {
+            self.metrics.cache_hits.inc();
             return Ok(hit);
         }
+        self.metrics.cache_misses.inc();
         let loc = view.location(i);
         let digests = match &loc.chunk_digests {
             Some(d) => Some(d.clone()),
@@ -109,13 +142,19 @@ impl ChunkCache {
             None => None,
         };
         let source = self.source.clone();
-        self.cache
+        let metrics = self.metrics.clone();
+        let result = self
+            .cache
             .try_get_with(key, async move {
-                let bytes = fetch_chunk(source.as_ref(), &loc, chunk).await?;
+                let bytes = fetch_chunk(source.as_ref(), &loc, chunk, &metrics).await?;
                 verify(&loc, chunk, &bytes, digests.as_deref())?;
                 Ok(bytes)
             })
-            .await
+            .await;
+        if result.is_err() {
+            self.metrics.fetch_errors.inc();
+        }
+        result
     }
 
     /// The digests of every chunk of a sample the table has none for:
@@ -128,6 +167,7 @@ impl ChunkCache {
     ) -> Result<Arc<[[u8; 32]]>, Arc<FetchError>> {
         let source = self.source.clone();
         let cache = self.cache.clone();
+        let metrics = self.metrics.clone();
         let loc = loc.clone();
         self.learned
             .try_get_with((view_no, i as u32), async move {
@@ -139,7 +179,7 @@ impl ChunkCache {
                 let keep = loc.size <= KEEP_WHILE_LEARNING;
                 let mut kept = Vec::new();
                 for c in 0..chunks {
-                    let bytes = fetch_chunk(source.as_ref(), &loc, c).await?;
+                    let bytes = fetch_chunk(source.as_ref(), &loc, c, &metrics).await?;
                     whole.update(&bytes);
                     digests.push(<[u8; 32]>::from(Sha256::digest(&bytes)));
                     if keep {
@@ -178,15 +218,25 @@ impl ChunkCache {
             chunk: u32::MAX,
         };
         if let Some(hit) = self.cache.get(&key).await {
+            self.metrics.cache_hits.inc();
             return Ok(hit);
         }
+        self.metrics.cache_misses.inc();
         let fetch = self.source.embedding(&view.location(i));
-        self.cache
+        let metrics = self.metrics.clone();
+        let result = self
+            .cache
             .try_get_with(key, async move {
-                let v = fetch.await?;
-                Ok(Bytes::from(crate::npy::write_vector(&v)))
+                let start = std::time::Instant::now();
+                let v = fetch.await;
+                metrics.fetch_seconds.observe(start.elapsed().as_secs_f64());
+                Ok(Bytes::from(crate::npy::write_vector(&v?)))
             })
-            .await
+            .await;
+        if result.is_err() {
+            self.metrics.fetch_errors.inc();
+        }
+        result
     }
 }
 
@@ -195,11 +245,15 @@ async fn fetch_chunk(
     source: &dyn Source,
     loc: &SampleLoc,
     chunk: u32,
+    metrics: &Metrics,
 ) -> Result<Bytes, FetchError> {
     let start = u64::from(chunk) * CHUNK;
     let range = start..(start + CHUNK).min(loc.size);
     let expected = range.end - range.start;
-    let bytes = source.read_range(loc, range).await?;
+    let began = std::time::Instant::now();
+    let bytes = source.read_range(loc, range).await;
+    metrics.fetch_seconds.observe(began.elapsed().as_secs_f64());
+    let bytes = bytes?;
     if bytes.len() as u64 != expected {
         return Err(FetchError::Corrupt {
             content_id: loc.content_id.hex(),

@@ -28,6 +28,7 @@ use fuser::{
 };
 
 use crate::fs::{Attr, FsError, Kind, OpenMode, Opened, ViewFs};
+use crate::metrics::Metrics;
 
 /// Entry and attribute TTL: views never change while mounted.
 const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -49,9 +50,12 @@ pub fn errno(e: &FsError) -> Errno {
     }
 }
 
-fn reply_read(result: Result<bytes::Bytes, FsError>, reply: ReplyData) {
+fn reply_read(result: Result<bytes::Bytes, FsError>, reply: ReplyData, metrics: &Metrics) {
     match result {
-        Ok(bytes) => reply.data(&bytes),
+        Ok(bytes) => {
+            metrics.bytes_served.inc_by(bytes.len() as u64);
+            reply.data(&bytes)
+        }
         Err(e) => reply.error(errno(&e)),
     }
 }
@@ -108,6 +112,7 @@ pub struct FuseAdapter {
     want_passthrough: bool,
     passthrough: AtomicBool,
     backings: Backings,
+    metrics: Arc<Metrics>,
 }
 
 impl FuseAdapter {
@@ -123,6 +128,7 @@ impl FuseAdapter {
         passthrough: bool,
     ) -> Self {
         Self {
+            metrics: fs.metrics().clone(),
             fs,
             rt,
             uid,
@@ -195,6 +201,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.metrics.op(0);
         let Some(name) = name.to_str() else {
             return reply.error(errno(&FsError::NotFound));
         };
@@ -205,6 +212,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.metrics.op(1);
         match self.fs.getattr(ino.0) {
             Ok(a) => reply.attr(&TTL, &self.attr(&a)),
             Err(e) => reply.error(errno(&e)),
@@ -212,6 +220,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        self.metrics.op(2);
         let write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
         let mode = OpenMode {
             no_open: self.no_open.load(Ordering::Relaxed),
@@ -251,6 +260,7 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.metrics.op(7);
         if let Ok(mut map) = self.backings.lock()
             && let Some((_, n)) = map.get_mut(&ino.0)
         {
@@ -263,6 +273,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.metrics.op(3);
         match self.fs.getattr(ino.0) {
             Ok(a) if a.kind == Kind::Dir => reply.opened(
                 FileHandle(0),
@@ -284,6 +295,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        self.metrics.op(4);
         let fs = self.fs.clone();
         let mut read = Box::pin(async move { fs.read(ino.0, offset, size).await });
         // Poll once on this thread: a cached chunk or a local blob file is
@@ -294,9 +306,11 @@ impl Filesystem for FuseAdapter {
         let _runtime = self.rt.enter();
         let mut cx = Context::from_waker(Waker::noop());
         match read.as_mut().poll(&mut cx) {
-            Poll::Ready(result) => reply_read(result, reply),
+            Poll::Ready(result) => reply_read(result, reply, &self.metrics),
             Poll::Pending => {
-                self.rt.spawn(async move { reply_read(read.await, reply) });
+                let metrics = self.metrics.clone();
+                self.rt
+                    .spawn(async move { reply_read(read.await, reply, &metrics) });
             }
         }
     }
@@ -309,6 +323,7 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        self.metrics.op(5);
         match self.fs.readdir(ino.0, offset) {
             Ok(entries) => {
                 let mut name = Vec::with_capacity(256);
@@ -341,6 +356,7 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        self.metrics.op(6);
         match self.fs.readdir(ino.0, offset) {
             Ok(entries) => {
                 let mut name = Vec::with_capacity(256);
@@ -502,10 +518,12 @@ impl Filesystem for FuseAdapter {
         _size: u32,
         reply: ReplyXattr,
     ) {
+        self.metrics.op(8);
         reply.error(errno(&FsError::NoData));
     }
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.metrics.op(9);
         if size == 0 {
             reply.size(0);
         } else {

@@ -1,9 +1,32 @@
 //! The `lakemount` binary: parse the command line, start logging, dispatch.
+//! Started as `mount.fuse.lakemount` (a symlink, for `mount -t
+//! fuse.lakemount` and `/etc/fstab`), it mounts in the background.
+
+use std::ffi::OsString;
 
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    let cli = lakemount::cli::Cli::parse();
+    lakemount::daemon::adopt_ready_pipe();
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let helper = argv
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .is_some_and(|n| n == "mount.fuse.lakemount" || n == "mount.lakemount");
+    let argv = if helper {
+        match lakemount::daemon::helper_args(&argv) {
+            Ok(args) => std::iter::once(OsString::from("lakemount"))
+                .chain(args)
+                .collect(),
+            Err(e) => {
+                eprintln!("mount.fuse.lakemount: {e:#}");
+                return std::process::ExitCode::from(1);
+            }
+        }
+    } else {
+        argv
+    };
+    let cli = lakemount::cli::Cli::parse_from(&argv);
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("LAKEMOUNT_LOG")
@@ -11,5 +34,5 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    lakemount::cli::run(cli)
+    lakemount::cli::run(cli, argv)
 }

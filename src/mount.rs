@@ -64,9 +64,15 @@ impl Default for MountOptions {
 /// A live mount; dropping it unmounts.
 pub struct Mounted {
     session: fuser::BackgroundSession,
+    fs: Arc<ViewFs>,
 }
 
 impl Mounted {
+    /// The filesystem being served.
+    pub fn fs(&self) -> &Arc<ViewFs> {
+        &self.fs
+    }
+
     /// Whether the kernel side went away (someone ran `umount`).
     pub fn is_finished(&self) -> bool {
         self.session.guard.is_finished()
@@ -160,12 +166,13 @@ pub fn mount(
     source: Arc<dyn Source>,
 ) -> Result<Mounted> {
     check_mountpoint(mountpoint, None)?;
-    let cache = ChunkCache::new(opts.cache_bytes, source);
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let cache = ChunkCache::with_metrics(opts.cache_bytes, source, metrics);
     let fs = Arc::new(ViewFs::new(views, cache, opts.prefetch));
     // SAFETY: getuid/getgid have no preconditions and cannot fail.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
     let adapter = FuseAdapter::new(
-        fs,
+        fs.clone(),
         tokio::runtime::Handle::current(),
         uid,
         gid,
@@ -187,7 +194,7 @@ pub fn mount(
     config.clone_fd = true;
     let session = fuser::spawn_mount(adapter, mountpoint, &config)
         .with_context(|| format!("cannot mount at {} (is /dev/fuse available, and are you root or is fusermount3 installed?)", mountpoint.display()))?;
-    Ok(Mounted { session })
+    Ok(Mounted { session, fs })
 }
 
 /// Serves until SIGINT/SIGTERM or an external unmount, then unmounts.

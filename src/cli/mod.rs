@@ -51,6 +51,8 @@ enum Command {
     Mount(mount::MountArgs),
     /// Unmount a lakemount mountpoint, including a stale one whose daemon died.
     Umount(UmountArgs),
+    /// Show a running mount's views and counters (the --metrics figures).
+    Status(StatusArgs),
     /// Build a vector index (IVF-PQ) on the embeddings and a B-tree on content_id.
     ///
     /// Parameters are derived from the row count and dimension unless given.
@@ -218,6 +220,15 @@ struct PinArgs {
 }
 
 #[derive(Debug, Args)]
+struct StatusArgs {
+    /// The mountpoint.
+    mountpoint: PathBuf,
+    /// Print the raw JSON document.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
 struct UmountArgs {
     /// The mountpoint.
     mountpoint: PathBuf,
@@ -241,8 +252,14 @@ struct SnapshotsArgs {
     warehouse: WarehouseArgs,
 }
 
-/// Runs a parsed command line and returns the process exit status.
-pub fn run(cli: Cli) -> ExitCode {
+/// Runs a parsed command line (`argv`: the arguments it was parsed from)
+/// and returns the process exit status.
+pub fn run(cli: Cli, argv: Vec<std::ffi::OsString>) -> ExitCode {
+    if let Command::Mount(args) = &cli.command
+        && args.daemon
+    {
+        return mount::run_daemon(args, &argv);
+    }
     if matches!(cli.command, Command::Mount(_)) {
         // Before any thread starts: threads keep the arena they first use.
         crate::mount::tune_allocator();
@@ -271,12 +288,23 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Index(args) => run_index(args).await,
             Command::Pin(args) => run_pin(args).await,
             Command::Check(args) => run_check(args).await,
+            Command::Status(args) => {
+                let doc = crate::status::query(&args.mountpoint)?;
+                if args.json {
+                    println!("{doc:#}");
+                } else {
+                    crate::status::print(&doc);
+                }
+                Ok(ExitCode::SUCCESS)
+            }
         }
     });
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", crate::trust::redact(&format!("{e:#}")));
+            let message = crate::trust::redact(&format!("{e:#}"));
+            crate::daemon::report(Err(message.clone()));
+            eprintln!("error: {message}");
             ExitCode::FAILURE
         }
     }

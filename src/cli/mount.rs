@@ -40,10 +40,32 @@ pub struct MountArgs {
     #[arg(long, help_heading = "Serving")]
     passthrough: bool,
     /// Samples fetched ahead, in the background, of a reader that walks a
-    /// directory in listing order (sorted names, as ImageFolder and `ls`
-    /// read); random-order reads trigger nothing. 0 turns it off.
+    /// directory in name order (as ImageFolder and `ls` read) or a view in
+    /// its listing order (`_index.jsonl`: shuffled, curriculum, ...);
+    /// random-order reads trigger nothing. 0 turns it off.
     #[arg(long, default_value_t = crate::mount::DEFAULT_PREFETCH, value_name = "N", help_heading = "Serving")]
     prefetch: usize,
+    /// Fetch every view into the cache in the background at mount, in
+    /// listing order, while serving reads; stops where the cache is full.
+    #[arg(long, help_heading = "Serving")]
+    warm: bool,
+    /// Serve Prometheus metrics over HTTP at HOST:PORT (e.g. 127.0.0.1:9464).
+    #[arg(long, value_name = "HOST:PORT", help_heading = "Serving")]
+    metrics: Option<String>,
+    /// Mount in the background: return once the mount is ready (exit
+    /// status 0) or has failed (1, with the error); the daemon logs to
+    /// --log-file.
+    #[arg(long, help_heading = "Daemon")]
+    pub(super) daemon: bool,
+    /// Where a --daemon mount logs [default: next to its status socket, see
+    /// `lakemount status`].
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "daemon",
+        help_heading = "Daemon"
+    )]
+    log_file: Option<PathBuf>,
     #[command(flatten)]
     rank: RankArgs,
     #[command(flatten)]
@@ -155,7 +177,83 @@ pub async fn run(args: MountArgs) -> Result<ExitCode> {
         start.elapsed().as_secs_f64(),
         mountpoint.display()
     );
+    let fs = mounted.fs().clone();
+    let _status = crate::status::serve(fs.clone(), &mountpoint)?;
+    if let Some(addr) = &args.metrics {
+        let bound = crate::metrics::serve(addr, fs.metrics().clone()).await?;
+        eprintln!("metrics at http://{bound}/metrics");
+    }
+    if args.warm {
+        let parallel = args.prefetch.clamp(8, 64);
+        tokio::spawn(async move {
+            let start = std::time::Instant::now();
+            let (n, bytes) = fs.warm(parallel).await;
+            eprintln!(
+                "warm: {n} samples ({:.1} MB) in the cache after {:.1} s",
+                bytes as f64 / 1e6,
+                start.elapsed().as_secs_f64()
+            );
+        });
+    }
+    crate::daemon::report(Ok(()));
     crate::mount::serve(mounted).await?;
     eprintln!("unmounted {}", mountpoint.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// `lakemount mount --daemon`: checks what can be checked here, then starts
+/// the mount detached and waits until it is ready (see [`crate::daemon`]).
+pub fn run_daemon(args: &MountArgs, argv: &[std::ffi::OsString]) -> ExitCode {
+    let result = (|| -> Result<u32> {
+        let local_root = warehouse_dir(&args.warehouse.warehouse);
+        crate::mount::check_mountpoint(&args.mountpoint, local_root.as_deref())?;
+        let log = match &args.log_file {
+            Some(l) => l.clone(),
+            None => crate::daemon::default_log(&args.mountpoint)?,
+        };
+        let child_args: Vec<std::ffi::OsString> = argv
+            .iter()
+            .skip(1)
+            .filter(|a| a.as_os_str() != "--daemon")
+            .filter(|a| a.as_os_str() != "--log-file")
+            .cloned()
+            .collect();
+        let child_args = drop_log_file_value(child_args, &args.log_file);
+        let pid = crate::daemon::spawn(&child_args, &log)?;
+        println!(
+            "mounted at {} (daemon pid {pid}, log {}); `lakemount umount {}` to unmount",
+            args.mountpoint.display(),
+            log.display(),
+            args.mountpoint.display()
+        );
+        Ok(pid)
+    })();
+    match result {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", crate::trust::redact(&format!("{e:#}")));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Removes `--log-file`'s value (the flag itself is already gone) and
+/// `--log-file=...` forms: the daemon's child logs to its stderr.
+fn drop_log_file_value(
+    args: Vec<std::ffi::OsString>,
+    log: &Option<PathBuf>,
+) -> Vec<std::ffi::OsString> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut skipped = false;
+    for a in args {
+        if a.to_string_lossy().starts_with("--log-file=") {
+            continue;
+        }
+        if !skipped && log.as_ref().is_some_and(|l| l.as_os_str() == a.as_os_str()) {
+            skipped = true;
+            continue;
+        }
+        out.push(a);
+    }
+    out
 }

@@ -157,8 +157,11 @@ struct Entries {
 /// `_index.jsonl`: its order, size and where every [`INDEX_STRIDE`]th line starts.
 #[derive(Debug)]
 struct Listing {
-    /// Samples in listing order when it is not path order (similarity views).
+    /// Samples in listing order when it is not path order (views with a
+    /// similarity query, diverse sampling, `order` or `shard`).
     order: Option<Vec<u32>>,
+    /// The inverse: line of each sample, when `order` is set.
+    lines: Option<Vec<u32>>,
     len: u64,
     /// Byte offset of lines 0, INDEX_STRIDE, 2 * INDEX_STRIDE, ...
     marks: Vec<u64>,
@@ -309,6 +312,29 @@ impl View {
         self.receipt_bytes
             .get_or_init(|| Bytes::from(self.receipt.render(self.listing_sha256())))
             .clone()
+    }
+
+    /// Sample on line `line` of the listing (its epoch order).
+    pub fn listing_sample(&self, line: usize) -> usize {
+        self.listing
+            .order
+            .as_ref()
+            .map_or(line, |o| o[line] as usize)
+    }
+
+    /// Line of sample `i` in the listing.
+    pub fn listing_line(&self, i: usize) -> usize {
+        self.listing.lines.as_ref().map_or(i, |l| l[i] as usize)
+    }
+
+    /// Whether the listing is in an order of its own, not path order.
+    pub fn is_ordered(&self) -> bool {
+        self.listing.order.is_some()
+    }
+
+    /// The data-parallel rank sample `i` belongs to (0 when not sharded).
+    pub fn shard_of(&self, i: usize) -> u32 {
+        self.entries.extra.shards.get(i).copied().unwrap_or(0)
     }
 
     /// Bytes `range` of `_index.jsonl`, rendered from the nearest mark.

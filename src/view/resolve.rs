@@ -332,8 +332,16 @@ fn measure_listing(entries: &Entries, order: Option<Vec<u32>>) -> Listing {
     if marks.is_empty() {
         marks.push(0);
     }
+    let lines = order.as_ref().map(|o| {
+        let mut lines = vec![0u32; o.len()];
+        for (line, &i) in o.iter().enumerate() {
+            lines[i as usize] = line as u32;
+        }
+        lines
+    });
     Listing {
         order,
+        lines,
         len,
         marks,
         sha256: OnceLock::new(),

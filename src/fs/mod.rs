@@ -14,10 +14,14 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::AtomicU32;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
+
+mod prefetch;
+
+use prefetch::Prefetch;
 
 use crate::cache::ChunkCache;
 use crate::content_id::CHUNK;
@@ -134,21 +138,6 @@ struct Dir {
     last_read: AtomicU32,
 }
 
-/// Prefetch in listing order: when reads of a directory walk its listing
-/// (each sample read is at most [`SEQUENTIAL_GAP`] places after the one
-/// before, as for a sequential reader or a few DataLoader workers sharing
-/// one), the next `depth` samples are fetched into the cache in the
-/// background, at most `depth` at a time. Random-order reads trigger
-/// nothing.
-struct Prefetch {
-    depth: usize,
-    permits: Arc<tokio::sync::Semaphore>,
-}
-
-/// How far apart two consecutive reads may be and still count as walking
-/// the listing.
-const SEQUENTIAL_GAP: u32 = 8;
-
 /// The mounted tree.
 pub struct ViewFs {
     nodes: Vec<Node>,
@@ -169,10 +158,7 @@ impl ViewFs {
             dirs: Vec::new(),
             views,
             cache: Arc::new(cache),
-            prefetch: Prefetch {
-                depth: prefetch,
-                permits: Arc::new(tokio::sync::Semaphore::new(prefetch.max(1))),
-            },
+            prefetch: Prefetch::new(prefetch),
             mount_time: SystemTime::now(),
         };
         fs.add_dir(ROOT, "", None);
@@ -233,7 +219,20 @@ impl ViewFs {
             d.children.shrink_to_fit();
         }
         fs.nodes.shrink_to_fit();
+        fs.prefetch.track(&fs.views);
+        let samples = fs.views.iter().map(|v| v.len()).sum();
+        fs.cache.metrics().set_views(fs.views.len(), samples);
         fs
+    }
+
+    /// The counters of this mount.
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        self.cache.metrics()
+    }
+
+    /// The mounted views.
+    pub fn views(&self) -> &[Arc<View>] {
+        &self.views
     }
 
     /// The chunk cache.
@@ -438,7 +437,8 @@ impl ViewFs {
             }
             Content::Sample(i) => {
                 if offset == 0 {
-                    self.prefetch_after(ino);
+                    self.cache.metrics().samples_served.inc();
+                    self.prefetch.on_first_read(self, ino, view_no, i as usize);
                 }
                 let i = i as usize;
                 let first = offset / CHUNK;
@@ -461,64 +461,6 @@ impl ViewFs {
                 }
                 Ok(out.freeze())
             }
-        }
-    }
-}
-
-impl ViewFs {
-    /// Starts fetching the samples after `ino` in its directory's listing
-    /// if reads there walk the listing (see [`Prefetch`]).
-    fn prefetch_after(&self, ino: u64) {
-        let depth = self.prefetch.depth;
-        if depth == 0 {
-            return;
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let Some(node) = self.nodes.get((ino - 1) as usize) else {
-            return;
-        };
-        let Body::Dir(d) = self.nodes[(u64::from(node.parent) - 1) as usize].body else {
-            return;
-        };
-        let dir = &self.dirs[d as usize];
-        let name = self.name(ino);
-        let Ok(pos) = dir
-            .children
-            .binary_search_by(|&c| self.name(u64::from(c)).cmp_name(&name))
-        else {
-            return;
-        };
-        let pos = pos as u32;
-        let prev = dir.last_read.swap(pos, Ordering::Relaxed);
-        if prev == u32::MAX || pos <= prev || pos - prev > SEQUENTIAL_GAP {
-            return;
-        }
-        let next = dir.children[pos as usize + 1..]
-            .iter()
-            .filter_map(|&c| match self.nodes[(c - 1) as usize].body {
-                Body::File {
-                    view,
-                    content: Content::Sample(i),
-                } => Some((view, i)),
-                _ => None,
-            })
-            .take(depth);
-        for (view_no, i) in next {
-            if self.cache.has_chunk(view_no, i as usize, 0) {
-                continue;
-            }
-            let Ok(permit) = self.prefetch.permits.clone().try_acquire_owned() else {
-                break;
-            };
-            let cache = self.cache.clone();
-            let view = self.views[view_no as usize].clone();
-            runtime.spawn(async move {
-                // A failure is reported when the sample is really read.
-                let _ = cache.sample_chunk(view_no, &view, i as usize, 0).await;
-                drop(permit);
-            });
         }
     }
 }

@@ -1,0 +1,144 @@
+//! `lakemount status MOUNTPOINT`: a running mount answers on a Unix socket
+//! named after its mountpoint with its views and counters (JSON).
+//!
+//! The socket lives in `$LAKEMOUNT_RUNTIME_DIR`, else `$XDG_RUNTIME_DIR`,
+//! else `/run/lakemount` for root and `/tmp/lakemount-<uid>` for others;
+//! its name is a digest of the mountpoint's absolute path, so any process
+//! of the same user (or root) finds it from the mountpoint alone.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::fs::ViewFs;
+
+/// Directory holding the status sockets.
+pub fn runtime_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("LAKEMOUNT_RUNTIME_DIR") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR") {
+        return PathBuf::from(d).join("lakemount");
+    }
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    if uid == 0 {
+        PathBuf::from("/run/lakemount")
+    } else {
+        PathBuf::from(format!("/tmp/lakemount-{uid}"))
+    }
+}
+
+/// The status socket of the mount at `mountpoint`.
+pub fn socket_path(mountpoint: &Path) -> Result<PathBuf> {
+    let abs = std::path::absolute(mountpoint)
+        .with_context(|| format!("bad mountpoint {}", mountpoint.display()))?;
+    let digest = Sha256::digest(abs.as_os_str().as_encoded_bytes());
+    Ok(runtime_dir().join(format!("{}.sock", hex::encode(&digest[..12]))))
+}
+
+/// The status document of a mount.
+pub fn document(fs: &ViewFs, mountpoint: &Path) -> serde_json::Value {
+    let views: Vec<serde_json::Value> = fs
+        .views()
+        .iter()
+        .map(|v| {
+            json!({
+                "name": v.name,
+                "snapshot_id": v.snapshot_id,
+                "samples": v.len(),
+                "lance_version": v.lance.as_ref().map(|l| l.version),
+            })
+        })
+        .collect();
+    json!({
+        "mountpoint": std::path::absolute(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf()).display().to_string(),
+        "pid": std::process::id(),
+        "views": views,
+        "metrics": fs.metrics().render(),
+    })
+}
+
+/// Removes the socket when the mount ends.
+pub struct Listening {
+    path: PathBuf,
+}
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Answers status queries for the mount at `mountpoint` until dropped.
+pub fn serve(fs: Arc<ViewFs>, mountpoint: &Path) -> Result<Listening> {
+    let path = socket_path(mountpoint)?;
+    let dir = runtime_dir();
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot create the runtime directory {}", dir.display()))?;
+    // A socket left by a mount that died: nothing answers on it.
+    if path.exists() && std::os::unix::net::UnixStream::connect(&path).is_err() {
+        let _ = std::fs::remove_file(&path);
+    }
+    let listener = tokio::net::UnixListener::bind(&path)
+        .with_context(|| format!("cannot listen on {}", path.display()))?;
+    let mountpoint = mountpoint.to_path_buf();
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let doc = document(&fs, &mountpoint).to_string();
+            tokio::spawn(async move {
+                let _ = stream.write_all(doc.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    Ok(Listening { path })
+}
+
+/// Asks the mount at `mountpoint` for its status document.
+pub fn query(mountpoint: &Path) -> Result<serde_json::Value> {
+    use std::io::Read;
+    let path = socket_path(mountpoint)?;
+    let mut stream = match std::os::unix::net::UnixStream::connect(&path) {
+        Ok(s) => s,
+        Err(e) => bail!(
+            "no lakemount mount answers for {} ({}: {e}); is it mounted by this user (see `mount -t fuse.lakemount`)?",
+            mountpoint.display(),
+            path.display()
+        ),
+    };
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    let mut text = String::new();
+    stream
+        .read_to_string(&mut text)
+        .with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("bad status from {}", path.display()))
+}
+
+/// Human-readable status: views, then the counters (without comments).
+pub fn print(doc: &serde_json::Value) {
+    println!(
+        "mount {} (pid {})",
+        doc["mountpoint"].as_str().unwrap_or("?"),
+        doc["pid"]
+    );
+    println!("{:<32}  {:>20}  {:>10}", "VIEW", "SNAPSHOT", "SAMPLES");
+    for v in doc["views"].as_array().into_iter().flatten() {
+        println!(
+            "{:<32}  {:>20}  {:>10}",
+            v["name"].as_str().unwrap_or("?"),
+            v["snapshot_id"],
+            v["samples"]
+        );
+    }
+    println!();
+    for line in doc["metrics"].as_str().unwrap_or("").lines() {
+        if !line.starts_with('#') {
+            println!("{line}");
+        }
+    }
+}
