@@ -30,8 +30,11 @@ use fuser::{
 use crate::fs::{Attr, FsError, Kind, OpenMode, Opened, ViewFs};
 use crate::metrics::Metrics;
 
-/// Entry and attribute TTL: views never change while mounted.
+/// Entry and attribute TTL inside a view: a view's tree never changes.
 const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+/// TTL of the root and its entries, which change when specs are added,
+/// edited or removed (the kernel is also told, where it listens).
+const ROOT_TTL: Duration = Duration::from_secs(1);
 /// Largest readahead asked of the kernel; it clamps to what it allows.
 const MAX_READAHEAD: u32 = 1 << 20;
 /// Background requests the kernel may keep in flight (parallel DataLoader workers).
@@ -206,7 +209,14 @@ impl Filesystem for FuseAdapter {
             return reply.error(errno(&FsError::NotFound));
         };
         match self.fs.lookup(parent.0, name) {
-            Ok(a) => reply.entry(&TTL, &self.attr(&a), Generation(0)),
+            Ok(a) => {
+                let ttl = if parent.0 == crate::fs::ROOT {
+                    &ROOT_TTL
+                } else {
+                    &TTL
+                };
+                reply.entry(ttl, &self.attr(&a), Generation(0))
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -214,7 +224,14 @@ impl Filesystem for FuseAdapter {
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         self.metrics.op(1);
         match self.fs.getattr(ino.0) {
-            Ok(a) => reply.attr(&TTL, &self.attr(&a)),
+            Ok(a) => {
+                let ttl = if ino.0 == crate::fs::ROOT {
+                    &ROOT_TTL
+                } else {
+                    &TTL
+                };
+                reply.attr(ttl, &self.attr(&a))
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -275,6 +292,10 @@ impl Filesystem for FuseAdapter {
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         self.metrics.op(3);
         match self.fs.getattr(ino.0) {
+            // The root's listing changes with the specs: not cached.
+            Ok(a) if a.kind == Kind::Dir && ino.0 == crate::fs::ROOT => {
+                reply.opened(FileHandle(0), FopenFlags::empty())
+            }
             Ok(a) if a.kind == Kind::Dir => reply.opened(
                 FileHandle(0),
                 FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
@@ -327,7 +348,7 @@ impl Filesystem for FuseAdapter {
         match self.fs.readdir(ino.0, offset) {
             Ok(entries) => {
                 let mut name = Vec::with_capacity(256);
-                for e in entries {
+                for e in entries.iter() {
                     let kind = match e.attr.kind {
                         Kind::Dir => FileType::Directory,
                         Kind::File => FileType::RegularFile,
@@ -360,17 +381,26 @@ impl Filesystem for FuseAdapter {
         match self.fs.readdir(ino.0, offset) {
             Ok(entries) => {
                 let mut name = Vec::with_capacity(256);
-                for e in entries {
+                let ttl = if ino.0 == crate::fs::ROOT {
+                    &ROOT_TTL
+                } else {
+                    &TTL
+                };
+                for e in entries.iter() {
                     name_bytes(&e.name, &mut name);
                     if reply.add(
                         INodeNo(e.attr.ino),
                         e.next_offset,
                         OsStr::from_bytes(&name),
-                        &TTL,
+                        ttl,
                         &self.attr(&e.attr),
                         Generation(0),
                     ) {
                         break;
+                    }
+                    // The kernel takes a lookup on every entry but `.` and `..`.
+                    if name != b"." && name != b".." {
+                        self.fs.looked_up(e.attr.ino);
                     }
                 }
                 reply.ok();
@@ -508,6 +538,10 @@ impl Filesystem for FuseAdapter {
         // the kernel stop sending FLUSH on every close for this mount, which
         // is what keeps a warm epoch close to local-disk speed.
         reply.error(errno(&FsError::Unsupported));
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.fs.forget(ino.0, nlookup);
     }
 
     fn getxattr(

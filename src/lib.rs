@@ -34,3 +34,4 @@ pub mod trust;
 pub mod vectors;
 pub mod view;
 pub mod warehouse;
+pub mod watch;

@@ -194,6 +194,11 @@ pub fn mount(
     config.clone_fd = true;
     let session = fuser::spawn_mount(adapter, mountpoint, &config)
         .with_context(|| format!("cannot mount at {} (is /dev/fuse available, and are you root or is fusermount3 installed?)", mountpoint.display()))?;
+    let notifier = session.notifier();
+    fs.set_invalidator(move |name| {
+        // The kernel may not have the entry cached: ENOENT is fine.
+        let _ = notifier.inval_entry(fuser::INodeNo(crate::fs::ROOT), std::ffi::OsStr::new(name));
+    });
     Ok(Mounted { session, fs })
 }
 

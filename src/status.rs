@@ -120,25 +120,33 @@ pub fn query(mountpoint: &Path) -> Result<serde_json::Value> {
 }
 
 /// Human-readable status: views, then the counters (without comments).
+/// A closed pipe (`| head`) ends the output quietly.
 pub fn print(doc: &serde_json::Value) {
-    println!(
-        "mount {} (pid {})",
-        doc["mountpoint"].as_str().unwrap_or("?"),
-        doc["pid"]
-    );
-    println!("{:<32}  {:>20}  {:>10}", "VIEW", "SNAPSHOT", "SAMPLES");
-    for v in doc["views"].as_array().into_iter().flatten() {
-        println!(
-            "{:<32}  {:>20}  {:>10}",
-            v["name"].as_str().unwrap_or("?"),
-            v["snapshot_id"],
-            v["samples"]
-        );
-    }
-    println!();
-    for line in doc["metrics"].as_str().unwrap_or("").lines() {
-        if !line.starts_with('#') {
-            println!("{line}");
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = (|| -> std::io::Result<()> {
+        writeln!(
+            out,
+            "mount {} (pid {})",
+            doc["mountpoint"].as_str().unwrap_or("?"),
+            doc["pid"]
+        )?;
+        writeln!(out, "{:<32}  {:>20}  {:>10}", "VIEW", "SNAPSHOT", "SAMPLES")?;
+        for v in doc["views"].as_array().into_iter().flatten() {
+            writeln!(
+                out,
+                "{:<32}  {:>20}  {:>10}",
+                v["name"].as_str().unwrap_or("?"),
+                v["snapshot_id"],
+                v["samples"]
+            )?;
         }
-    }
+        writeln!(out)?;
+        for line in doc["metrics"].as_str().unwrap_or("").lines() {
+            if !line.starts_with('#') {
+                writeln!(out, "{line}")?;
+            }
+        }
+        out.flush()
+    })();
 }

@@ -268,6 +268,7 @@ async fn a_reader_walking_the_listing_is_served_ahead_and_a_random_one_is_not() 
         let dir = ino(fs, "v/cat");
         fs.readdir(dir, 2)
             .unwrap()
+            .iter()
             .filter(|e| e.name.to_string().ends_with(".png"))
             .map(|e| e.attr.ino)
             .collect()

@@ -150,7 +150,7 @@ pub async fn run(args: MountArgs) -> Result<ExitCode> {
     let local_root = warehouse_dir(&args.warehouse.warehouse);
     crate::mount::check_mountpoint(&mountpoint, local_root.as_deref())?;
     let start = std::time::Instant::now();
-    let wh = Warehouse::open(&args.warehouse.config(), false).await?;
+    let wh = std::sync::Arc::new(Warehouse::open(&args.warehouse.config(), false).await?);
     let rank = args.rank.get()?;
     let views = resolve_specs(&args.specs, &wh, &args.warehouse.table, rank).await?;
     release_freed_memory();
@@ -179,6 +179,15 @@ pub async fn run(args: MountArgs) -> Result<ExitCode> {
     );
     let fs = mounted.fs().clone();
     let _status = crate::status::serve(fs.clone(), &mountpoint)?;
+    let _watching = crate::watch::start(
+        fs.clone(),
+        args.specs.clone(),
+        crate::watch::Resolving {
+            warehouse: wh.clone(),
+            table: args.warehouse.table.clone(),
+            rank,
+        },
+    )?;
     if let Some(addr) = &args.metrics {
         let bound = crate::metrics::serve(addr, fs.metrics().clone()).await?;
         eprintln!("metrics at http://{bound}/metrics");

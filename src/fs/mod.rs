@@ -2,26 +2,27 @@
 //! resolved views. Async where it reads data, plain structs in and out; no
 //! fuser types, so it is tested without a kernel in the loop.
 //!
-//! The tree is built once at mount and never changes: views are pinned.
-//! Inode numbers are assigned in a fixed order (root = 1, then each spec
-//! directory by name: its listing and receipt, then its samples in path
-//! order, each preceded by any directory it is the first in and followed
-//! by its sidecars), so the same specs always give the same numbers,
-//! `forget` has nothing to free, and the kernel may cache entries and
-//! attributes indefinitely. A file node holds no name: names come from the
-//! view, which stores each sample's path once. Lookups and listings touch
-//! only this in-memory tree; only `read` may wait on storage.
+//! The root lists one directory per view; each view is a [`tree::Tree`]
+//! with an inode range of its own, built once and never changed, so the
+//! kernel may cache its entries and attributes indefinitely. Views can be
+//! added, replaced and removed while mounted ([`ViewFs::upsert`],
+//! [`ViewFs::remove`]): the root changes (its entries are cached for a
+//! second only), a replaced or removed tree is kept while the kernel holds
+//! lookups on any of its inodes (open files, working directories), and
+//! freed by the last `forget`. Lookups and listings touch only memory; only
+//! `read` may wait on storage.
 
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::AtomicU32;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
 
 mod prefetch;
+mod tree;
 
 use prefetch::Prefetch;
+use tree::{Body, TREE_SHIFT, Tree};
 
 use crate::cache::ChunkCache;
 use crate::content_id::CHUNK;
@@ -112,127 +113,123 @@ pub enum Opened {
     Passthrough(std::fs::File),
 }
 
-/// A node of the tree. Files hold no name or size of their own: both come
-/// from the view, which keeps each sample's path once.
-struct Node {
-    parent: u32,
-    body: Body,
+/// The views mounted now, and the trees the kernel may still use.
+#[derive(Default)]
+struct State {
+    /// Current views: (name, tree id), sorted by name.
+    current: Vec<(Box<str>, u32)>,
+    /// Every live tree by id: current ones and retired ones still looked up.
+    trees: foldhash::HashMap<u32, Arc<Tree>>,
+    /// Ids of replaced or removed trees kept for the kernel's sake.
+    retired: foldhash::HashSet<u32>,
+    next_id: u32,
 }
 
-enum Body {
-    /// Index into `ViewFs::dirs`.
-    Dir(u32),
-    File {
-        view: u32,
-        content: Content,
-    },
-}
+/// What to tell the kernel when a root entry changes: drop its cached
+/// dentry for that name.
+type Invalidator = Box<dyn Fn(&str) + Send + Sync>;
 
-struct Dir {
-    name: Box<str>,
-    view: Option<u32>,
-    /// Children's inode numbers, sorted by name.
-    children: Vec<u32>,
-    /// Position in `children` of the sample read last (`u32::MAX`: none):
-    /// what tells a reader walking the listing from a random one.
-    last_read: AtomicU32,
-}
-
-/// The mounted tree.
+/// The mounted filesystem.
 pub struct ViewFs {
-    nodes: Vec<Node>,
-    dirs: Vec<Dir>,
-    views: Vec<Arc<View>>,
+    state: RwLock<State>,
     cache: Arc<ChunkCache>,
     prefetch: Prefetch,
     mount_time: SystemTime,
+    invalidate: OnceLock<Invalidator>,
+}
+
+/// A directory listing in progress: the tree (or the root's entries) it
+/// reads from stays alive while it is iterated.
+pub enum DirList {
+    /// The root: a copy of its entries.
+    Root {
+        /// `.`/`..` and the views' directories.
+        entries: Vec<(Box<str>, Attr)>,
+        /// Where to start.
+        offset: u64,
+    },
+    /// A directory of a view.
+    Tree {
+        /// The view's tree.
+        tree: Arc<Tree>,
+        /// The directory (local number).
+        local: u32,
+        /// Where to start.
+        offset: u64,
+    },
+}
+
+impl DirList {
+    /// The entries from the offset on: `.`, `..`, then children by name.
+    pub fn iter(&self) -> Box<dyn Iterator<Item = DirEntry<'_>> + '_> {
+        match self {
+            DirList::Root { entries, offset } => {
+                Box::new(entries.iter().enumerate().skip(*offset as usize).map(
+                    |(pos, (name, attr))| DirEntry {
+                        name: FileName::plain(name),
+                        attr: *attr,
+                        next_offset: pos as u64 + 1,
+                    },
+                ))
+            }
+            DirList::Tree {
+                tree,
+                local,
+                offset,
+            } => {
+                let children = tree.children(*local).unwrap_or(&[]);
+                let parent = tree.nodes[(*local - 1) as usize].parent;
+                let total = children.len() as u64 + 2;
+                Box::new((*offset..total).filter_map(move |pos| {
+                    let (name, attr) = match pos {
+                        0 => (FileName::plain("."), tree.attr(*local).ok()?),
+                        1 if parent == 0 => (FileName::plain(".."), root_attr(SystemTime::now())),
+                        1 => (FileName::plain(".."), tree.attr(parent).ok()?),
+                        _ => {
+                            let c = children[(pos - 2) as usize];
+                            (tree.name(c), tree.attr(c).ok()?)
+                        }
+                    };
+                    Some(DirEntry {
+                        name,
+                        attr,
+                        next_offset: pos + 1,
+                    })
+                }))
+            }
+        }
+    }
+}
+
+fn root_attr(mtime: SystemTime) -> Attr {
+    Attr {
+        ino: ROOT,
+        kind: Kind::Dir,
+        size: 0,
+        mtime,
+    }
 }
 
 impl ViewFs {
-    /// Builds the tree: one directory per view under the root. `prefetch`
-    /// is how many samples ahead a reader walking a listing is served from
-    /// (0: no prefetch).
-    pub fn new(views: Vec<Arc<View>>, cache: ChunkCache, prefetch: usize) -> Self {
-        let mut fs = Self {
-            nodes: Vec::new(),
-            dirs: Vec::new(),
-            views,
+    /// One directory per view under the root. `prefetch` is how many
+    /// samples ahead a reader walking a listing is served from (0: no
+    /// prefetch). Trees are numbered 1, 2, ... by view name.
+    pub fn new(mut views: Vec<Arc<View>>, cache: ChunkCache, prefetch: usize) -> Self {
+        views.sort_by(|a, b| a.name.cmp(&b.name));
+        let fs = Self {
+            state: RwLock::new(State {
+                next_id: 1,
+                ..State::default()
+            }),
             cache: Arc::new(cache),
             prefetch: Prefetch::new(prefetch),
             mount_time: SystemTime::now(),
+            invalidate: OnceLock::new(),
         };
-        fs.add_dir(ROOT, "", None);
-        let mut order: Vec<usize> = (0..fs.views.len()).collect();
-        order.sort_by(|&a, &b| fs.views[a].name.cmp(&fs.views[b].name));
-        for vi in order {
-            let view = fs.views[vi].clone();
-            let view_no = vi as u32;
-            let view_root = fs.add_dir(ROOT, &view.name, Some(view_no));
-            for content in [Content::Index, Content::Receipt] {
-                fs.add(
-                    view_root,
-                    Body::File {
-                        view: view_no,
-                        content,
-                    },
-                );
-            }
-            // Samples come in path order, each followed by its sidecars.
-            let mut dirs: HashMap<String, u64> = HashMap::new();
-            for i in 0..view.len() {
-                let parent = match view.dir_of(i) {
-                    "" => view_root,
-                    d => fs.ensure_dir(&mut dirs, view_root, view_no, d),
-                };
-                for content in view.contents_of(i) {
-                    fs.add(
-                        parent,
-                        Body::File {
-                            view: view_no,
-                            content,
-                        },
-                    );
-                }
-            }
+        for view in views {
+            fs.upsert(view);
         }
-        // Children sorted by name: lookups binary-search, listings are ordered.
-        let sorted: Vec<Vec<u32>> = fs
-            .dirs
-            .iter()
-            .map(|d| {
-                // Sort on the first 16 bytes kept next to each child; only
-                // ties compare whole names.
-                let mut named: Vec<(u128, u32)> = d
-                    .children
-                    .iter()
-                    .map(|&c| (fs.name(u64::from(c)).prefix16(), c))
-                    .collect();
-                named.sort_unstable_by(|a, b| {
-                    a.0.cmp(&b.0)
-                        .then_with(|| fs.name(u64::from(a.1)).cmp_name(&fs.name(u64::from(b.1))))
-                });
-                named.into_iter().map(|(_, c)| c).collect()
-            })
-            .collect();
-        for (d, children) in fs.dirs.iter_mut().zip(sorted) {
-            d.children = children;
-            d.children.shrink_to_fit();
-        }
-        fs.nodes.shrink_to_fit();
-        fs.prefetch.track(&fs.views);
-        let samples = fs.views.iter().map(|v| v.len()).sum();
-        fs.cache.metrics().set_views(fs.views.len(), samples);
         fs
-    }
-
-    /// The counters of this mount.
-    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
-        self.cache.metrics()
-    }
-
-    /// The mounted views.
-    pub fn views(&self) -> &[Arc<View>] {
-        &self.views
     }
 
     /// The chunk cache.
@@ -240,129 +237,196 @@ impl ViewFs {
         &self.cache
     }
 
-    fn add(&mut self, parent: u64, body: Body) -> u64 {
-        self.nodes.push(Node {
-            parent: parent as u32,
-            body,
-        });
-        let ino = self.nodes.len() as u64;
-        if ino != ROOT
-            && let Body::Dir(d) = self.nodes[(parent - 1) as usize].body
-        {
-            self.dirs[d as usize].children.push(ino as u32);
-        }
-        ino
+    /// The counters of this mount.
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        self.cache.metrics()
     }
 
-    fn add_dir(&mut self, parent: u64, name: &str, view: Option<u32>) -> u64 {
-        self.dirs.push(Dir {
-            name: name.into(),
-            view,
-            children: Vec::new(),
-            last_read: AtomicU32::new(u32::MAX),
-        });
-        self.add(parent, Body::Dir((self.dirs.len() - 1) as u32))
+    /// The views mounted now, by name.
+    pub fn views(&self) -> Vec<Arc<View>> {
+        let st = self.read_state();
+        st.current
+            .iter()
+            .filter_map(|(_, id)| st.trees.get(id).map(|t| t.view.clone()))
+            .collect()
     }
 
-    fn ensure_dir(
-        &mut self,
-        dirs: &mut HashMap<String, u64>,
-        root: u64,
-        view: u32,
-        path: &str,
-    ) -> u64 {
-        if let Some(&ino) = dirs.get(path) {
-            return ino;
-        }
-        let (parent, name) = match path.rsplit_once('/') {
-            Some((p, n)) => (self.ensure_dir(dirs, root, view, p), n),
-            None => (root, path),
+    /// How to make the kernel forget a root entry (set once, at mount).
+    pub fn set_invalidator(&self, f: impl Fn(&str) + Send + Sync + 'static) {
+        let _ = self.invalidate.set(Box::new(f));
+    }
+
+    fn read_state(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_state(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds `view`, or replaces the view of the same name: new lookups see
+    /// the new one at once; inodes of the old one keep working until the
+    /// kernel forgets them. Returns the new tree's id.
+    pub fn upsert(&self, view: Arc<View>) -> u32 {
+        let id = {
+            let mut st = self.write_state();
+            st.next_id += 1;
+            st.next_id - 1
         };
-        let ino = self.add_dir(parent, name, Some(view));
-        dirs.insert(path.to_string(), ino);
-        ino
-    }
-
-    fn node(&self, ino: u64) -> Result<&Node, FsError> {
-        ino.checked_sub(1)
-            .and_then(|i| self.nodes.get(i as usize))
-            .ok_or(FsError::NotFound)
-    }
-
-    /// Name of an existing node.
-    fn name(&self, ino: u64) -> FileName<'_> {
-        match self.nodes[(ino - 1) as usize].body {
-            Body::Dir(d) => FileName::plain(&self.dirs[d as usize].name),
-            Body::File { view, content } => self.views[view as usize].file_name(content),
+        let name: Box<str> = view.name.as_str().into();
+        // Built outside the lock: a large view takes a while.
+        let tree = Arc::new(Tree::build(id, view, self.prefetch.enabled()));
+        let replaced = {
+            let mut st = self.write_state();
+            st.trees.insert(id, tree);
+            let old = match st.current.binary_search_by(|(n, _)| n.cmp(&name)) {
+                Ok(k) => Some(std::mem::replace(&mut st.current[k].1, id)),
+                Err(k) => {
+                    st.current.insert(k, (name.clone(), id));
+                    None
+                }
+            };
+            if let Some(old) = old {
+                retire(&mut st, old);
+            }
+            self.count_views(&st);
+            old.is_some()
+        };
+        if replaced && let Some(f) = self.invalidate.get() {
+            f(&name);
         }
+        id
+    }
+
+    /// Removes the view named `name`; false if there is none.
+    pub fn remove(&self, name: &str) -> bool {
+        {
+            let mut st = self.write_state();
+            let Ok(k) = st.current.binary_search_by(|(n, _)| n.as_ref().cmp(name)) else {
+                return false;
+            };
+            let (_, old) = st.current.remove(k);
+            retire(&mut st, old);
+            self.count_views(&st);
+        }
+        if let Some(f) = self.invalidate.get() {
+            f(name);
+        }
+        true
+    }
+
+    fn count_views(&self, st: &State) {
+        let samples = st
+            .current
+            .iter()
+            .filter_map(|(_, id)| st.trees.get(id))
+            .map(|t| t.view.len())
+            .sum();
+        self.metrics().set_views(st.current.len(), samples);
+    }
+
+    /// Number of trees held, current and retired (for tests and status).
+    pub fn trees_held(&self) -> usize {
+        self.read_state().trees.len()
+    }
+
+    /// The tree `ino` belongs to, and its local number.
+    fn tree(&self, ino: u64) -> Result<(Arc<Tree>, u32), FsError> {
+        let id = (ino >> TREE_SHIFT) as u32;
+        let local = ino as u32;
+        if id == 0 || local == 0 {
+            return Err(FsError::NotFound);
+        }
+        let st = self.read_state();
+        let tree = st.trees.get(&id).ok_or(FsError::NotFound)?.clone();
+        Ok((tree, local))
+    }
+
+    /// Records that the kernel took a lookup on `ino` (an entry it was
+    /// given in a listing with attributes).
+    pub fn looked_up(&self, ino: u64) {
+        if let Ok((tree, _)) = self.tree(ino) {
+            tree.lookups.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The kernel dropped `n` lookups on `ino`; frees a retired tree with none left.
+    pub fn forget(&self, ino: u64, n: u64) {
+        let Ok((tree, _)) = self.tree(ino) else {
+            return;
+        };
+        let before = tree
+            .lookups
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |l| {
+                Some(l.saturating_sub(n))
+            })
+            .unwrap_or(0);
+        if before <= n {
+            let mut st = self.write_state();
+            if st.retired.contains(&tree.id) && tree.lookups.load(Ordering::Acquire) == 0 {
+                st.retired.remove(&tree.id);
+                st.trees.remove(&tree.id);
+            }
+        }
+    }
+
+    /// Whether `ino` is the root or a view's directory in it (whose
+    /// entries change when views do: cached briefly only).
+    pub fn is_root_entry(ino: u64) -> bool {
+        ino == ROOT || ino as u32 == 1
     }
 
     /// Attributes of `ino`.
     pub fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
-        let n = self.node(ino)?;
-        let (view, kind, size) = match n.body {
-            Body::Dir(d) => (self.dirs[d as usize].view, Kind::Dir, 0),
-            Body::File { view, content } => (
-                Some(view),
-                Kind::File,
-                self.views[view as usize].file_size(content),
-            ),
-        };
-        let mtime = match view {
-            Some(v) => {
-                UNIX_EPOCH + Duration::from_millis(self.views[v as usize].snapshot_ms.max(0) as u64)
-            }
-            None => self.mount_time,
-        };
-        Ok(Attr {
-            ino,
-            kind,
-            size,
-            mtime,
-        })
-    }
-
-    fn children(&self, ino: u64) -> Result<&[u32], FsError> {
-        match self.node(ino)?.body {
-            Body::Dir(d) => Ok(&self.dirs[d as usize].children),
-            Body::File { .. } => Err(FsError::NotDir),
+        if ino == ROOT {
+            return Ok(root_attr(self.mount_time));
         }
+        let (tree, local) = self.tree(ino)?;
+        tree.attr(local)
     }
 
-    /// Finds `name` in directory `parent`.
+    /// Finds `name` in directory `parent`. The kernel holds a lookup on
+    /// what is found.
     pub fn lookup(&self, parent: u64, name: &str) -> Result<Attr, FsError> {
-        let children = self.children(parent)?;
-        let i = children
-            .binary_search_by(|&c| self.name(u64::from(c)).cmp_str(name))
-            .map_err(|_| FsError::NotFound)?;
-        self.getattr(u64::from(children[i]))
+        let attr = if parent == ROOT {
+            let st = self.read_state();
+            let k = st
+                .current
+                .binary_search_by(|(n, _)| n.as_ref().cmp(name))
+                .map_err(|_| FsError::NotFound)?;
+            let tree = &st.trees[&st.current[k].1];
+            tree.lookups.fetch_add(1, Ordering::Relaxed);
+            return tree.attr(1);
+        } else {
+            let (tree, local) = self.tree(parent)?;
+            let attr = tree.lookup(local, name)?;
+            tree.lookups.fetch_add(1, Ordering::Relaxed);
+            attr
+        };
+        Ok(attr)
     }
 
     /// Lists `ino` from `offset` (0 = start): `.`, `..`, then children by
     /// name. Lazy: the caller takes as many entries as fit in its reply.
-    pub fn readdir(
-        &self,
-        ino: u64,
-        offset: u64,
-    ) -> Result<impl Iterator<Item = DirEntry<'_>> + '_, FsError> {
-        let children = self.children(ino)?;
-        let parent = u64::from(self.node(ino)?.parent);
-        let total = children.len() as u64 + 2;
-        Ok((offset..total).filter_map(move |pos| {
-            let (name, child) = match pos {
-                0 => (FileName::plain("."), ino),
-                1 => (FileName::plain(".."), parent),
-                _ => {
-                    let c = u64::from(children[(pos - 2) as usize]);
-                    (self.name(c), c)
+    pub fn readdir(&self, ino: u64, offset: u64) -> Result<DirList, FsError> {
+        if ino == ROOT {
+            let st = self.read_state();
+            let dot = root_attr(self.mount_time);
+            let mut entries: Vec<(Box<str>, Attr)> = vec![(".".into(), dot), ("..".into(), dot)];
+            for (name, id) in &st.current {
+                if let Ok(a) = st.trees[id].attr(1) {
+                    entries.push((name.clone(), a));
                 }
-            };
-            Some(DirEntry {
-                name,
-                attr: self.getattr(child).ok()?,
-                next_offset: pos + 1,
-            })
-        }))
+            }
+            return Ok(DirList::Root { entries, offset });
+        }
+        let (tree, local) = self.tree(ino)?;
+        tree.children(local)?;
+        Ok(DirList::Tree {
+            tree,
+            local,
+            offset,
+        })
     }
 
     /// Opens `ino` for reading (`write` asks for more: refused). Samples
@@ -374,14 +438,17 @@ impl ViewFs {
         if write {
             return Err(FsError::ReadOnly);
         }
-        let node = self.node(ino)?;
-        let Body::File { view, content } = node.body else {
+        if ino == ROOT {
+            return Err(FsError::IsDir);
+        }
+        let (tree, local) = self.tree(ino)?;
+        let Body::File(content) = tree.node(local)?.body else {
             return Err(FsError::IsDir);
         };
         if mode.passthrough
             && let Content::Sample(i) = content
         {
-            let view = &self.views[view as usize];
+            let view = &tree.view;
             let loc = view.location(i as usize);
             match self.cache.source().open_local(&loc) {
                 Some(Ok(file)) if file.metadata().is_ok_and(|m| m.len() == loc.size) => {
@@ -407,15 +474,15 @@ impl ViewFs {
 
     /// Reads up to `size` bytes at `offset`; short only at end of file.
     pub async fn read(&self, ino: u64, offset: u64, size: u32) -> Result<Bytes, FsError> {
-        let n = self.node(ino)?;
-        let Body::File {
-            view: view_no,
-            content,
-        } = n.body
-        else {
+        if ino == ROOT {
+            return Err(FsError::IsDir);
+        }
+        let (tree, local) = self.tree(ino)?;
+        let Body::File(content) = tree.node(local)?.body else {
             return Err(FsError::IsDir);
         };
-        let view = &self.views[view_no as usize];
+        let view = &tree.view;
+        let id = tree.id;
         let len = view.file_size(content);
         if offset >= len || size == 0 {
             return Ok(Bytes::new());
@@ -430,7 +497,7 @@ impl ViewFs {
                 let i = i as usize;
                 let npy = self
                     .cache
-                    .embedding_npy(view_no, view, i)
+                    .embedding_npy(id, view, i)
                     .await
                     .map_err(|e| fetch_failed(view, i, e))?;
                 Ok(slice(&npy))
@@ -438,13 +505,13 @@ impl ViewFs {
             Content::Sample(i) => {
                 if offset == 0 {
                     self.cache.metrics().samples_served.inc();
-                    self.prefetch.on_first_read(self, ino, view_no, i as usize);
+                    self.prefetch.on_first_read(self, &tree, local, i as usize);
                 }
                 let i = i as usize;
                 let first = offset / CHUNK;
                 let last = (end - 1) / CHUNK;
                 let chunks = futures::future::try_join_all(
-                    (first..=last).map(|c| self.cache.sample_chunk(view_no, view, i, c as u32)),
+                    (first..=last).map(|c| self.cache.sample_chunk(id, view, i, c as u32)),
                 )
                 .await
                 .map_err(|e| fetch_failed(view, i, e))?;
@@ -462,6 +529,20 @@ impl ViewFs {
                 Ok(out.freeze())
             }
         }
+    }
+}
+
+/// Moves tree `id` out of the current views: dropped now if the kernel
+/// holds nothing in it, else when it forgets the last lookup.
+fn retire(st: &mut State, id: u32) {
+    let held = st
+        .trees
+        .get(&id)
+        .is_some_and(|t| t.lookups.load(Ordering::Acquire) > 0);
+    if held {
+        st.retired.insert(id);
+    } else {
+        st.trees.remove(&id);
     }
 }
 

@@ -17,22 +17,52 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use super::{Body, ViewFs};
+use super::ViewFs;
+use super::tree::{Body, Tree};
 use crate::view::{Content, View};
 
 /// How far apart two consecutive reads may be and still count as a walk.
 const SEQUENTIAL_GAP: u32 = 8;
 
-/// Read-ahead state of a mount.
+/// Read-ahead settings of a mount.
 pub(super) struct Prefetch {
     depth: usize,
     permits: Arc<tokio::sync::Semaphore>,
-    /// Per view: the listing line read last in each rank's walk
-    /// (`u32::MAX`: none yet); empty for views in path order.
-    walks: Vec<Vec<AtomicU32>>,
-    /// Per view: one bit per sample, set while a prefetched sample has not
-    /// been read yet (for the prefetch-hit counter).
-    fetched: Vec<Arc<[AtomicU64]>>,
+}
+
+/// Read-ahead state of one view's tree.
+pub(super) struct TreeWalks {
+    /// The listing line read last in each rank's walk (`u32::MAX`: none
+    /// yet); empty for views in path order.
+    walks: Vec<AtomicU32>,
+    /// One bit per sample, set while a prefetched sample has not been read
+    /// yet (for the prefetch-hit counter).
+    fetched: Arc<[AtomicU64]>,
+}
+
+impl TreeWalks {
+    pub(super) fn new(view: &View, enabled: bool) -> Self {
+        if !enabled {
+            return Self {
+                walks: Vec::new(),
+                fetched: Arc::new([]),
+            };
+        }
+        let streams = if view.is_ordered() {
+            (0..view.len())
+                .map(|i| view.shard_of(i))
+                .max()
+                .map_or(0, |m| m + 1)
+        } else {
+            0
+        };
+        Self {
+            walks: (0..streams).map(|_| AtomicU32::new(u32::MAX)).collect(),
+            fetched: (0..view.len().div_ceil(64))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+        }
+    }
 }
 
 impl Prefetch {
@@ -40,47 +70,21 @@ impl Prefetch {
         Self {
             depth,
             permits: Arc::new(tokio::sync::Semaphore::new(depth.max(1))),
-            walks: Vec::new(),
-            fetched: Vec::new(),
         }
     }
 
-    /// Sets up the per-view state once the views are known.
-    pub(super) fn track(&mut self, views: &[Arc<View>]) {
-        if self.depth == 0 {
-            return;
-        }
-        self.walks = views
-            .iter()
-            .map(|v| {
-                let streams = if v.is_ordered() {
-                    (0..v.len())
-                        .map(|i| v.shard_of(i))
-                        .max()
-                        .map_or(0, |m| m + 1)
-                } else {
-                    0
-                };
-                (0..streams).map(|_| AtomicU32::new(u32::MAX)).collect()
-            })
-            .collect();
-        self.fetched = views
-            .iter()
-            .map(|v| {
-                (0..v.len().div_ceil(64))
-                    .map(|_| AtomicU64::new(0))
-                    .collect()
-            })
-            .collect();
+    pub(super) fn enabled(&self) -> bool {
+        self.depth > 0
     }
 
-    /// A sample's first byte is being read: count a prefetch hit, and
-    /// start fetching ahead if the reads form a walk.
-    pub(super) fn on_first_read(&self, fs: &ViewFs, ino: u64, view_no: u32, i: usize) {
+    /// Sample `i` (node `local`) of `tree` is being read from its first
+    /// byte: count a prefetch hit, and start fetching ahead if the reads
+    /// form a walk.
+    pub(super) fn on_first_read(&self, fs: &ViewFs, tree: &Arc<Tree>, local: u32, i: usize) {
         if self.depth == 0 {
             return;
         }
-        let bits = &self.fetched[view_no as usize];
+        let bits = &tree.walks.fetched;
         let bit = 1u64 << (i % 64);
         if bits[i / 64].fetch_and(!bit, Ordering::Relaxed) & bit != 0 {
             fs.metrics().prefetch_hits.inc();
@@ -88,12 +92,12 @@ impl Prefetch {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let mut next = self.directory_walk(fs, ino);
+        let mut next = self.directory_walk(tree, local);
         if next.is_empty() {
-            next = self.listing_walk(fs, view_no, i);
+            next = self.listing_walk(tree, i);
         }
-        for (view_no, i) in next {
-            if fs.cache.has_chunk(view_no, i as usize, 0) {
+        for i in next {
+            if fs.cache.has_chunk(tree.id, i as usize, 0) {
                 continue;
             }
             let Ok(permit) = self.permits.clone().try_acquire_owned() else {
@@ -101,35 +105,37 @@ impl Prefetch {
             };
             fs.metrics().prefetch_issued.inc();
             let cache = fs.cache.clone();
-            let view = fs.views[view_no as usize].clone();
-            let bits = self.fetched[view_no as usize].clone();
+            let tree = tree.clone();
             runtime.spawn(async move {
                 // A failure is reported when the sample is really read.
                 if cache
-                    .sample_chunk(view_no, &view, i as usize, 0)
+                    .sample_chunk(tree.id, &tree.view, i as usize, 0)
                     .await
                     .is_ok()
                 {
-                    bits[i as usize / 64].fetch_or(1 << (i % 64), Ordering::Relaxed);
+                    tree.walks.fetched[i as usize / 64].fetch_or(1 << (i % 64), Ordering::Relaxed);
                 }
                 drop(permit);
             });
         }
     }
 
-    /// The samples after `ino` in its directory, if reads there walk it.
-    fn directory_walk(&self, fs: &ViewFs, ino: u64) -> Vec<(u32, u32)> {
-        let Some(node) = fs.nodes.get((ino - 1) as usize) else {
+    /// The samples after node `local` in its directory, if reads there walk it.
+    fn directory_walk(&self, tree: &Tree, local: u32) -> Vec<u32> {
+        let Ok(node) = tree.node(local) else {
             return Vec::new();
         };
-        let Body::Dir(d) = fs.nodes[(u64::from(node.parent) - 1) as usize].body else {
+        let Ok(parent) = tree.node(node.parent) else {
             return Vec::new();
         };
-        let dir = &fs.dirs[d as usize];
-        let name = fs.name(ino);
+        let Body::Dir(d) = parent.body else {
+            return Vec::new();
+        };
+        let dir = &tree.dirs[d as usize];
+        let name = tree.name(local);
         let Ok(pos) = dir
             .children
-            .binary_search_by(|&c| fs.name(u64::from(c)).cmp_name(&name))
+            .binary_search_by(|&c| tree.name(c).cmp_name(&name))
         else {
             return Vec::new();
         };
@@ -140,11 +146,8 @@ impl Prefetch {
         }
         dir.children[pos as usize + 1..]
             .iter()
-            .filter_map(|&c| match fs.nodes[(c - 1) as usize].body {
-                Body::File {
-                    view,
-                    content: Content::Sample(i),
-                } => Some((view, i)),
+            .filter_map(|&c| match tree.nodes[(c - 1) as usize].body {
+                Body::File(Content::Sample(i)) => Some(i),
                 _ => None,
             })
             .take(self.depth)
@@ -153,9 +156,10 @@ impl Prefetch {
 
     /// The samples after sample `i` in its view's listing (within its
     /// rank), if reads walk the listing.
-    fn listing_walk(&self, fs: &ViewFs, view_no: u32, i: usize) -> Vec<(u32, u32)> {
-        let view = &fs.views[view_no as usize];
-        let Some(walk) = self.walks[view_no as usize].get(view.shard_of(i) as usize) else {
+    fn listing_walk(&self, tree: &Tree, i: usize) -> Vec<u32> {
+        let view = &tree.view;
+        let shard = view.shard_of(i);
+        let Some(walk) = tree.walks.walks.get(shard as usize) else {
             return Vec::new();
         };
         let line = view.listing_line(i) as u32;
@@ -163,12 +167,11 @@ impl Prefetch {
         if !is_walk(prev, line) {
             return Vec::new();
         }
-        let shard = view.shard_of(i);
         (line as usize + 1..view.len())
             .map(|l| view.listing_sample(l))
             .take_while(|&s| view.shard_of(s) == shard)
             .take(self.depth)
-            .map(|s| (view_no, s as u32))
+            .map(|s| s as u32)
             .collect()
     }
 }
@@ -185,12 +188,17 @@ impl ViewFs {
     pub async fn warm(self: Arc<Self>, parallel: usize) -> (u64, u64) {
         use futures::StreamExt;
         let budget = self.cache.capacity() / 10 * 9;
+        let trees: Vec<Arc<Tree>> = {
+            let st = self.read_state();
+            st.current
+                .iter()
+                .filter_map(|(_, id)| st.trees.get(id).cloned())
+                .collect()
+        };
         let mut jobs = Vec::new();
         let mut planned = 0u64;
-        let mut order: Vec<usize> = (0..self.views.len()).collect();
-        order.sort_by(|&a, &b| self.views[a].name.cmp(&self.views[b].name));
-        'plan: for vi in order {
-            let view = &self.views[vi];
+        'plan: for tree in &trees {
+            let view = &tree.view;
             for line in 0..view.len() {
                 let i = view.listing_sample(line);
                 let size = view.sample(i).size;
@@ -207,20 +215,20 @@ impl ViewFs {
                     break 'plan;
                 }
                 planned += cost;
-                jobs.push((vi as u32, i, npy));
+                jobs.push((tree.clone(), i, npy));
             }
         }
         let fs = &self;
         futures::stream::iter(jobs)
-            .map(|(view_no, i, npy)| async move {
-                let view = &fs.views[view_no as usize];
+            .map(|(tree, i, npy)| async move {
+                let view = &tree.view;
                 let size = view.sample(i).size;
                 let chunks = size.div_ceil(crate::content_id::CHUNK).max(1) as u32;
                 for c in 0..chunks {
-                    fs.cache.sample_chunk(view_no, view, i, c).await.ok()?;
+                    fs.cache.sample_chunk(tree.id, view, i, c).await.ok()?;
                 }
                 if npy {
-                    fs.cache.embedding_npy(view_no, view, i).await.ok()?;
+                    fs.cache.embedding_npy(tree.id, view, i).await.ok()?;
                 }
                 fs.metrics().warm_samples.inc();
                 Some(size)

@@ -1,0 +1,231 @@
+//! Hot-added specs: the mount watches the spec directories (and the spec
+//! files) it was given, through inotify, and applies changes without a
+//! remount:
+//!
+//! - a new spec file is resolved and appears as a new directory;
+//! - an edited one is resolved again and swapped in atomically: new
+//!   lookups see the new view, files already open (and working
+//!   directories) keep reading the old one until closed;
+//! - a removed one disappears from the root; its files stay readable
+//!   through handles already open, and its memory is freed once the kernel
+//!   holds none of its inodes;
+//! - a spec that fails to load or resolve (or takes a name another spec
+//!   has) changes nothing: the old view stays, and the log says why.
+//!
+//! Changes are applied 200 ms after the last event of a burst (editors
+//! write files in several steps), so a new file shows within a second.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use notify::Watcher;
+
+use crate::fs::ViewFs;
+use crate::view::arrange::MountRank;
+use crate::warehouse::Warehouse;
+
+/// What the mount needs to resolve a spec again.
+pub struct Resolving {
+    /// The warehouse.
+    pub warehouse: Arc<Warehouse>,
+    /// Table for specs without `table:`.
+    pub table: String,
+    /// `--rank`/`--world-size`.
+    pub rank: Option<MountRank>,
+}
+
+/// A spec file as last applied.
+#[derive(Debug, Clone)]
+struct Applied {
+    name: String,
+    text: String,
+}
+
+/// Keeps the watch alive; dropping it stops watching.
+pub struct Watching {
+    _watcher: notify::RecommendedWatcher,
+}
+
+/// The spec files `args` stand for now: files as given (if they exist),
+/// directories' `*.yaml`/`*.yml` files.
+fn spec_files(args: &[PathBuf]) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for arg in args {
+        if arg.is_dir() {
+            if let Ok(rd) = std::fs::read_dir(arg) {
+                let mut found: Vec<PathBuf> = rd
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| {
+                        p.is_file()
+                            && matches!(
+                                p.extension().and_then(|e| e.to_str()),
+                                Some("yaml" | "yml")
+                            )
+                    })
+                    .collect();
+                found.sort();
+                out.extend(found);
+            }
+        } else if arg.is_file() {
+            out.push(arg.clone());
+        }
+    }
+    out
+}
+
+/// Starts watching `args` (the mount's spec arguments); `fs` already shows
+/// the views they resolved to.
+pub fn start(fs: Arc<ViewFs>, args: Vec<PathBuf>, how: Resolving) -> Result<Watching> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok_and(|e| !e.kind.is_access()) {
+            let _ = tx.send(());
+        }
+    })
+    .context("cannot watch the spec directories (inotify)")?;
+    let mut watched = std::collections::BTreeSet::new();
+    for arg in &args {
+        let dir = if arg.is_dir() {
+            arg.clone()
+        } else {
+            arg.parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."))
+                .to_path_buf()
+        };
+        if watched.insert(dir.clone()) {
+            watcher
+                .watch(&dir, notify::RecursiveMode::NonRecursive)
+                .with_context(|| format!("cannot watch {}", dir.display()))?;
+        }
+    }
+    let mut applied: HashMap<PathBuf, Applied> = HashMap::new();
+    for file in spec_files(&args) {
+        if let (Ok(text), Ok(spec)) = (
+            std::fs::read_to_string(&file),
+            crate::spec::load(&file, &how.table),
+        ) {
+            applied.insert(
+                file,
+                Applied {
+                    name: spec.name,
+                    text,
+                },
+            );
+        }
+    }
+    tokio::spawn(async move {
+        while rx.recv().await.is_some() {
+            // Let the burst finish, then apply once.
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if rx.try_recv().is_err() {
+                    break;
+                }
+                while rx.try_recv().is_ok() {}
+            }
+            apply(&fs, &args, &how, &mut applied).await;
+        }
+    });
+    Ok(Watching { _watcher: watcher })
+}
+
+/// Brings the mounted views in line with the spec files.
+async fn apply(
+    fs: &ViewFs,
+    args: &[PathBuf],
+    how: &Resolving,
+    applied: &mut HashMap<PathBuf, Applied>,
+) {
+    let files = spec_files(args);
+    // Removed files.
+    let gone: Vec<PathBuf> = applied
+        .keys()
+        .filter(|f| !files.contains(f))
+        .cloned()
+        .collect();
+    for file in gone {
+        if let Some(a) = applied.remove(&file) {
+            fs.remove(&a.name);
+            eprintln!("spec {} removed: view {} unmounted", file.display(), a.name);
+        }
+    }
+    // New and edited files.
+    for file in files {
+        let Ok(text) = std::fs::read_to_string(&file) else {
+            continue;
+        };
+        if applied.get(&file).is_some_and(|a| a.text == text) {
+            continue;
+        }
+        let verb = if applied.contains_key(&file) {
+            "changed"
+        } else {
+            "added"
+        };
+        match resolve(fs, &file, &text, how, applied).await {
+            Ok(name) => {
+                if let Some(old) = applied.get(&file)
+                    && old.name != name
+                {
+                    fs.remove(&old.name);
+                }
+                eprintln!("spec {} {verb}: view {name} mounted", file.display());
+                applied.insert(file, Applied { name, text });
+            }
+            Err(e) => {
+                let kept = applied
+                    .get(&file)
+                    .map_or("nothing mounted for it".to_string(), |a| {
+                        format!("view {} unchanged", a.name)
+                    });
+                tracing::error!(
+                    "spec {} {verb} but not applied ({kept}): {e:#}",
+                    file.display()
+                );
+                eprintln!(
+                    "error: spec {} {verb} but not applied ({kept}): {}",
+                    file.display(),
+                    crate::trust::redact(&format!("{e:#}"))
+                );
+            }
+        }
+    }
+}
+
+/// Loads and resolves one spec file and mounts its view; its name.
+async fn resolve(
+    fs: &ViewFs,
+    file: &Path,
+    text: &str,
+    how: &Resolving,
+    applied: &HashMap<PathBuf, Applied>,
+) -> Result<String> {
+    let spec = crate::spec::parse(text, file, &how.table)?;
+    if let Some((other, _)) = applied
+        .iter()
+        .find(|(f, a)| a.name == spec.name && f.as_path() != file)
+    {
+        anyhow::bail!(
+            "spec {} uses the name {:?} of the mounted spec {}; set another `name:`",
+            file.display(),
+            spec.name,
+            other.display()
+        );
+    }
+    let wh = &how.warehouse;
+    let resolver = crate::view::Resolver {
+        catalog: wh.catalog.as_ref(),
+        encoder: &crate::encode::builtin::BuiltinEncoder,
+        trust: &wh.trust,
+        storage: &wh.storage,
+        rank: how.rank,
+    };
+    let view = crate::view::resolve(&spec, &resolver).await?;
+    let name = view.name.clone();
+    fs.upsert(Arc::new(view));
+    Ok(name)
+}
