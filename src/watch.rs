@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use notify::Watcher;
+use inotify::{Inotify, WatchMask};
 
 use crate::fs::ViewFs;
 use crate::view::arrange::MountRank;
@@ -44,9 +44,15 @@ struct Applied {
     text: String,
 }
 
-/// Keeps the watch alive; dropping it stops watching.
+/// Keeps the changes applied; dropping it stops applying them.
 pub struct Watching {
-    _watcher: notify::RecommendedWatcher,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// The spec files `args` stand for now: files as given (if they exist),
@@ -80,12 +86,14 @@ fn spec_files(args: &[PathBuf]) -> Vec<PathBuf> {
 /// the views they resolved to.
 pub fn start(fs: Arc<ViewFs>, args: Vec<PathBuf>, how: Resolving) -> Result<Watching> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok_and(|e| !e.kind.is_access()) {
-            let _ = tx.send(());
-        }
-    })
-    .context("cannot watch the spec directories (inotify)")?;
+    let mut inotify = Inotify::init().context("cannot watch the spec directories (inotify)")?;
+    let mask = WatchMask::CREATE
+        | WatchMask::CLOSE_WRITE
+        | WatchMask::MODIFY
+        | WatchMask::DELETE
+        | WatchMask::MOVED_FROM
+        | WatchMask::MOVED_TO
+        | WatchMask::ATTRIB;
     let mut watched = std::collections::BTreeSet::new();
     for arg in &args {
         let dir = if arg.is_dir() {
@@ -97,11 +105,25 @@ pub fn start(fs: Arc<ViewFs>, args: Vec<PathBuf>, how: Resolving) -> Result<Watc
                 .to_path_buf()
         };
         if watched.insert(dir.clone()) {
-            watcher
-                .watch(&dir, notify::RecursiveMode::NonRecursive)
+            inotify
+                .watches()
+                .add(&dir, mask)
                 .with_context(|| format!("cannot watch {}", dir.display()))?;
         }
     }
+    // Blocking reads on a thread of their own; it ends at the first event
+    // after the mount stops listening.
+    std::thread::Builder::new()
+        .name("spec-watch".into())
+        .spawn(move || {
+            let mut buf = [0u8; 4096];
+            while inotify.read_events_blocking(&mut buf).is_ok() {
+                if tx.send(()).is_err() {
+                    break;
+                }
+            }
+        })
+        .context("cannot start the spec watcher")?;
     let mut applied: HashMap<PathBuf, Applied> = HashMap::new();
     for file in spec_files(&args) {
         if let (Ok(text), Ok(spec)) = (
@@ -117,7 +139,7 @@ pub fn start(fs: Arc<ViewFs>, args: Vec<PathBuf>, how: Resolving) -> Result<Watc
             );
         }
     }
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         while rx.recv().await.is_some() {
             // Let the burst finish, then apply once.
             loop {
@@ -130,7 +152,7 @@ pub fn start(fs: Arc<ViewFs>, args: Vec<PathBuf>, how: Resolving) -> Result<Watc
             apply(&fs, &args, &how, &mut applied).await;
         }
     });
-    Ok(Watching { _watcher: watcher })
+    Ok(Watching { task })
 }
 
 /// Brings the mounted views in line with the spec files.

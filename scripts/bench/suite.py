@@ -171,18 +171,54 @@ def read_section(args, binary, work, data, paths, wh, results, pool):
         print(f"read run {run + 1}/{args.runs} done", flush=True)
 
 
+def epoch_order(root: Path, expect: int) -> list[Path]:
+    """The view's files in its listing order (`_index.jsonl`): the epoch order."""
+    lines = (root / "_index.jsonl").read_text().splitlines()
+    if len(lines) != expect:
+        raise RuntimeError(f"{root}: {len(lines)} samples, expected {expect}")
+    return [root / json.loads(line)["path"] for line in lines]
+
+
+def warm_done(binary, mnt: Path, expect: int, timeout: float = 600) -> float:
+    """Waits until `--warm` has fetched `expect` samples; returns the seconds waited."""
+    start = time.perf_counter()
+    while True:
+        res = subprocess.run([binary, "status", "--json", str(mnt)], capture_output=True, text=True, check=True)
+        metrics = json.loads(res.stdout)["metrics"]
+        done = next(float(line.split()[-1]) for line in metrics.splitlines()
+                    if line.startswith("lakemount_warm_samples_total"))
+        if done >= expect:
+            return time.perf_counter() - start
+        if time.perf_counter() - start > timeout:
+            raise RuntimeError(f"--warm fetched {done} of {expect} samples in {timeout} s")
+        time.sleep(0.05)
+
+
 def prefetch_section(args, binary, work, paths, wh, results):
-    """First touch in listing order (a sequential reader: sorted names, as
-    ImageFolder reads), prefetch on (the default) and off."""
+    """First epoch, one reader, on a fresh mount: in directory order (sorted
+    names, as ImageFolder reads) and in a shuffled view's listing order
+    (`order: {shuffle: 1}`, read as `_index.jsonl` lists it), prefetch on
+    (the default) and off; and with `--warm`, once the warm-up is done."""
     spec = work / "bench.yaml"
+    shuffled = work / "bench-shuffled.yaml"
+    shuffled.write_text("name: bench\norder: {shuffle: 1}\nsidecars: []\n")
     cache = f"{max(1, args.samples * args.size_kb * 2 // 1024)}MiB"
     blobs = [p for p in (wh / "blobs").rglob("*") if p.is_file()]
+    n = len(paths)
+    cases = [
+        ("lakemount first epoch, directory order, prefetch 128 (default)", spec, ["--prefetch", "128"], listing),
+        ("lakemount first epoch, directory order, prefetch off", spec, ["--prefetch", "0"], listing),
+        ("lakemount first epoch, shuffled listing order, prefetch 128", shuffled, ["--prefetch", "128"], epoch_order),
+        ("lakemount first epoch, shuffled listing order, prefetch off", shuffled, ["--prefetch", "0"], epoch_order),
+        ("lakemount epoch after --warm, shuffled listing order", shuffled, ["--warm"], epoch_order),
+    ]
     for run in range(args.runs):
-        for label, prefetch in [("lakemount first touch, listing order, prefetch 128 (default)", "128"),
-                                ("lakemount first touch, listing order, prefetch off", "0")]:
+        for label, spec_file, extra, order in cases:
             read_files(blobs, 2)
-            with Mount(binary, wh, [spec], work / "mnt", extra=["--cache-size", cache, "--prefetch", prefetch]) as m:
-                view = listing(m.mnt / "bench", len(paths))
+            with Mount(binary, wh, [spec_file], work / "mnt", extra=["--cache-size", cache, *extra]) as m:
+                if "--warm" in extra:
+                    warm_done(binary, m.mnt, n)
+                view = order(m.mnt / "bench", n)
                 results.setdefault((label, "1 thread"), []).append(read_files(view, 1, seed=None))
         print(f"prefetch run {run + 1}/{args.runs} done", flush=True)
 
@@ -322,10 +358,11 @@ def main():
     if "prefetch" in sections:
         results = {}
         prefetch_section(args, binary, work, paths, wh, results)
-        off = median(results[("lakemount first touch, listing order, prefetch off", "1 thread")])
+        off = {kind: median(results[(f"lakemount first epoch, {kind} order, prefetch off", "1 thread")])
+               for kind in ("directory", "shuffled listing")}
         out["prefetch"] = [
             {"path": name, "readers": lab, "files_per_s": round(median(v)),
-             "ratio_to_prefetch_off": round(median(v) / off, 2)}
+             "ratio_to_prefetch_off": round(median(v) / off["directory" if "directory" in name else "shuffled listing"], 2)}
             for (name, lab), v in results.items()
         ]
     if "meta" in sections:
@@ -346,7 +383,8 @@ def main():
 
 def print_report(out):
     if "prefetch" in out:
-        report("listing-order first touch, 1 reader, median of runs", out["prefetch"], None)
+        report("first epoch, 1 reader, median of runs (ratio to the same order with prefetch off)",
+               out["prefetch"], None)
     if "read" in out:
         rows = out["read"]
         print(f"\nrandom-order reads of {out['samples']} files of ~{out['size_kb']} KB, "
