@@ -24,10 +24,10 @@ struct Fixture {
     bytes: HashMap<ContentId, Vec<u8>>,
 }
 
-/// A warehouse with six images and a 2.5 MB sample, resolved with the default spec.
+/// A warehouse with nine images and a 2.5 MB sample, resolved with the default spec.
 async fn fixture() -> Fixture {
     let tmp = tempfile::tempdir().unwrap();
-    let files = image_folder(&tmp.path().join("in"), &[("cat", 3), ("dog", 3)]);
+    let files = image_folder(&tmp.path().join("in"), &[("cat", 6), ("dog", 3)]);
     let mut big = vec![0u8; 2_500_000];
     for (i, b) in big.iter_mut().enumerate() {
         *b = (i * 7 % 251) as u8;
@@ -273,7 +273,7 @@ async fn a_reader_walking_the_listing_is_served_ahead_and_a_random_one_is_not() 
             .map(|e| e.attr.ino)
             .collect()
     };
-    // Walking the listing: after two reads, the rest is fetched ahead.
+    // Walking the listing: from the third read on, the rest is fetched ahead.
     let faulty = Arc::new(FaultySource::new(Arc::new(memory(&f.bytes))));
     let fs = ViewFs::new(
         vec![f.view.clone()],
@@ -281,18 +281,25 @@ async fn a_reader_walking_the_listing_is_served_ahead_and_a_random_one_is_not() 
         4,
     );
     let files = listing(&fs);
-    assert_eq!(files.len(), 3);
-    fs.read(files[0], 0, 100).await.unwrap();
-    fs.read(files[1], 0, 100).await.unwrap();
+    assert_eq!(files.len(), 6);
+    for &file in &files[..3] {
+        fs.read(file, 0, 100).await.unwrap();
+    }
     for _ in 0..100 {
-        if faulty.requests() >= 3 {
+        if faulty.requests() >= 6 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(faulty.requests(), 3, "the third sample is fetched ahead");
-    fs.read(files[2], 0, 100).await.unwrap();
-    assert_eq!(faulty.requests(), 3, "and read from the cache");
+    assert_eq!(
+        faulty.requests(),
+        6,
+        "the last three samples are fetched ahead"
+    );
+    for &file in &files[3..] {
+        fs.read(file, 0, 100).await.unwrap();
+    }
+    assert_eq!(faulty.requests(), 6, "and read from the cache");
 
     // Random order (backwards here): nothing ahead.
     let faulty = Arc::new(FaultySource::new(Arc::new(memory(&f.bytes))));
@@ -305,5 +312,5 @@ async fn a_reader_walking_the_listing_is_served_ahead_and_a_random_one_is_not() 
         fs.read(file, 0, 100).await.unwrap();
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(faulty.requests(), 3);
+    assert_eq!(faulty.requests(), 6);
 }

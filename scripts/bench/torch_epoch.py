@@ -5,7 +5,9 @@ page cache warm), through a fresh lakemount mount (the blob files in the
 page cache, as the baseline's), through one started with --warm (after the
 warm-up), and through a fresh mount of a shuffled view read in its listing
 order (a Dataset over `_index.jsonl`, shuffle=False: the order lakemount
-prefetches along). Medians of --runs, with ratios to the local disk.
+prefetches along), and through a fresh --passthrough mount (the kernel
+reads the local blob files itself). Medians of --runs, with ratios to the
+local disk.
 
 torch is not a test dependency: on Debian, `apt-get install python3-torch
 python3-torchvision` (CPU-only, ~650 MB) and run this with /usr/bin/python3:
@@ -98,10 +100,11 @@ def main():
             ("lakemount fresh mount, ImageFolder shuffle", plain, [], True),
             ("lakemount --warm, ImageFolder shuffle", plain, ["--warm"], True),
             ("lakemount fresh mount, shuffled view in listing order", shuffled, [], False),
+            ("lakemount --passthrough fresh mount, ImageFolder shuffle", plain, ["--passthrough"], True),
         ]:
             read_files(blobs, 2)
             with Mount(binary, wh, [spec], args.work / "mnt", extra=["--cache-size", cache, *extra]) as m:
-                if extra:
+                if "--warm" in extra:
                     warm_done(binary, m.mnt, args.samples)
                 root = m.mnt / "v"
                 ds = datasets.ImageFolder(root, transform=TRANSFORM) if shuffle else Listing(root)

@@ -46,8 +46,11 @@ enum Command {
     /// the spec's `layout`, a .npy embedding and a .json metadata sidecar per
     /// sample, `_index.jsonl` (every sample) and `_receipt.json` (what was
     /// resolved: snapshot, Lance version, row count, listing digest). Runs in
-    /// the foreground; Ctrl-C, SIGTERM or `lakemount umount` unmounts. If any
-    /// spec is invalid nothing is mounted.
+    /// the foreground (--daemon: in the background, returning once ready);
+    /// Ctrl-C, SIGTERM or `lakemount umount` unmounts. If any spec is invalid
+    /// nothing is mounted. Spec directories are watched: specs added, edited
+    /// or removed there are applied without a remount (a spec that fails
+    /// keeps the old view; the log says why).
     Mount(mount::MountArgs),
     /// Unmount a lakemount mountpoint, including a stale one whose daemon died.
     Umount(UmountArgs),

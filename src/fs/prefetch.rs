@@ -1,8 +1,10 @@
 //! Reading ahead of a reader, and `--warm`.
 //!
-//! Two walks are recognised, each when consecutive first reads are at most
-//! [`SEQUENTIAL_GAP`] places apart (a sequential reader, or a few
-//! DataLoader workers sharing one epoch):
+//! Two walks are recognised, each when a first read comes at most
+//! [`SEQUENTIAL_GAP`] places after one of the last [`CURSORS`] reads that
+//! formed or started a walk: a sequential reader, or DataLoader workers
+//! that share an epoch, each taking a batch (so reading `batch_size`
+//! places apart):
 //!
 //! - a directory walked in name order (ImageFolder, `ls`, `find`);
 //! - a view walked in its listing order (`_index.jsonl`): the shuffled,
@@ -21,8 +23,53 @@ use super::ViewFs;
 use super::tree::{Body, Tree};
 use crate::view::{Content, View};
 
-/// How far apart two consecutive reads may be and still count as a walk.
+/// How far after a reader's last read its next one may be and still count
+/// as a walk.
 const SEQUENTIAL_GAP: u32 = 8;
+
+/// Readers tracked per walk: DataLoader workers (each a cursor, a batch
+/// apart), up to this many.
+pub(super) const CURSORS: usize = 8;
+
+/// The last read of up to [`CURSORS`] readers of one walk, each with how
+/// many steps in a row it has walked (position in the high half of the
+/// word, steps in the low half; `u64::MAX`: free). A read counts as a walk
+/// from a reader's second step on, so a random read that happens to land
+/// just after some cursor starts nothing. Updated without locks: two
+/// readers racing may miss a walk once, which costs a prefetch, never a
+/// wrong byte.
+pub(super) struct Cursors {
+    at: [AtomicU64; CURSORS],
+    next: AtomicU32,
+}
+
+impl Default for Cursors {
+    fn default() -> Self {
+        Self {
+            at: std::array::from_fn(|_| AtomicU64::new(u64::MAX)),
+            next: AtomicU32::new(0),
+        }
+    }
+}
+
+impl Cursors {
+    /// Records a read at `pos`; whether it continues a reader's walk.
+    pub(super) fn advance(&self, pos: u32) -> bool {
+        for c in &self.at {
+            let word = c.load(Ordering::Relaxed);
+            let (prev, steps) = ((word >> 32) as u32, word as u32);
+            if word != u64::MAX && pos > prev && pos - prev <= SEQUENTIAL_GAP {
+                let steps = steps.saturating_add(1);
+                c.store((u64::from(pos) << 32) | u64::from(steps), Ordering::Relaxed);
+                return steps >= 2;
+            }
+        }
+        // A new reader, or a random read: it takes the oldest cursor.
+        let k = self.next.fetch_add(1, Ordering::Relaxed) as usize % CURSORS;
+        self.at[k].store(u64::from(pos) << 32, Ordering::Relaxed);
+        false
+    }
+}
 
 /// Read-ahead settings of a mount.
 pub(super) struct Prefetch {
@@ -32,9 +79,9 @@ pub(super) struct Prefetch {
 
 /// Read-ahead state of one view's tree.
 pub(super) struct TreeWalks {
-    /// The listing line read last in each rank's walk (`u32::MAX`: none
-    /// yet); empty for views in path order.
-    walks: Vec<AtomicU32>,
+    /// The readers of each rank's walk of the listing; empty for views in
+    /// path order.
+    walks: Vec<Cursors>,
     /// One bit per sample, set while a prefetched sample has not been read
     /// yet (for the prefetch-hit counter).
     fetched: Arc<[AtomicU64]>,
@@ -57,7 +104,7 @@ impl TreeWalks {
             0
         };
         Self {
-            walks: (0..streams).map(|_| AtomicU32::new(u32::MAX)).collect(),
+            walks: (0..streams).map(|_| Cursors::default()).collect(),
             fetched: (0..view.len().div_ceil(64))
                 .map(|_| AtomicU64::new(0))
                 .collect(),
@@ -140,8 +187,7 @@ impl Prefetch {
             return Vec::new();
         };
         let pos = pos as u32;
-        let prev = dir.last_read.swap(pos, Ordering::Relaxed);
-        if !is_walk(prev, pos) {
+        if !dir.cursors.advance(pos) {
             return Vec::new();
         }
         dir.children[pos as usize + 1..]
@@ -163,8 +209,7 @@ impl Prefetch {
             return Vec::new();
         };
         let line = view.listing_line(i) as u32;
-        let prev = walk.swap(line, Ordering::Relaxed);
-        if !is_walk(prev, line) {
+        if !walk.advance(line) {
             return Vec::new();
         }
         (line as usize + 1..view.len())
@@ -174,10 +219,6 @@ impl Prefetch {
             .map(|s| s as u32)
             .collect()
     }
-}
-
-fn is_walk(prev: u32, pos: u32) -> bool {
-    prev != u32::MAX && pos > prev && pos - prev <= SEQUENTIAL_GAP
 }
 
 impl ViewFs {

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::atomic::AtomicU64;
 
 use super::prefetch::TreeWalks;
 use super::{Attr, FsError, Kind};
@@ -36,9 +36,9 @@ pub(super) struct Dir {
     pub(super) name: Box<str>,
     /// Children's local numbers, sorted by name.
     pub(super) children: Vec<u32>,
-    /// Position in `children` of the sample read last (`u32::MAX`: none):
-    /// what tells a reader walking the listing from a random one.
-    pub(super) last_read: AtomicU32,
+    /// Where the readers walking this directory are: what tells them from
+    /// random reads.
+    pub(super) cursors: super::prefetch::Cursors,
 }
 
 /// A view's nodes.
@@ -122,7 +122,7 @@ impl Tree {
         self.dirs.push(Dir {
             name: name.into(),
             children: Vec::new(),
-            last_read: AtomicU32::new(u32::MAX),
+            cursors: super::prefetch::Cursors::default(),
         });
         self.add(parent, Body::Dir((self.dirs.len() - 1) as u32))
     }
