@@ -37,6 +37,11 @@ const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 const ROOT_TTL: Duration = Duration::from_secs(1);
 /// Largest readahead asked of the kernel; it clamps to what it allows.
 const MAX_READAHEAD: u32 = 1 << 20;
+/// The block size files report. Readers size their buffers by it (Python's
+/// `open()` buffers `st_blksize` bytes): at 4 KiB, the kernel's readahead
+/// ramps up from small first reads and a 100 KB image costs three READ
+/// round trips; at 1 MiB the first read asks for the whole file, one READ.
+const BLKSIZE: u32 = 1 << 20;
 /// Background requests the kernel may keep in flight (parallel DataLoader workers).
 const MAX_BACKGROUND: u16 = 64;
 
@@ -162,7 +167,7 @@ impl FuseAdapter {
             uid: self.uid,
             gid: self.gid,
             rdev: 0,
-            blksize: 4096,
+            blksize: BLKSIZE,
             flags: 0,
         }
     }
