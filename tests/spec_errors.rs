@@ -144,7 +144,10 @@ fn the_example_specs_parse() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("specs");
     let specs = lakemount::spec::load_all(&[dir], lakemount::warehouse::DEFAULT_TABLE).unwrap();
     let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
-    assert_eq!(names, ["digits-train", "digits-val-small", "digits-train-ddp"]);
+    assert_eq!(
+        names,
+        ["digits-train", "digits-val-small", "digits-train-ddp"]
+    );
     let ddp = &specs[2];
     assert_eq!(ddp.shard.map(|s| s.world_size), Some(4));
     assert_eq!(ddp.order, Some(lakemount::spec::Order::Shuffle(2024)));
