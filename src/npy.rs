@@ -119,12 +119,20 @@ fn parse_shape(header: &str) -> Result<Vec<usize>> {
         .collect()
 }
 
+/// Encodes rows of equal length as a 2-D float32 `.npy`, shape (rows, dim).
+pub fn write_matrix(rows: &[Vec<f32>]) -> Vec<u8> {
+    let dim = rows.first().map_or(0, Vec::len);
+    let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+    write_shaped(&flat, &format!("({}, {dim})", rows.len()))
+}
+
 /// Encodes a 1-D float32 vector as `.npy` (version 1.0, 64-byte aligned header).
 pub fn write_vector(v: &[f32]) -> Vec<u8> {
-    let dict = format!(
-        "{{'descr': '<f4', 'fortran_order': False, 'shape': ({},), }}",
-        v.len()
-    );
+    write_shaped(v, &format!("({},)", v.len()))
+}
+
+fn write_shaped(v: &[f32], shape: &str) -> Vec<u8> {
+    let dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
     let unpadded = MAGIC.len() + 2 + 2 + dict.len() + 1;
     let pad = (64 - unpadded % 64) % 64;
     let header_len = dict.len() + pad + 1;

@@ -345,12 +345,24 @@ pub fn embed_file(
 ) -> Result<Vec<f32>> {
     if let Some(other) = models.iter().find(|m| m.as_str() != encoder.model_id()) {
         bail!(
-            "the rows were embedded by `{other}`, but lakemount can only embed files with `{}`; give `to: {{vector: query.npy}}` computed with `{other}` instead",
+            "the rows were embedded by `{other}`, but this mount's encoder is `{}`; pass the --encoder the rows were embedded with, or give `to: {{vector: query.npy}}` computed with `{other}`",
             encoder.model_id()
         );
     }
     let media = crate::encode::detect_media_type(bytes, ext);
     encoder.encode(bytes, media)
+}
+
+/// Embeds a text query with `encoder`, which must be the model the rows
+/// (their `embedding_model` values, `models`) were embedded with.
+pub fn embed_text(encoder: &dyn Encoder, models: &[String], text: &str) -> Result<Vec<f32>> {
+    if let Some(other) = models.iter().find(|m| m.as_str() != encoder.model_id()) {
+        bail!(
+            "the rows were embedded by `{other}`, but this mount's encoder is `{}`; pass --encoder with the model the rows were embedded with (a text:DIR folder)",
+            encoder.model_id()
+        );
+    }
+    encoder.encode_text(text)
 }
 
 #[cfg(test)]

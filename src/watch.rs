@@ -35,6 +35,8 @@ pub struct Resolving {
     pub table: String,
     /// `--rank`/`--world-size`.
     pub rank: Option<MountRank>,
+    /// The mount's `--encoder`, for queries.
+    pub encoder: Arc<dyn crate::encode::Encoder>,
 }
 
 /// A spec file as last applied.
@@ -241,7 +243,7 @@ async fn resolve(
     let wh = &how.warehouse;
     let resolver = crate::view::Resolver {
         catalog: wh.catalog.as_ref(),
-        encoder: &crate::encode::builtin::BuiltinEncoder,
+        encoder: how.encoder.as_ref(),
         trust: &wh.trust,
         storage: &wh.storage,
         rank: how.rank,

@@ -243,9 +243,17 @@ async fn crash_between_lance_and_iceberg_leaves_nothing_visible_and_rerun_comple
 
     let cfg = quiet(InputSource::Dir(tmp.path().join("in")));
     // The table exists first (its creation is not what fails).
-    lakemount::catalog::ensure_table(wh.catalog.as_ref(), &wh.table, None, &wh.lance_uri, 256)
-        .await
-        .unwrap();
+    let model = lakemount::encode::Encoder::model_id(&BuiltinEncoder);
+    lakemount::catalog::ensure_table(
+        wh.catalog.as_ref(),
+        &wh.table,
+        None,
+        &wh.lance_uri,
+        256,
+        model,
+    )
+    .await
+    .unwrap();
     let mut dying = wh.clone();
     dying.catalog = std::sync::Arc::new(FailingCommits {
         inner: wh.catalog.clone(),

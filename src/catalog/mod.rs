@@ -32,6 +32,10 @@ pub const PROP_LANCE_VERSION: &str = "lakemount.lance-version";
 pub const PROP_LANCE_URI: &str = "lakemount.lance-uri";
 /// Table property: embedding dimension of the Lance table.
 pub const PROP_EMBEDDING_DIM: &str = "lakemount.embedding-dim";
+/// Table property: the `embedding_model` of the table's first ingest; a
+/// later ingest with another model is refused (tables made before this
+/// property existed are checked by dimension only).
+pub const PROP_EMBEDDING_MODEL: &str = "lakemount.embedding-model";
 
 /// Column: SHA-256 of each 1 MiB chunk of a sample larger than one chunk,
 /// concatenated (binary, null for smaller samples and rows other engines
@@ -139,6 +143,7 @@ pub async fn ensure_table(
     location: Option<&str>,
     lance_uri: &str,
     dim: usize,
+    model: &str,
 ) -> Result<Table> {
     if !catalog.table_exists(ident).await? {
         let ns = ident.namespace();
@@ -157,6 +162,7 @@ pub async fn ensure_table(
                 .properties([
                     (PROP_LANCE_URI.to_string(), lance_uri.to_string()),
                     (PROP_EMBEDDING_DIM.to_string(), dim.to_string()),
+                    (PROP_EMBEDDING_MODEL.to_string(), model.to_string()),
                     ("write.format.default".to_string(), "parquet".to_string()),
                 ])
                 .build())
@@ -176,6 +182,14 @@ pub async fn ensure_table(
         }
     }
     let table = catalog.load_table(ident).await?;
+    if let Some(existing) = table.metadata().properties().get(PROP_EMBEDDING_MODEL)
+        && existing != model
+    {
+        bail!(
+            "table {ident} holds embeddings from `{existing}`, but this ingest embeds with `{model}`; \
+             a table never mixes models: ingest with the --encoder it was made with, or into another --table"
+        );
+    }
     if let Some(existing) = table.metadata().properties().get(PROP_EMBEDDING_DIM)
         && existing != &dim.to_string()
     {

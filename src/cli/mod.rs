@@ -7,7 +7,6 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use crate::encode::builtin::BuiltinEncoder;
 use crate::ingest::progress::ProgressMode;
 use crate::ingest::{self, IngestConfig, InputSource, SplitRatios};
 use crate::view::Resolver;
@@ -56,6 +55,10 @@ enum Command {
     Umount(UmountArgs),
     /// Show a running mount's views and counters (the --metrics figures).
     Status(StatusArgs),
+    /// Embed files or texts with --encoder and write the vectors as .npy
+    /// (one row per input, in order): the code path ingest uses, for
+    /// debugging and for building `similar: {to: {vector: ...}}` queries.
+    Embed(EmbedArgs),
     /// Build a vector index (IVF-PQ) on the embeddings and a B-tree on content_id.
     ///
     /// Parameters are derived from the row count and dimension unless given.
@@ -124,6 +127,17 @@ struct WarehouseArgs {
     /// session_token=..., allow_http=true, virtual_hosted_style_request=true.
     #[arg(long, value_name = "KEY=VALUE", help_heading = "Warehouse")]
     storage_option: Vec<String>,
+    /// Embedding model: builtin (weight-free, the default) or text:DIR (a
+    /// BERT-family sentence encoder folder: config.json, model.safetensors,
+    /// tokenizer.json). Ingest embeds with it; views encode `to.file` and
+    /// `to.text` queries with it.
+    #[arg(
+        long,
+        env = "LAKEMOUNT_ENCODER",
+        default_value = "builtin",
+        help_heading = "Encoder"
+    )]
+    encoder: String,
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -223,6 +237,21 @@ struct PinArgs {
 }
 
 #[derive(Debug, Args)]
+struct EmbedArgs {
+    /// Files to embed (media type from their bytes and extension).
+    files: Vec<PathBuf>,
+    /// A text to embed (repeatable), after the files.
+    #[arg(long)]
+    text: Vec<String>,
+    /// The .npy file to write: shape (inputs, dim), float32.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Embedding model: builtin or text:DIR (see `lakemount ingest --help`).
+    #[arg(long, env = "LAKEMOUNT_ENCODER", default_value = "builtin")]
+    encoder: String,
+}
+
+#[derive(Debug, Args)]
 struct StatusArgs {
     /// The mountpoint.
     mountpoint: PathBuf,
@@ -291,6 +320,7 @@ pub fn run(cli: Cli, argv: Vec<std::ffi::OsString>) -> ExitCode {
             Command::Index(args) => run_index(args).await,
             Command::Pin(args) => run_pin(args).await,
             Command::Check(args) => run_check(args).await,
+            Command::Embed(args) => run_embed(args),
             Command::Status(args) => {
                 let doc = crate::status::query(&args.mountpoint)?;
                 if args.json {
@@ -334,7 +364,8 @@ async fn run_ingest(args: IngestArgs) -> Result<ExitCode> {
         },
     };
     let warehouse = Warehouse::open(&args.warehouse.config(), true).await?;
-    let report = ingest::run(&config, &warehouse, &BuiltinEncoder).await?;
+    let encoder = crate::encode::load(&args.warehouse.encoder)?;
+    let report = ingest::run(&config, &warehouse, encoder.as_ref()).await?;
 
     let mb = report.added_bytes as f64 / 1e6;
     println!(
@@ -405,9 +436,10 @@ async fn run_index(args: IndexArgs) -> Result<ExitCode> {
 
 async fn run_pin(args: PinArgs) -> Result<ExitCode> {
     let wh = Warehouse::open(&args.warehouse.config(), false).await?;
+    let encoder = crate::encode::load(&args.warehouse.encoder)?;
     let resolver = Resolver {
         catalog: wh.catalog.as_ref(),
-        encoder: &BuiltinEncoder,
+        encoder: encoder.as_ref(),
         trust: &wh.trust,
         storage: &wh.storage,
         rank: None,
@@ -482,6 +514,37 @@ async fn run_check(args: CheckArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn run_embed(args: EmbedArgs) -> Result<ExitCode> {
+    if args.files.is_empty() && args.text.is_empty() {
+        anyhow::bail!("give files to embed or --text TEXT");
+    }
+    let encoder = crate::encode::load(&args.encoder)?;
+    let mut rows = Vec::with_capacity(args.files.len() + args.text.len());
+    for f in &args.files {
+        let bytes = std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?;
+        let ext = f.extension().and_then(|e| e.to_str());
+        let media = crate::encode::detect_media_type(&bytes, ext);
+        rows.push(
+            encoder
+                .encode(&bytes, media)
+                .with_context(|| format!("{}: cannot embed", f.display()))?,
+        );
+    }
+    for t in &args.text {
+        rows.push(encoder.encode_text(t)?);
+    }
+    std::fs::write(&args.output, crate::npy::write_matrix(&rows))
+        .with_context(|| format!("cannot write {}", args.output.display()))?;
+    eprintln!(
+        "wrote {} vectors of {} dimensions ({}) to {}",
+        rows.len(),
+        encoder.dim(),
+        encoder.model_id(),
+        args.output.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Parses `512MiB`, `2G`, `1048576`.
 fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
@@ -510,7 +573,15 @@ fn parse_size(s: &str) -> Result<u64, String> {
 async fn run_ls(args: LsArgs) -> Result<ExitCode> {
     use std::io::Write;
     let wh = Warehouse::open(&args.warehouse.config(), false).await?;
-    let views = resolve_specs(&args.specs, &wh, &args.warehouse.table, None).await?;
+    let encoder = crate::encode::load(&args.warehouse.encoder)?;
+    let views = resolve_specs(
+        &args.specs,
+        &wh,
+        &args.warehouse.table,
+        None,
+        encoder.as_ref(),
+    )
+    .await?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for v in &views {
         for f in v.files() {

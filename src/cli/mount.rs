@@ -7,7 +7,6 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 
 use super::{WarehouseArgs, parse_size};
-use crate::encode::builtin::BuiltinEncoder;
 use crate::mount::release_freed_memory;
 use crate::source::LakeSource;
 use crate::view::Resolver;
@@ -118,11 +117,12 @@ pub(super) async fn resolve_specs(
     wh: &Warehouse,
     table: &str,
     rank: Option<MountRank>,
+    encoder: &dyn crate::encode::Encoder,
 ) -> Result<Vec<std::sync::Arc<crate::view::View>>> {
     let specs = crate::spec::load_all(paths, table)?;
     let resolver = Resolver {
         catalog: wh.catalog.as_ref(),
-        encoder: &BuiltinEncoder,
+        encoder,
         trust: &wh.trust,
         storage: &wh.storage,
         rank,
@@ -152,7 +152,15 @@ pub async fn run(args: MountArgs) -> Result<ExitCode> {
     let start = std::time::Instant::now();
     let wh = std::sync::Arc::new(Warehouse::open(&args.warehouse.config(), false).await?);
     let rank = args.rank.get()?;
-    let views = resolve_specs(&args.specs, &wh, &args.warehouse.table, rank).await?;
+    let encoder = crate::encode::load(&args.warehouse.encoder)?;
+    let views = resolve_specs(
+        &args.specs,
+        &wh,
+        &args.warehouse.table,
+        rank,
+        encoder.as_ref(),
+    )
+    .await?;
     release_freed_memory();
     let samples: usize = views.iter().map(|v| v.len()).sum();
     let names: Vec<String> = views
@@ -186,6 +194,7 @@ pub async fn run(args: MountArgs) -> Result<ExitCode> {
             warehouse: wh.clone(),
             table: args.warehouse.table.clone(),
             rank,
+            encoder,
         },
     )?;
     if let Some(addr) = &args.metrics {

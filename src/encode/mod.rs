@@ -8,8 +8,11 @@
 //! encoder dispatches on it.
 
 pub mod builtin;
+pub mod text;
 
-use anyhow::Result;
+use std::sync::Arc;
+
+use anyhow::{Result, bail};
 
 /// Computes a fixed-dimension embedding for one sample.
 pub trait Encoder: Send + Sync {
@@ -19,6 +22,30 @@ pub trait Encoder: Send + Sync {
     fn dim(&self) -> usize;
     /// Embeds one sample. `media_type` is a MIME type from [`detect_media_type`].
     fn encode(&self, bytes: &[u8], media_type: &str) -> Result<Vec<f32>>;
+    /// Embeds a text query (`similar: {to: {text: ...}}`, `lakemount embed
+    /// --text`); an error for encoders without a text tower.
+    fn encode_text(&self, text: &str) -> Result<Vec<f32>> {
+        let _ = text;
+        bail!(
+            "{} has no text tower; use an encoder such as text:DIR",
+            self.model_id()
+        )
+    }
+}
+
+/// The encoder `--encoder` names: `builtin` (the default) or `text:DIR`
+/// (a BERT-family sentence encoder checkpoint folder).
+pub fn load(spec: &str) -> Result<Arc<dyn Encoder>> {
+    match spec.split_once(':') {
+        None if spec == "builtin" => Ok(Arc::new(builtin::BuiltinEncoder)),
+        Some(("text", dir)) if !dir.is_empty() => Ok(Arc::new(text::TextEncoder::load(
+            std::path::Path::new(dir),
+        )?)),
+        Some(("clip" | "whisper", _)) => {
+            bail!("--encoder {spec}: CLIP and Whisper are not built yet; use builtin or text:DIR")
+        }
+        _ => bail!("--encoder {spec:?}: expected builtin or text:DIR (a sentence-encoder folder)"),
+    }
 }
 
 /// Guesses a MIME type from magic bytes first, then from the file extension.

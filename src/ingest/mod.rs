@@ -214,6 +214,7 @@ pub async fn run(
         warehouse.table_location.as_deref(),
         &warehouse.lance_uri,
         dim,
+        &model_id,
     )
     .await?;
     let table_name = warehouse.table.to_string();

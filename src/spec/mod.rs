@@ -171,6 +171,8 @@ pub enum Query {
     Vector(PathBuf),
     /// A media file, embedded with the encoder the table's rows record.
     File(PathBuf),
+    /// A text, embedded with the mount's text encoder (`--encoder text:DIR`).
+    Text(String),
 }
 
 /// The `similar:` block.
@@ -278,6 +280,7 @@ struct RawQuery {
     content_id: Option<String>,
     vector: Option<PathBuf>,
     file: Option<PathBuf>,
+    text: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -460,8 +463,12 @@ fn sidecars(list: Option<Vec<String>>) -> Result<Sidecars, String> {
 
 /// The `similar:` block; errors name the key at fault.
 fn similar(r: RawSimilar, base: &Path) -> Result<Similar, (&'static str, String)> {
-    let to = match (r.to.content_id, r.to.vector, r.to.file) {
-        (Some(id), None, None) => {
+    let to = match (r.to.content_id, r.to.vector, r.to.file, r.to.text) {
+        (None, None, None, Some(t)) if t.trim().is_empty() => {
+            return Err(("similar.to.text", "is empty".into()));
+        }
+        (None, None, None, Some(t)) => Query::Text(t),
+        (Some(id), None, None, None) => {
             if crate::content_id::ContentId::parse(&id).is_err() {
                 return Err((
                     "similar.to.content_id",
@@ -470,12 +477,12 @@ fn similar(r: RawSimilar, base: &Path) -> Result<Similar, (&'static str, String)
             }
             Query::ContentId(id.to_ascii_lowercase())
         }
-        (None, Some(v), None) => Query::Vector(base.join(v)),
-        (None, None, Some(f)) => Query::File(base.join(f)),
+        (None, Some(v), None, None) => Query::Vector(base.join(v)),
+        (None, None, Some(f), None) => Query::File(base.join(f)),
         _ => {
             return Err((
                 "similar.to",
-                "give exactly one of content_id, vector (an .npy file) or file (a media file)"
+                "give exactly one of content_id, vector (an .npy file), file (a media file) or text"
                     .into(),
             ));
         }

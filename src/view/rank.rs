@@ -149,6 +149,16 @@ async fn query_vector(
             similar::embed_file(encoder, &models, &bytes, ext)
                 .map_err(|e| anyhow!("{key}: {}: {e:#}", path.display()))?
         }
+        Query::Text(text) => {
+            let mut models: Vec<String> = candidates
+                .iter()
+                .filter_map(|&r| rows.text("embedding_model", r as usize))
+                .collect();
+            models.sort();
+            models.dedup();
+            similar::embed_text(encoder, &models, text)
+                .map_err(|e| anyhow!("{}: {e:#}", at(spec, "similar.to.text")))?
+        }
     })
 }
 

@@ -423,6 +423,8 @@ pub enum QueryRecord {
     Vector(String),
     /// A media file.
     File(String),
+    /// A text.
+    Text(String),
 }
 
 /// The receipt's `similar` block.
@@ -432,6 +434,9 @@ pub struct SimilarRecord {
     pub query: QueryRecord,
     /// Digest of the query vector.
     pub query_sha256: Option<String>,
+    /// The model that embedded a file or text query (name and weights digest).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub query_model: Option<String>,
     /// Neighbours asked for.
     pub k: usize,
     /// Distance.

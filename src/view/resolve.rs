@@ -92,6 +92,7 @@ pub async fn resolve(spec: &Spec, r: &Resolver<'_>) -> Result<View> {
         chosen.search.as_ref(),
         entries.samples.len(),
         r.rank,
+        r.encoder,
     )?;
     Ok(View {
         name: spec.name.clone(),
@@ -355,6 +356,7 @@ fn receipt(
     search: Option<&SearchInfo>,
     row_count: usize,
     rank: Option<MountRank>,
+    encoder: &dyn crate::encode::Encoder,
 ) -> Result<Receipt> {
     use serde_json::json;
     let shard = super::arrange::effective_shard(spec, rank)?.map(|s| {
@@ -392,8 +394,11 @@ fn receipt(
                     Query::ContentId(id) => QueryRecord::ContentId(id.clone()),
                     Query::Vector(p) => QueryRecord::Vector(p.display().to_string()),
                     Query::File(p) => QueryRecord::File(p.display().to_string()),
+                    Query::Text(t) => QueryRecord::Text(t.clone()),
                 },
                 query_sha256: search.query_sha256,
+                query_model: matches!(sim.to, Query::File(_) | Query::Text(_))
+                    .then(|| encoder.model_id().to_string()),
                 k: sim.k,
                 metric: sim.metric.name(),
                 search: match search.index_version {

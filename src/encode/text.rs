@@ -1,0 +1,145 @@
+//! `text:DIR`: a BERT-family sentence encoder (all-MiniLM-L6-v2 and the
+//! like) run in-process with candle: tokenised with the folder's
+//! `tokenizer.json`, truncated to the model's sequence length, mean-pooled
+//! over the tokens the attention mask keeps and L2-normalised, as
+//! sentence-transformers does.
+//!
+//! The folder is a Hugging Face checkpoint: `config.json`,
+//! `model.safetensors`, `tokenizer.json`, and optionally
+//! `sentence_bert_config.json` (its `max_seq_length` caps the tokens; else
+//! the model's `max_position_embeddings`). Nothing is downloaded.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::bert::{BertModel, Config};
+use sha2::{Digest, Sha256};
+use tokenizers::{PaddingParams, Tokenizer, TruncationParams};
+
+/// A sentence encoder loaded from a checkpoint folder.
+pub struct TextEncoder {
+    model: BertModel,
+    tokenizer: Tokenizer,
+    dim: usize,
+    id: String,
+}
+
+impl std::fmt::Debug for TextEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TextEncoder").field("id", &self.id).finish()
+    }
+}
+
+fn need(dir: &Path, name: &str) -> Result<PathBuf> {
+    let p = dir.join(name);
+    if !p.is_file() {
+        bail!(
+            "{}: no {name} (expected a Hugging Face sentence-encoder folder: config.json, model.safetensors, tokenizer.json)",
+            dir.display()
+        );
+    }
+    Ok(p)
+}
+
+impl TextEncoder {
+    /// Loads the checkpoint in `dir`.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let config_path = need(dir, "config.json")?;
+        let weights = need(dir, "model.safetensors")?;
+        let tokenizer_path = need(dir, "tokenizer.json")?;
+        let config: Config = serde_json::from_str(
+            &std::fs::read_to_string(&config_path)
+                .with_context(|| format!("cannot read {}", config_path.display()))?,
+        )
+        .with_context(|| format!("{}: not a BERT config", config_path.display()))?;
+        let max_len = std::fs::read_to_string(dir.join("sentence_bert_config.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["max_seq_length"].as_u64())
+            .map_or(config.max_position_embeddings, |n| n as usize)
+            .min(config.max_position_embeddings);
+        let bytes = std::fs::read(&weights)
+            .with_context(|| format!("cannot read {}", weights.display()))?;
+        let digest = hex::encode(Sha256::digest(&bytes));
+        let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, &Device::Cpu)
+            .with_context(|| format!("{}: not safetensors", weights.display()))?;
+        let model = BertModel::load(vb, &config)
+            .with_context(|| format!("{}: weights do not fit a BERT model", weights.display()))?;
+        let mut tokenizer = Tokenizer::from_file(&tokenizer_path)
+            .map_err(|e| anyhow!("{}: {e}", tokenizer_path.display()))?;
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: max_len,
+                ..Default::default()
+            }))
+            .map_err(|e| anyhow!("{}: {e}", tokenizer_path.display()))?;
+        tokenizer.with_padding(Some(PaddingParams::default()));
+        let name = dir
+            .canonicalize()
+            .ok()
+            .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "text".into());
+        Ok(Self {
+            model,
+            tokenizer,
+            dim: config.hidden_size,
+            id: format!("text:{name}@sha256:{}", &digest[..16]),
+        })
+    }
+
+    /// Embeds a batch of texts: one unit vector each.
+    pub fn encode_texts(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let enc = self
+            .tokenizer
+            .encode_batch(texts.to_vec(), true)
+            .map_err(|e| anyhow!("tokenizing: {e}"))?;
+        let n = enc.len();
+        let len = enc[0].get_ids().len();
+        let flat = |f: &dyn Fn(&tokenizers::Encoding) -> &[u32]| -> Vec<u32> {
+            enc.iter().flat_map(|e| f(e).iter().copied()).collect()
+        };
+        let device = &self.model.device;
+        let ids = Tensor::from_vec(flat(&|e| e.get_ids()), (n, len), device)?;
+        let types = Tensor::from_vec(flat(&|e| e.get_type_ids()), (n, len), device)?;
+        let mask = Tensor::from_vec(flat(&|e| e.get_attention_mask()), (n, len), device)?;
+        let hidden = self.model.forward(&ids, &types, Some(&mask))?;
+        // Mean over the kept tokens, then L2 normalisation.
+        let m = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
+        let summed = hidden.broadcast_mul(&m)?.sum(1)?;
+        let counts = m.sum(1)?.clamp(1e-9, f64::MAX)?;
+        let mean = summed.broadcast_div(&counts)?;
+        let norm = mean.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
+        Ok(mean.broadcast_div(&norm)?.to_vec2::<f32>()?)
+    }
+}
+
+impl super::Encoder for TextEncoder {
+    fn model_id(&self) -> &str {
+        &self.id
+    }
+
+    fn dim(&self) -> usize {
+        self.dim
+    }
+
+    fn encode(&self, bytes: &[u8], media_type: &str) -> Result<Vec<f32>> {
+        if !media_type.starts_with("text/") && media_type != "application/json" {
+            bail!("{} embeds text, not {media_type}", self.id);
+        }
+        let text = std::str::from_utf8(bytes).context("the text is not UTF-8")?;
+        self.encode_texts(&[text])?
+            .pop()
+            .context("the encoder returned nothing")
+    }
+
+    fn encode_text(&self, text: &str) -> Result<Vec<f32>> {
+        self.encode_texts(&[text])?
+            .pop()
+            .context("the encoder returned nothing")
+    }
+}
