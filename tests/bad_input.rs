@@ -225,7 +225,8 @@ async fn embeddings_that_do_not_pair_with_the_manifest_are_refused() {
         "{msg}"
     );
 
-    // A table made with the built-in encoder refuses vectors of another dimension.
+    // A table made with the built-in encoder refuses vectors of another model
+    // (and so of another dimension).
     image_folder(&tmp.path().join("in"), &[("x", 1)]);
     ingest::run(
         &quiet(InputSource::Dir(tmp.path().join("in"))),
@@ -237,7 +238,8 @@ async fn embeddings_that_do_not_pair_with_the_manifest_are_refused() {
     std::fs::write(tmp.path().join("m.csv"), "path\na.png\n").unwrap();
     let msg = run_err(&cfg, &wh).await;
     assert!(
-        msg.contains("256-dimensional embeddings, but this ingest produces 2"),
+        msg.contains("holds embeddings from `lakemount-builtin-v1`")
+            && msg.contains("never mixes models"),
         "{msg}"
     );
     assert_eq!(iceberg_rows(&wh).await.len(), 1);

@@ -249,6 +249,9 @@ struct EmbedArgs {
     /// Embedding model: builtin or text:DIR (see `lakemount ingest --help`).
     #[arg(long, env = "LAKEMOUNT_ENCODER", default_value = "builtin")]
     encoder: String,
+    /// Texts per forward pass (padded to the longest in the batch).
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
 }
 
 #[derive(Debug, Args)]
@@ -530,8 +533,18 @@ fn run_embed(args: EmbedArgs) -> Result<ExitCode> {
                 .with_context(|| format!("{}: cannot embed", f.display()))?,
         );
     }
-    for t in &args.text {
-        rows.push(encoder.encode_text(t)?);
+    let start = std::time::Instant::now();
+    let texts: Vec<&str> = args.text.iter().map(String::as_str).collect();
+    for batch in texts.chunks(args.batch_size.max(1)) {
+        rows.extend(encoder.encode_text_batch(batch)?);
+    }
+    if !texts.is_empty() {
+        eprintln!(
+            "embedded {} texts in {:.3} s ({:.1} texts/s)",
+            texts.len(),
+            start.elapsed().as_secs_f64(),
+            texts.len() as f64 / start.elapsed().as_secs_f64()
+        );
     }
     std::fs::write(&args.output, crate::npy::write_matrix(&rows))
         .with_context(|| format!("cannot write {}", args.output.display()))?;

@@ -142,4 +142,8 @@ impl super::Encoder for TextEncoder {
             .pop()
             .context("the encoder returned nothing")
     }
+
+    fn encode_text_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        self.encode_texts(texts)
+    }
 }
