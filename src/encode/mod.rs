@@ -31,6 +31,11 @@ pub trait Encoder: Send + Sync {
             self.model_id()
         )
     }
+    /// Embeds several text queries at once (one forward pass where the
+    /// model allows); the default embeds them one by one.
+    fn encode_text_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        texts.iter().map(|t| self.encode_text(t)).collect()
+    }
 }
 
 /// The encoder `--encoder` names: `builtin` (the default) or `text:DIR`
