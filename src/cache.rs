@@ -92,11 +92,6 @@ impl ChunkCache {
         self.cache.policy().max_capacity().unwrap_or(u64::MAX)
     }
 
-    /// Bytes held now (pending evictions may not be applied yet).
-    pub fn weighted_size(&self) -> u64 {
-        self.cache.weighted_size()
-    }
-
     /// Whether chunk `chunk` of sample `i` of view `view_no` is cached.
     pub fn has_chunk(&self, view_no: u32, i: usize, chunk: u32) -> bool {
         self.cache.contains_key(&ChunkKey {
@@ -143,18 +138,16 @@ impl ChunkCache {
         };
         let source = self.source.clone();
         let metrics = self.metrics.clone();
-        let result = self
-            .cache
+        self.cache
             .try_get_with(key, async move {
-                let bytes = fetch_chunk(source.as_ref(), &loc, chunk, &metrics).await?;
-                verify(&loc, chunk, &bytes, digests.as_deref())?;
-                Ok(bytes)
+                let fetched = async {
+                    let bytes = fetch_chunk(source.as_ref(), &loc, chunk, &metrics).await?;
+                    verify(&loc, chunk, &bytes, digests.as_deref())?;
+                    Ok(bytes)
+                };
+                counted(&metrics, fetched.await)
             })
-            .await;
-        if result.is_err() {
-            self.metrics.fetch_errors.inc();
-        }
-        result
+            .await
     }
 
     /// The digests of every chunk of a sample the table has none for:
@@ -171,36 +164,39 @@ impl ChunkCache {
         let loc = loc.clone();
         self.learned
             .try_get_with((view_no, i as u32), async move {
-                let chunks = loc.size.div_ceil(CHUNK) as u32;
-                let mut whole = Sha256::new();
-                let mut digests = Vec::with_capacity(chunks as usize);
-                // Kept to fill the cache once the whole sample checks out
-                // (never before: nothing unverified is served), if small.
-                let keep = loc.size <= KEEP_WHILE_LEARNING;
-                let mut kept = Vec::new();
-                for c in 0..chunks {
-                    let bytes = fetch_chunk(source.as_ref(), &loc, c, &metrics).await?;
-                    whole.update(&bytes);
-                    digests.push(<[u8; 32]>::from(Sha256::digest(&bytes)));
-                    if keep {
-                        kept.push(bytes);
+                let learned = async {
+                    let chunks = loc.size.div_ceil(CHUNK) as u32;
+                    let mut whole = Sha256::new();
+                    let mut digests = Vec::with_capacity(chunks as usize);
+                    // Kept to fill the cache once the whole sample checks out
+                    // (never before: nothing unverified is served), if small.
+                    let keep = loc.size <= KEEP_WHILE_LEARNING;
+                    let mut kept = Vec::new();
+                    for c in 0..chunks {
+                        let bytes = fetch_chunk(source.as_ref(), &loc, c, &metrics).await?;
+                        whole.update(&bytes);
+                        digests.push(<[u8; 32]>::from(Sha256::digest(&bytes)));
+                        if keep {
+                            kept.push(bytes);
+                        }
                     }
-                }
-                if whole.finalize().as_slice() != loc.content_id.0 {
-                    return Err(FetchError::Corrupt {
-                        content_id: loc.content_id.hex(),
-                        detail: "the bytes do not hash to the content id".into(),
-                    });
-                }
-                for (c, bytes) in kept.into_iter().enumerate() {
-                    let key = ChunkKey {
-                        view: view_no,
-                        sample: i as u32,
-                        chunk: c as u32,
-                    };
-                    cache.insert(key, bytes).await;
-                }
-                Ok(Arc::from(digests))
+                    if whole.finalize().as_slice() != loc.content_id.0 {
+                        return Err(FetchError::Corrupt {
+                            content_id: loc.content_id.hex(),
+                            detail: "the bytes do not hash to the content id".into(),
+                        });
+                    }
+                    for (c, bytes) in kept.into_iter().enumerate() {
+                        let key = ChunkKey {
+                            view: view_no,
+                            sample: i as u32,
+                            chunk: c as u32,
+                        };
+                        cache.insert(key, bytes).await;
+                    }
+                    Ok(Arc::from(digests))
+                };
+                counted(&metrics, learned.await)
             })
             .await
     }
@@ -224,20 +220,23 @@ impl ChunkCache {
         self.metrics.cache_misses.inc();
         let fetch = self.source.embedding(&view.location(i));
         let metrics = self.metrics.clone();
-        let result = self
-            .cache
+        self.cache
             .try_get_with(key, async move {
                 let start = std::time::Instant::now();
-                let v = fetch.await;
+                let v = counted(&metrics, fetch.await);
                 metrics.fetch_seconds.observe(start.elapsed().as_secs_f64());
                 Ok(Bytes::from(crate::npy::write_vector(&v?)))
             })
-            .await;
-        if result.is_err() {
-            self.metrics.fetch_errors.inc();
-        }
-        result
+            .await
     }
+}
+
+/// Counts a failed fetch once (not once per reader waiting on it).
+fn counted<T>(metrics: &Metrics, r: Result<T, FetchError>) -> Result<T, FetchError> {
+    if r.is_err() {
+        metrics.fetch_errors.inc();
+    }
+    r
 }
 
 /// Fetches chunk `chunk` of the sample at `loc`, checking its length.

@@ -35,6 +35,12 @@ const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 /// TTL of the root and its entries, which change when specs are added,
 /// edited or removed (the kernel is also told, where it listens).
 const ROOT_TTL: Duration = Duration::from_secs(1);
+
+/// The TTL for an answer about the root or one of its entries (`in_root`),
+/// or about anything inside a view.
+fn ttl(in_root: bool) -> &'static Duration {
+    if in_root { &ROOT_TTL } else { &TTL }
+}
 /// Largest readahead asked of the kernel; it clamps to what it allows.
 const MAX_READAHEAD: u32 = 1 << 20;
 /// The block size files report. Readers size their buffers by it (Python's
@@ -214,14 +220,11 @@ impl Filesystem for FuseAdapter {
             return reply.error(errno(&FsError::NotFound));
         };
         match self.fs.lookup(parent.0, name) {
-            Ok(a) => {
-                let ttl = if parent.0 == crate::fs::ROOT {
-                    &ROOT_TTL
-                } else {
-                    &TTL
-                };
-                reply.entry(ttl, &self.attr(&a), Generation(0))
-            }
+            Ok(a) => reply.entry(
+                ttl(parent.0 == crate::fs::ROOT),
+                &self.attr(&a),
+                Generation(0),
+            ),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -229,14 +232,7 @@ impl Filesystem for FuseAdapter {
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         self.metrics.op(1);
         match self.fs.getattr(ino.0) {
-            Ok(a) => {
-                let ttl = if ino.0 == crate::fs::ROOT {
-                    &ROOT_TTL
-                } else {
-                    &TTL
-                };
-                reply.attr(ttl, &self.attr(&a))
-            }
+            Ok(a) => reply.attr(ttl(ino.0 == crate::fs::ROOT), &self.attr(&a)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -386,11 +382,7 @@ impl Filesystem for FuseAdapter {
         match self.fs.readdir(ino.0, offset) {
             Ok(entries) => {
                 let mut name = Vec::with_capacity(256);
-                let ttl = if ino.0 == crate::fs::ROOT {
-                    &ROOT_TTL
-                } else {
-                    &TTL
-                };
+                let ttl = ttl(ino.0 == crate::fs::ROOT);
                 for e in entries.iter() {
                     name_bytes(&e.name, &mut name);
                     if reply.add(

@@ -336,32 +336,33 @@ pub async fn latest_index(
     Ok(vector_index(&ds).await?.map(|(_, m)| (Arc::new(ds), m)))
 }
 
-/// The query vector's embedding by an encoder, with the model check.
-pub fn embed_file(
-    encoder: &dyn Encoder,
-    models: &[String],
-    bytes: &[u8],
-    ext: Option<&str>,
-) -> Result<Vec<f32>> {
+/// Refuses a query `encoder` when the rows (their `embedding_model`
+/// values, `models`) were embedded by another model.
+fn check_model(encoder: &dyn Encoder, models: &[String]) -> Result<()> {
     if let Some(other) = models.iter().find(|m| m.as_str() != encoder.model_id()) {
         bail!(
             "the rows were embedded by `{other}`, but this mount's encoder is `{}`; pass the --encoder the rows were embedded with, or give `to: {{vector: query.npy}}` computed with `{other}`",
             encoder.model_id()
         );
     }
+    Ok(())
+}
+
+/// A media-file query embedded by `encoder`, with the model check.
+pub fn embed_file(
+    encoder: &dyn Encoder,
+    models: &[String],
+    bytes: &[u8],
+    ext: Option<&str>,
+) -> Result<Vec<f32>> {
+    check_model(encoder, models)?;
     let media = crate::encode::detect_media_type(bytes, ext);
     encoder.encode(bytes, media)
 }
 
-/// Embeds a text query with `encoder`, which must be the model the rows
-/// (their `embedding_model` values, `models`) were embedded with.
+/// A text query embedded by `encoder`, with the model check.
 pub fn embed_text(encoder: &dyn Encoder, models: &[String], text: &str) -> Result<Vec<f32>> {
-    if let Some(other) = models.iter().find(|m| m.as_str() != encoder.model_id()) {
-        bail!(
-            "the rows were embedded by `{other}`, but this mount's encoder is `{}`; pass --encoder with the model the rows were embedded with (a text:DIR folder)",
-            encoder.model_id()
-        );
-    }
+    check_model(encoder, models)?;
     encoder.encode_text(text)
 }
 

@@ -63,20 +63,7 @@ fn spec_files(args: &[PathBuf]) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for arg in args {
         if arg.is_dir() {
-            if let Ok(rd) = std::fs::read_dir(arg) {
-                let mut found: Vec<PathBuf> = rd
-                    .filter_map(|e| e.ok().map(|e| e.path()))
-                    .filter(|p| {
-                        p.is_file()
-                            && matches!(
-                                p.extension().and_then(|e| e.to_str()),
-                                Some("yaml" | "yml")
-                            )
-                    })
-                    .collect();
-                found.sort();
-                out.extend(found);
-            }
+            out.extend(crate::spec::yaml_files(arg).unwrap_or_default());
         } else if arg.is_file() {
             out.push(arg.clone());
         }

@@ -38,19 +38,7 @@ fn several_mounts_of_one_pinned_spec_show_the_same_files() {
     let spec = tmp.path().join("s.yaml");
     std::fs::write(&spec, "name: s\n").unwrap();
     let pinned = tmp.path().join("s.pinned.yaml");
-    let out = bin()
-        .arg("pin")
-        .args(wh_args(&wh))
-        .arg(&spec)
-        .arg("-o")
-        .arg(&pinned)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    pin_cli(&wh, &spec, &pinned);
     // More data arrives after pinning; the pinned mounts must not see it.
     pngs(&tmp.path().join("more"), "c", 5000, 3);
     ingest_cli(&wh, &[tmp.path().join("more").to_str().unwrap()]);

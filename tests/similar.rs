@@ -265,19 +265,7 @@ async fn pin_then_ingest_and_index_keeps_listing_bytes_and_receipt() {
         "# nearest to the query\nname: sim\nsnapshot: latest\nfilter: \"label != 'b'\"\nsimilar: {to: {vector: q.npy}, k: 20}\n",
     );
     let pinned = f.root.join("sim.pinned.yaml");
-    let out = bin()
-        .args(["pin"])
-        .args(wh_args(&f.wh))
-        .arg(&s)
-        .arg("-o")
-        .arg(&pinned)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    pin_cli(&f.wh, &s, &pinned);
     let text = std::fs::read_to_string(&pinned).unwrap();
     let snap = snapshot_ids(&f.wh)[0];
     assert!(

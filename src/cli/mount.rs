@@ -229,14 +229,7 @@ pub fn run_daemon(args: &MountArgs, argv: &[std::ffi::OsString]) -> ExitCode {
             Some(l) => l.clone(),
             None => crate::daemon::default_log(&args.mountpoint)?,
         };
-        let child_args: Vec<std::ffi::OsString> = argv
-            .iter()
-            .skip(1)
-            .filter(|a| a.as_os_str() != "--daemon")
-            .filter(|a| a.as_os_str() != "--log-file")
-            .cloned()
-            .collect();
-        let child_args = drop_log_file_value(child_args, &args.log_file);
+        let child_args = foreground_args(&argv[1..]);
         let pid = crate::daemon::spawn(&child_args, &log)?;
         println!(
             "mounted at {} (daemon pid {pid}, log {}); `lakemount umount {}` to unmount",
@@ -255,23 +248,49 @@ pub fn run_daemon(args: &MountArgs, argv: &[std::ffi::OsString]) -> ExitCode {
     }
 }
 
-/// Removes `--log-file`'s value (the flag itself is already gone) and
-/// `--log-file=...` forms: the daemon's child logs to its stderr.
-fn drop_log_file_value(
-    args: Vec<std::ffi::OsString>,
-    log: &Option<PathBuf>,
-) -> Vec<std::ffi::OsString> {
+/// The same command line without `--daemon` and `--log-file [FILE]`: the
+/// daemon's child runs in the foreground and logs to its stderr.
+fn foreground_args(args: &[std::ffi::OsString]) -> Vec<std::ffi::OsString> {
     let mut out = Vec::with_capacity(args.len());
-    let mut skipped = false;
-    for a in args {
-        if a.to_string_lossy().starts_with("--log-file=") {
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--daemon" || a.to_string_lossy().starts_with("--log-file=") {
             continue;
         }
-        if !skipped && log.as_ref().is_some_and(|l| l.as_os_str() == a.as_os_str()) {
-            skipped = true;
+        if a == "--log-file" {
+            it.next();
             continue;
         }
-        out.push(a);
+        out.push(a.clone());
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_daemon_child_runs_in_the_foreground() {
+        let args: Vec<std::ffi::OsString> = [
+            "mount",
+            "--daemon",
+            "--log-file",
+            "/var/log/x.log",
+            "--warm",
+            "--log-file=/y",
+            "s.yaml",
+            "/mnt",
+        ]
+        .iter()
+        .map(Into::into)
+        .collect();
+        assert_eq!(
+            foreground_args(&args),
+            ["mount", "--warm", "s.yaml", "/mnt"]
+                .iter()
+                .map(std::ffi::OsString::from)
+                .collect::<Vec<_>>()
+        );
+    }
 }

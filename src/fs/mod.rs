@@ -325,11 +325,6 @@ impl ViewFs {
         self.metrics().set_views(st.current.len(), samples);
     }
 
-    /// Number of trees held, current and retired (for tests and status).
-    pub fn trees_held(&self) -> usize {
-        self.read_state().trees.len()
-    }
-
     /// The tree `ino` belongs to, and its local number.
     fn tree(&self, ino: u64) -> Result<(Arc<Tree>, u32), FsError> {
         let id = (ino >> TREE_SHIFT) as u32;
@@ -368,12 +363,6 @@ impl ViewFs {
                 st.trees.remove(&tree.id);
             }
         }
-    }
-
-    /// Whether `ino` is the root or a view's directory in it (whose
-    /// entries change when views do: cached briefly only).
-    pub fn is_root_entry(ino: u64) -> bool {
-        ino == ROOT || ino as u32 == 1
     }
 
     /// Attributes of `ino`.

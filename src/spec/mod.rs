@@ -506,21 +506,26 @@ fn similar(r: RawSimilar, base: &Path) -> Result<Similar, (&'static str, String)
     })
 }
 
+/// The `*.yaml`/`*.yml` files of a spec directory, sorted.
+pub fn yaml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+        })
+        .collect();
+    found.sort();
+    Ok(found)
+}
+
 /// Expands the command line's spec arguments: files as given, directories
 /// to their `*.yaml`/`*.yml` files (sorted). Duplicate names are an error.
 pub fn load_all(args: &[PathBuf], default_table: &str) -> Result<Vec<Spec>> {
     let mut files = Vec::new();
     for arg in args {
         if arg.is_dir() {
-            let mut found: Vec<PathBuf> = std::fs::read_dir(arg)
-                .with_context(|| format!("cannot list spec directory {}", arg.display()))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| {
-                    p.is_file()
-                        && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
-                })
-                .collect();
-            found.sort();
+            let found = yaml_files(arg)
+                .with_context(|| format!("cannot list spec directory {}", arg.display()))?;
             if found.is_empty() {
                 bail!("spec directory {} holds no .yaml files", arg.display());
             }

@@ -103,6 +103,16 @@ async fn query_vector(
     candidates: &[u32],
     encoder: &dyn Encoder,
 ) -> Result<Vec<f32>> {
+    // The models the candidate rows were embedded by, for file and text queries.
+    let models = || {
+        let mut models: Vec<String> = candidates
+            .iter()
+            .filter_map(|&r| rows.text("embedding_model", r as usize))
+            .collect();
+        models.sort();
+        models.dedup();
+        models
+    };
     Ok(match &sim.to {
         Query::ContentId(id) => {
             let row = ContentId::parse(id)
@@ -139,26 +149,12 @@ async fn query_vector(
             let key = at(spec, "similar.to.file");
             let bytes = std::fs::read(path)
                 .with_context(|| format!("{key}: cannot read {}", path.display()))?;
-            let mut models: Vec<String> = candidates
-                .iter()
-                .filter_map(|&r| rows.text("embedding_model", r as usize))
-                .collect();
-            models.sort();
-            models.dedup();
             let ext = path.extension().and_then(|e| e.to_str());
-            similar::embed_file(encoder, &models, &bytes, ext)
+            similar::embed_file(encoder, &models(), &bytes, ext)
                 .map_err(|e| anyhow!("{key}: {}: {e:#}", path.display()))?
         }
-        Query::Text(text) => {
-            let mut models: Vec<String> = candidates
-                .iter()
-                .filter_map(|&r| rows.text("embedding_model", r as usize))
-                .collect();
-            models.sort();
-            models.dedup();
-            similar::embed_text(encoder, &models, text)
-                .map_err(|e| anyhow!("{}: {e:#}", at(spec, "similar.to.text")))?
-        }
+        Query::Text(text) => similar::embed_text(encoder, &models(), text)
+            .map_err(|e| anyhow!("{}: {e:#}", at(spec, "similar.to.text")))?,
     })
 }
 

@@ -167,15 +167,14 @@ async fn select(
         a.ranks.truncate(limit);
         a.extra.clusters.truncate(limit);
     }
-    let ordered = spec.similar.is_some()
-        || spec.diverse.is_some()
-        || spec.order.is_some()
-        || super::arrange::effective_shard(spec, r.rank)?.is_some();
-    let a = super::arrange::arrange(spec, rows, a, r.rank)?;
+    let ordered = super::arrange::is_ordered(spec, r.rank.is_some());
+    if ordered {
+        a = super::arrange::arrange(spec, rows, a, r.rank)?;
+    }
     Ok(Chosen {
         rows: a.rows,
         ranks: a.ranks,
-        extra: if ordered { a.extra } else { Extra::default() },
+        extra: a.extra,
         search,
         ordered,
     })

@@ -67,11 +67,7 @@ pub fn check_layout(
     schema: &iceberg::spec::Schema,
     mount_sharded: bool,
 ) -> Result<()> {
-    let ordered = mount_sharded
-        || spec.similar.is_some()
-        || spec.diverse.is_some()
-        || spec.order.is_some()
-        || spec.shard.is_some();
+    let ordered = super::arrange::is_ordered(spec, mount_sharded);
     for field in spec.layout.fields() {
         let computed = match field {
             "ext" => true,

@@ -477,6 +477,23 @@ pub fn ingest_cli(wh: &Path, args: &[&str]) -> String {
     stdout
 }
 
+/// `lakemount pin SPEC -o OUT` against `wh`; panics with its stderr on failure.
+pub fn pin_cli(wh: &Path, spec: &Path, out: &Path) {
+    let res = bin()
+        .arg("pin")
+        .args(wh_args(wh))
+        .arg(spec)
+        .arg("-o")
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+}
+
 /// Snapshot ids from `lakemount snapshots`, newest first.
 pub fn snapshot_ids(wh: &Path) -> Vec<i64> {
     let out = bin().arg("snapshots").args(wh_args(wh)).output().unwrap();
