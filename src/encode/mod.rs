@@ -7,12 +7,20 @@
 //! vectors are comparable. Media type detection lives here too because an
 //! encoder dispatches on it.
 
+pub mod audio;
 pub mod builtin;
+pub mod clip;
+pub mod pixels;
 pub mod text;
+pub mod whisper;
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use sha2::{Digest, Sha256};
 
 /// Computes a fixed-dimension embedding for one sample.
 pub trait Encoder: Send + Sync {
@@ -36,20 +44,215 @@ pub trait Encoder: Send + Sync {
     fn encode_text_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
         texts.iter().map(|t| self.encode_text(t)).collect()
     }
+    /// How many samples [`Encoder::encode_batch`] wants at once; 1 for
+    /// encoders that gain nothing from batches (ingest then spreads
+    /// single samples over the cores instead).
+    fn batch_size(&self) -> usize {
+        1
+    }
+    /// Embeds several samples (`(bytes, media type)`), one result each, in
+    /// as few forward passes as the model allows; the model uses all cores.
+    fn encode_batch(&self, items: &[(&[u8], &str)]) -> Vec<Result<Vec<f32>>> {
+        items.iter().map(|(b, m)| self.encode(b, m)).collect()
+    }
 }
 
-/// The encoder `--encoder` names: `builtin` (the default) or `text:DIR`
-/// (a BERT-family sentence encoder checkpoint folder).
+/// The encoder `--encoder` names: `builtin` (the default), `clip:DIR`,
+/// `text:DIR` or `whisper:DIR` (Hugging Face checkpoint folders).
 pub fn load(spec: &str) -> Result<Arc<dyn Encoder>> {
-    match spec.split_once(':') {
-        None if spec == "builtin" => Ok(Arc::new(builtin::BuiltinEncoder)),
-        Some(("text", dir)) if !dir.is_empty() => Ok(Arc::new(text::TextEncoder::load(
-            std::path::Path::new(dir),
-        )?)),
-        Some(("clip" | "whisper", _)) => {
-            bail!("--encoder {spec}: CLIP and Whisper are not built yet; use builtin or text:DIR")
+    let device = device()?;
+    let loaded: Arc<dyn Encoder> = match spec.split_once(':') {
+        None if spec == "builtin" => Arc::new(builtin::BuiltinEncoder),
+        Some(("text", dir)) if !dir.is_empty() => {
+            Arc::new(text::TextEncoder::load(Path::new(dir), &device)?)
         }
-        _ => bail!("--encoder {spec:?}: expected builtin or text:DIR (a sentence-encoder folder)"),
+        Some(("clip", dir)) if !dir.is_empty() => {
+            Arc::new(clip::ClipEncoder::load(Path::new(dir), &device)?)
+        }
+        Some(("whisper", dir)) if !dir.is_empty() => {
+            Arc::new(whisper::WhisperEncoder::load(Path::new(dir), &device)?)
+        }
+        _ => bail!(
+            "--encoder {spec:?}: expected builtin, clip:DIR, text:DIR or whisper:DIR (a Hugging Face checkpoint folder)"
+        ),
+    };
+    Ok(loaded)
+}
+
+/// Where models run: the first CUDA GPU in a `--features cuda` build when
+/// there is one, else the CPU.
+pub fn device() -> Result<Device> {
+    #[cfg(feature = "cuda")]
+    {
+        Device::cuda_if_available(0).context("cannot open the CUDA device")
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        Ok(Device::Cpu)
+    }
+}
+
+/// Text media types the text towers accept.
+pub fn is_text(media_type: &str) -> bool {
+    media_type.starts_with("text/") || media_type == "application/json"
+}
+
+/// Runs `forward` once over the items that were prepared and gives every
+/// item its vector, or its own preparation error (a forward failure is
+/// every prepared item's error).
+pub(crate) fn batched<T>(
+    prepared: Vec<Result<T>>,
+    forward: impl FnOnce(&[&T]) -> Result<Vec<Vec<f32>>>,
+) -> Vec<Result<Vec<f32>>> {
+    let ok: Vec<&T> = prepared.iter().filter_map(|p| p.as_ref().ok()).collect();
+    match forward(&ok) {
+        Ok(v) if v.len() == ok.len() => {
+            let mut vectors = v.into_iter();
+            prepared
+                .into_iter()
+                .map(|p| {
+                    p.and_then(|_| {
+                        vectors
+                            .next()
+                            .context("the encoder returned too few vectors")
+                    })
+                })
+                .collect()
+        }
+        Ok(_) => prepared
+            .into_iter()
+            .map(|p| {
+                p.and_then(|_| {
+                    Err(anyhow!(
+                        "the encoder returned a vector count that does not match"
+                    ))
+                })
+            })
+            .collect(),
+        Err(e) => {
+            let msg = format!("{e:#}");
+            prepared
+                .into_iter()
+                .map(|p| p.and_then(|_| Err(anyhow!("{msg}"))))
+                .collect()
+        }
+    }
+}
+
+/// Rows scaled to unit length.
+pub(crate) fn l2_normalize_rows(x: &Tensor) -> candle_core::Result<Tensor> {
+    let norm = x.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
+    x.broadcast_div(&norm)
+}
+
+/// A Hugging Face checkpoint folder: `config.json`, `model.safetensors`
+/// and (for models with a text side) `tokenizer.json`.
+pub(crate) struct Checkpoint {
+    kind: &'static str,
+    name: String,
+    pub config_path: PathBuf,
+    pub weights_path: PathBuf,
+    pub tokenizer_path: PathBuf,
+    weights: Vec<u8>,
+    digest: String,
+}
+
+impl Checkpoint {
+    /// Checks the files and reads the weights. `what` describes the
+    /// expected folder in errors.
+    pub fn open(dir: &Path, kind: &'static str, what: &str) -> Result<Self> {
+        if !dir.is_dir() {
+            bail!(
+                "--encoder {kind}:{}: no such folder (expected {what}: config.json, model.safetensors)",
+                dir.display()
+            );
+        }
+        let need = |name: &str| -> Result<PathBuf> {
+            let p = dir.join(name);
+            if !p.is_file() {
+                bail!(
+                    "{}: no {name} (expected {what}: config.json, model.safetensors{})",
+                    dir.display(),
+                    if kind == "whisper" {
+                        ""
+                    } else {
+                        ", tokenizer.json"
+                    }
+                );
+            }
+            Ok(p)
+        };
+        let config_path = need("config.json")?;
+        let model_type = std::fs::read_to_string(&config_path)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["model_type"].as_str().map(str::to_owned));
+        let expected = match kind {
+            "text" => "bert",
+            other => other,
+        };
+        if let Some(t) = model_type.filter(|t| t != expected) {
+            bail!(
+                "{}: model_type is {t:?}, but {kind}:DIR takes a {expected:?} checkpoint",
+                config_path.display()
+            );
+        }
+        let weights_path = need("model.safetensors")?;
+        let tokenizer_path = dir.join("tokenizer.json");
+        let weights = std::fs::read(&weights_path)
+            .with_context(|| format!("cannot read {}", weights_path.display()))?;
+        let digest = hex::encode(Sha256::digest(&weights));
+        let name = dir
+            .canonicalize()
+            .ok()
+            .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| kind.into());
+        Ok(Self {
+            kind,
+            name,
+            config_path,
+            weights_path,
+            tokenizer_path,
+            weights,
+            digest,
+        })
+    }
+
+    /// `config.json` parsed as `T`.
+    pub fn config<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
+        let text = std::fs::read_to_string(&self.config_path)
+            .with_context(|| format!("cannot read {}", self.config_path.display()))?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a {} config", self.config_path.display(), self.kind))
+    }
+
+    /// The weights, as f32 on `device` (taken from the checkpoint: call once).
+    pub fn weights(&mut self, device: &Device) -> Result<VarBuilder<'static>> {
+        let bytes = std::mem::take(&mut self.weights);
+        VarBuilder::from_buffered_safetensors(bytes, DType::F32, device)
+            .with_context(|| format!("{}: not safetensors", self.weights_path.display()))
+    }
+
+    /// `tokenizer.json`.
+    pub fn tokenizer(&self) -> Result<tokenizers::Tokenizer> {
+        if !self.tokenizer_path.is_file() {
+            bail!(
+                "{}: no tokenizer.json (the {} folder needs one)",
+                self.tokenizer_path
+                    .parent()
+                    .unwrap_or(Path::new("."))
+                    .display(),
+                self.kind
+            );
+        }
+        tokenizers::Tokenizer::from_file(&self.tokenizer_path)
+            .map_err(|e| anyhow!("{}: {e}", self.tokenizer_path.display()))
+    }
+
+    /// `KIND:FOLDER@sha256:<16 hex of the weights>`: the `embedding_model`
+    /// value; equal only for the same weights.
+    pub fn model_id(&self) -> String {
+        format!("{}:{}@sha256:{}", self.kind, self.name, &self.digest[..16])
     }
 }
 

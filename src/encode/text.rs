@@ -9,14 +9,14 @@
 //! `sentence_bert_config.json` (its `max_seq_length` caps the tokens; else
 //! the model's `max_position_embeddings`). Nothing is downloaded.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config};
-use sha2::{Digest, Sha256};
 use tokenizers::{PaddingParams, Tokenizer, TruncationParams};
+
+use super::{Checkpoint, l2_normalize_rows};
 
 /// A sentence encoder loaded from a checkpoint folder.
 pub struct TextEncoder {
@@ -32,60 +32,37 @@ impl std::fmt::Debug for TextEncoder {
     }
 }
 
-fn need(dir: &Path, name: &str) -> Result<PathBuf> {
-    let p = dir.join(name);
-    if !p.is_file() {
-        bail!(
-            "{}: no {name} (expected a Hugging Face sentence-encoder folder: config.json, model.safetensors, tokenizer.json)",
-            dir.display()
-        );
-    }
-    Ok(p)
-}
-
 impl TextEncoder {
     /// Loads the checkpoint in `dir`.
-    pub fn load(dir: &Path) -> Result<Self> {
-        let config_path = need(dir, "config.json")?;
-        let weights = need(dir, "model.safetensors")?;
-        let tokenizer_path = need(dir, "tokenizer.json")?;
-        let config: Config = serde_json::from_str(
-            &std::fs::read_to_string(&config_path)
-                .with_context(|| format!("cannot read {}", config_path.display()))?,
-        )
-        .with_context(|| format!("{}: not a BERT config", config_path.display()))?;
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        let mut ck = Checkpoint::open(dir, "text", "a Hugging Face sentence-encoder folder")?;
+        let config: Config = ck.config()?;
         let max_len = std::fs::read_to_string(dir.join("sentence_bert_config.json"))
             .ok()
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
             .and_then(|v| v["max_seq_length"].as_u64())
             .map_or(config.max_position_embeddings, |n| n as usize)
             .min(config.max_position_embeddings);
-        let bytes = std::fs::read(&weights)
-            .with_context(|| format!("cannot read {}", weights.display()))?;
-        let digest = hex::encode(Sha256::digest(&bytes));
-        let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, &Device::Cpu)
-            .with_context(|| format!("{}: not safetensors", weights.display()))?;
-        let model = BertModel::load(vb, &config)
-            .with_context(|| format!("{}: weights do not fit a BERT model", weights.display()))?;
-        let mut tokenizer = Tokenizer::from_file(&tokenizer_path)
-            .map_err(|e| anyhow!("{}: {e}", tokenizer_path.display()))?;
+        let vb = ck.weights(device)?;
+        let model = BertModel::load(vb, &config).map_err(|e| {
+            anyhow!(
+                "{}: the weights do not fit a BERT model: {e}",
+                ck.weights_path.display()
+            )
+        })?;
+        let mut tokenizer = ck.tokenizer()?;
         tokenizer
             .with_truncation(Some(TruncationParams {
                 max_length: max_len,
                 ..Default::default()
             }))
-            .map_err(|e| anyhow!("{}: {e}", tokenizer_path.display()))?;
+            .map_err(|e| anyhow!("{}: {e}", ck.tokenizer_path.display()))?;
         tokenizer.with_padding(Some(PaddingParams::default()));
-        let name = dir
-            .canonicalize()
-            .ok()
-            .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
-            .unwrap_or_else(|| "text".into());
         Ok(Self {
             model,
             tokenizer,
             dim: config.hidden_size,
-            id: format!("text:{name}@sha256:{}", &digest[..16]),
+            id: ck.model_id(),
         })
     }
 
@@ -113,8 +90,7 @@ impl TextEncoder {
         let summed = hidden.broadcast_mul(&m)?.sum(1)?;
         let counts = m.sum(1)?.clamp(1e-9, f64::MAX)?;
         let mean = summed.broadcast_div(&counts)?;
-        let norm = mean.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
-        Ok(mean.broadcast_div(&norm)?.to_vec2::<f32>()?)
+        Ok(l2_normalize_rows(&mean)?.to_vec2::<f32>()?)
     }
 }
 
@@ -128,7 +104,7 @@ impl super::Encoder for TextEncoder {
     }
 
     fn encode(&self, bytes: &[u8], media_type: &str) -> Result<Vec<f32>> {
-        if !media_type.starts_with("text/") && media_type != "application/json" {
+        if !super::is_text(media_type) {
             bail!("{} embeds text, not {media_type}", self.id);
         }
         let text = std::str::from_utf8(bytes).context("the text is not UTF-8")?;
@@ -145,5 +121,24 @@ impl super::Encoder for TextEncoder {
 
     fn encode_text_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
         self.encode_texts(texts)
+    }
+
+    fn batch_size(&self) -> usize {
+        32
+    }
+
+    fn encode_batch(&self, items: &[(&[u8], &str)]) -> Vec<Result<Vec<f32>>> {
+        let texts: Vec<Result<&str>> = items
+            .iter()
+            .map(|(b, m)| {
+                if !super::is_text(m) {
+                    bail!("{} embeds text, not {m}", self.id)
+                }
+                std::str::from_utf8(b).context("the text is not UTF-8")
+            })
+            .collect();
+        super::batched(texts, |ok| {
+            self.encode_texts(&ok.iter().map(|t| **t).collect::<Vec<_>>())
+        })
     }
 }

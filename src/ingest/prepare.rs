@@ -2,6 +2,12 @@
 //! file, on all cores. Nothing is written. A file that cannot be read,
 //! is empty or cannot be embedded becomes a [`Rejection`]; the rest become
 //! [`Prepared`] samples and, later, table rows ([`sample_row`]).
+//!
+//! Files are read and hashed on one thread per core. Encoders without a
+//! batch size (the built-in one) embed there too, one sample at a time;
+//! model encoders then embed the new samples in batches of their
+//! [`Encoder::batch_size`], one forward pass each, the model using all
+//! cores.
 
 use std::collections::HashSet;
 
@@ -50,13 +56,18 @@ pub fn prepare(
         .min(chunk.len().max(1));
     let per = chunk.len().div_ceil(workers);
     let skip = |id: &ContentId| published.contains(id) || in_lance.contains(id);
+    let batch_encoder = match embeddings {
+        Embeddings::Encoder(enc) if enc.batch_size() > 1 => Some(*enc),
+        _ => None,
+    };
+    let embed_now = batch_encoder.is_none();
     let results: Vec<Result<Prepared, Rejection>> = std::thread::scope(|s| {
         let handles: Vec<_> = chunk
             .chunks(per.max(1))
             .map(|part| {
                 s.spawn(move || {
                     part.iter()
-                        .map(|&i| prepare_one(i, &items[i], embeddings, &skip))
+                        .map(|&i| prepare_one(i, &items[i], embeddings, &skip, embed_now))
                         .collect::<Vec<_>>()
                 })
             })
@@ -80,7 +91,47 @@ pub fn prepare(
             Err(e) => bad.push(e),
         }
     }
+    if let Some(enc) = batch_encoder {
+        let mut failed = embed_batches(enc, &mut ok, &skip);
+        let (embedded, unembeddable): (Vec<_>, Vec<_>) =
+            ok.into_iter().partition(|p| !failed.contains_key(&p.index));
+        bad.extend(unembeddable.into_iter().map(|p| Rejection {
+            what: items[p.index].origin.clone(),
+            reason: failed.remove(&p.index).unwrap_or_default(),
+        }));
+        ok = embedded;
+    }
     (ok, bad)
+}
+
+/// Embeds the samples that need it in batches of the encoder's size;
+/// returns the reasons of those it could not embed, by input index.
+fn embed_batches(
+    enc: &dyn Encoder,
+    prepared: &mut [Prepared],
+    skip: &(dyn Fn(&ContentId) -> bool + Sync),
+) -> std::collections::HashMap<usize, String> {
+    let mut failed = std::collections::HashMap::new();
+    let mut todo: Vec<&mut Prepared> = prepared
+        .iter_mut()
+        .filter(|p| !skip(&p.content_id))
+        .collect();
+    for chunk in todo.chunks_mut(enc.batch_size()) {
+        let items: Vec<(&[u8], &str)> = chunk
+            .iter()
+            .map(|p| (p.bytes.as_ref(), p.media_type.as_str()))
+            .collect();
+        let vectors = enc.encode_batch(&items);
+        for (p, v) in chunk.iter_mut().zip(vectors) {
+            match v {
+                Ok(v) => p.embedding = Some(v),
+                Err(e) => {
+                    failed.insert(p.index, format!("{e:#}"));
+                }
+            }
+        }
+    }
+    failed
 }
 
 fn prepare_one(
@@ -88,6 +139,7 @@ fn prepare_one(
     item: &InputItem,
     embeddings: &Embeddings<'_>,
     skip: &(dyn Fn(&ContentId) -> bool + Sync),
+    embed_now: bool,
 ) -> Result<Prepared, Rejection> {
     let reject = |reason: String| Rejection {
         what: item.origin.clone(),
@@ -103,7 +155,7 @@ fn prepare_one(
     let id = ContentId::of(&bytes);
     let ext = item.path.extension().and_then(|e| e.to_str());
     let media_type = detect_media_type(&bytes, ext).to_string();
-    let embedding = if skip(&id) {
+    let embedding = if skip(&id) || !embed_now {
         None
     } else {
         Some(match embeddings {

@@ -37,7 +37,7 @@ impl Progress {
             let bar = ProgressBar::new(total);
             bar.set_style(
                 ProgressStyle::with_template(
-                    "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} files, {per_sec} {msg}",
+                    "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} samples, {per_sec} {msg}",
                 )
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
             );
@@ -66,7 +66,7 @@ impl Progress {
         } else if self.log && (self.last_log.elapsed() >= LOG_EVERY || self.files == self.total) {
             self.last_log = Instant::now();
             eprintln!(
-                "ingest: {}/{} files, {:.0} files/s, {mbps:.1} MB/s",
+                "ingest: {}/{} samples, {:.1} samples/s, {mbps:.1} MB/s",
                 self.files,
                 self.total,
                 self.files as f64 / secs
