@@ -27,6 +27,14 @@ fn main() -> std::process::ExitCode {
         argv
     };
     let cli = lakemount::cli::Cli::parse_from(&argv);
+    if cli.embeds_batches()
+        && std::env::var_os("RAYON_NUM_THREADS").is_none()
+        && let Some(n) = lakemount::encode::threads_for_batches()
+    {
+        // SAFETY: no other thread exists yet (the runtime starts later), so
+        // nothing reads the environment while it changes.
+        unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("LAKEMOUNT_LOG")

@@ -26,6 +26,15 @@ pub struct Cli {
     command: Command,
 }
 
+impl Cli {
+    /// Whether the command embeds batches of samples (`ingest`, `embed`),
+    /// which run one forward pass per core (see
+    /// [`crate::encode::threads_for_batches`]).
+    pub fn embeds_batches(&self) -> bool {
+        matches!(self.command, Command::Ingest(_) | Command::Embed(_))
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Store files as samples: blobs, embeddings in Lance, metadata in Iceberg.

@@ -218,11 +218,12 @@ impl ClipEncoder {
     /// Embeds images (encoded bytes): one unit vector each, or the reason
     /// an image cannot be embedded.
     pub fn encode_images(&self, images: &[&[u8]]) -> Vec<Result<Vec<f32>>> {
-        let pixels = images
-            .iter()
-            .map(|b| self.prep.pixels(b, self.image_size))
-            .collect();
-        super::batched(pixels, |ok| self.image_forward(ok))
+        // Decoding and resizing are per image: spread them over the cores
+        // (the forward pass uses them all anyway).
+        let pixels = super::par_map(images, |b| self.prep.pixels(b, self.image_size));
+        super::batched(pixels, |ok| {
+            super::split_forward(ok, super::MIN_PER_WORKER, |part| self.image_forward(part))
+        })
     }
 
     fn image_forward(&self, pixels: &[&Vec<f32>]) -> Result<Vec<Vec<f32>>> {
@@ -239,6 +240,10 @@ impl ClipEncoder {
 
     /// Embeds texts with the text tower: one unit vector each.
     pub fn encode_texts(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        super::split_forward(texts, super::MIN_PER_WORKER, |part| self.text_forward(part))
+    }
+
+    fn text_forward(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
         if texts.is_empty() {
             return Ok(Vec::new());
         }

@@ -97,6 +97,66 @@ pub fn is_text(media_type: &str) -> bool {
     media_type.starts_with("text/") || media_type == "application/json"
 }
 
+/// Fewest texts or images a concurrent forward pass gets.
+pub(crate) const MIN_PER_WORKER: usize = 8;
+
+/// How many forward passes run at once over `n` samples: one per core,
+/// each with at least `min` samples.
+fn workers(n: usize, min: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    cores.min(n / min.max(1)).max(1)
+}
+
+/// Threads each matrix product should use in commands that embed batches
+/// of 32, so that the concurrent passes of [`split_forward`] share the
+/// cores instead of oversubscribing them (candle reads
+/// `RAYON_NUM_THREADS` for its products). On 2 cores: 2 passes of 16, one
+/// thread each, measured 1.3x the throughput of one pass of 32 on both
+/// cores, whose per-operation fork/join and single-threaded element-wise
+/// operations leave a core idle much of the time.
+pub fn threads_for_batches() -> Option<usize> {
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    (cores > 1).then(|| (cores / workers(32, MIN_PER_WORKER)).max(1))
+}
+
+/// Runs `forward` over `items` in concurrent parts of at least `min`
+/// items, one per core at most (results in order).
+pub(crate) fn split_forward<T: Sync>(
+    items: &[T],
+    min: usize,
+    forward: impl Fn(&[T]) -> Result<Vec<Vec<f32>>> + Sync,
+) -> Result<Vec<Vec<f32>>> {
+    let w = workers(items.len(), min);
+    if w < 2 {
+        return forward(items);
+    }
+    let parts: Vec<&[T]> = items.chunks(items.len().div_ceil(w)).collect();
+    let mut all = Vec::with_capacity(items.len());
+    for part in par_map(&parts, |p| forward(p)) {
+        all.extend(part?);
+    }
+    Ok(all)
+}
+
+/// `f` over `items` on one thread per core, in order.
+pub(crate) fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if items.len() < 2 || threads < 2 {
+        return items.iter().map(&f).collect();
+    }
+    let per = items.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let parts: Vec<_> = items
+            .chunks(per)
+            .map(|part| s.spawn(|| part.iter().map(&f).collect::<Vec<R>>()))
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    })
+}
+
 /// Runs `forward` once over the items that were prepared and gives every
 /// item its vector, or its own preparation error (a forward failure is
 /// every prepared item's error).

@@ -68,6 +68,11 @@ impl TextEncoder {
 
     /// Embeds a batch of texts: one unit vector each.
     pub fn encode_texts(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        super::split_forward(texts, super::MIN_PER_WORKER, |part| self.forward(part))
+    }
+
+    /// One forward pass (texts padded to the longest).
+    fn forward(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
         if texts.is_empty() {
             return Ok(Vec::new());
         }

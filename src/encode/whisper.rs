@@ -105,13 +105,18 @@ impl WhisperEncoder {
 
     /// Embeds 16 kHz mono clips: one unit vector each.
     pub fn encode_pcm(&self, clips: &[&[f32]]) -> Result<Vec<Vec<f32>>> {
+        // Each clip is 1500 positions: one is enough work for a pass.
+        super::split_forward(clips, 1, |part| self.forward(part))
+    }
+
+    fn forward(&self, clips: &[&[f32]]) -> Result<Vec<Vec<f32>>> {
         if clips.is_empty() {
             return Ok(Vec::new());
         }
-        let mut flat = Vec::with_capacity(clips.len() * self.n_mels * N_FRAMES);
-        for c in clips {
-            flat.extend(self.mel.features(c));
-        }
+        let flat: Vec<f32> = super::par_map(clips, |c| self.mel.features(c))
+            .into_iter()
+            .flatten()
+            .collect();
         let x = Tensor::from_vec(flat, (clips.len(), self.n_mels, N_FRAMES), &self.device)?;
         // The encoder's forward takes &mut (a key/value cache it does not
         // use without a decoder); a clone shares the weights.
@@ -150,16 +155,13 @@ impl super::Encoder for WhisperEncoder {
     }
 
     fn encode_batch(&self, items: &[(&[u8], &str)]) -> Vec<Result<Vec<f32>>> {
-        let decoded: Vec<Result<Vec<f32>>> = items
-            .iter()
-            .map(|(bytes, media)| {
-                if media.starts_with("audio/") {
-                    Self::samples(bytes, media)
-                } else {
-                    Err(anyhow!("{} embeds audio, not {media}", self.id))
-                }
-            })
-            .collect();
+        let decoded = super::par_map(items, |(bytes, media)| {
+            if media.starts_with("audio/") {
+                Self::samples(bytes, media)
+            } else {
+                Err(anyhow!("{} embeds audio, not {media}", self.id))
+            }
+        });
         super::batched(decoded, |ok| {
             self.encode_pcm(&ok.iter().map(|c| c.as_slice()).collect::<Vec<_>>())
         })
