@@ -77,6 +77,7 @@ def test_clip_ingest_routes_media_and_a_text_query_finds_the_nearest_images(tmp_
     (src / "caption.txt").write_text("a handwritten seven")
     write_wav(src / "noise.wav", clips()["clip03"])
     (src / "blob.bin").write_bytes(bytes(range(256)) * 4)
+    (src / "broken.png").write_bytes((CLIP / "images" / "landscape.png").read_bytes()[:300])
     wh = tmp_path / "wh"
     enc = ["--encoder", f"clip:{CLIP / 'model'}"]
     res = run(lakemount_bin, "ingest", "--warehouse", str(wh), *enc, str(tmp_path / "in"))
@@ -85,6 +86,7 @@ def test_clip_ingest_routes_media_and_a_text_query_finds_the_nearest_images(tmp_
     for bad, media in [("noise.wav", "audio/wav"), ("blob.bin", "application/octet-stream")]:
         assert f"rejected {src / bad}: clip:model@sha256:" in res.stdout and \
             f"embeds images and text, not {media}" in res.stdout, res.stdout
+    assert f"rejected {src / 'broken.png'}: cannot decode the image" in res.stdout, res.stdout
     assert "samples/s" in res.stdout
 
     query = "a photo of a damaged part"
@@ -119,12 +121,14 @@ def test_whisper_ingest_and_an_audio_query_finds_the_same_tone_resampled(tmp_pat
         write_wav(src / f"{n}.wav", x)
     write_wav(src / "tone-44k-stereo.wav", tone(1.0, 44_100, channels=2), rate=44_100)
     (src / "digit.png").write_bytes((CLIP / "images" / "digit00.png").read_bytes())
+    (src / "broken.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(40))
     query = write_wav(tmp_path / "tone-16k.wav", tone(1.0, 16_000))
     wh = tmp_path / "wh"
     enc = ["--encoder", f"whisper:{WHISPER / 'model'}"]
     res = run(lakemount_bin, "ingest", "--warehouse", str(wh), *enc, str(tmp_path / "in"))
     assert res.returncode == 3, res.stdout + res.stderr
     assert "added 25 samples" in res.stdout and "embeds audio, not image/png" in res.stdout, res.stdout
+    assert f"rejected {src / 'broken.wav'}: not a readable audio file" in res.stdout, res.stdout
     spec = tmp_path / "q.yaml"
     spec.write_text(f"name: q\nsimilar: {{to: {{file: {query}}}, k: 1}}\nlayout: \"{{content_id}}{{ext}}\"\n")
     with Mount(lakemount_bin, wh, [spec], tmp_path / "mnt", extra=enc) as m:
@@ -147,6 +151,15 @@ def test_bad_checkpoints_are_clear_errors(tmp_path, lakemount_bin, spec, expect)
     res = run(lakemount_bin, "embed", "--encoder", spec, str(tmp_path / "a.txt"), "-o", str(tmp_path / "o.npy"))
     assert res.returncode != 0 and expect in res.stderr, res.stderr
     assert "panicked" not in res.stderr
+
+
+def test_a_folder_without_a_tokenizer_is_a_clear_error(tmp_path, lakemount_bin):
+    d = tmp_path / "clip-no-tokenizer"
+    d.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        (d / f).write_bytes((CLIP / "model" / f).read_bytes())
+    res = run(lakemount_bin, "embed", "--encoder", f"clip:{d}", "--text", "hi", "-o", str(tmp_path / "o.npy"))
+    assert res.returncode != 0 and "no tokenizer.json" in res.stderr, res.stderr
 
 
 def test_a_table_keeps_one_model(tmp_path, lakemount_bin):
