@@ -10,7 +10,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 use candle_core::{Device, IndexOp, Tensor};
 use candle_nn::{Linear, Module, VarBuilder};
 use candle_transformers::models::clip::text_model::{
@@ -296,15 +296,7 @@ impl super::Encoder for ClipEncoder {
     }
 
     fn encode(&self, bytes: &[u8], media_type: &str) -> Result<Vec<f32>> {
-        self.encode_batch(&[(bytes, media_type)])
-            .pop()
-            .context("the encoder returned nothing")?
-    }
-
-    fn encode_text(&self, text: &str) -> Result<Vec<f32>> {
-        self.encode_texts(&[text])?
-            .pop()
-            .context("the encoder returned nothing")
+        super::single(Ok(self.encode_batch(&[(bytes, media_type)])))
     }
 
     fn encode_text_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
@@ -324,15 +316,10 @@ impl super::Encoder for ClipEncoder {
             .filter(|(_, m)| is_image(m))
             .map(|(b, _)| *b)
             .collect();
-        let texts: Vec<Result<&str>> = items
+        let texts = items
             .iter()
             .filter(|(_, m)| !is_image(m))
-            .map(|(b, m)| {
-                if !super::is_text(m) {
-                    bail!("{} embeds images and text, not {m}", self.id)
-                }
-                std::str::from_utf8(b).context("the text is not UTF-8")
-            })
+            .map(|(b, m)| super::text_of(b, m, &self.id, "images and text"))
             .collect();
         let mut image_vectors = self.encode_images(&images).into_iter();
         let mut text_vectors = super::batched(texts, |ok| {

@@ -33,16 +33,19 @@ pub trait Encoder: Send + Sync {
     /// Embeds a text query (`similar: {to: {text: ...}}`, `lakemount embed
     /// --text`); an error for encoders without a text tower.
     fn encode_text(&self, text: &str) -> Result<Vec<f32>> {
-        let _ = text;
-        bail!(
-            "{} has no text tower; use an encoder such as text:DIR",
-            self.model_id()
+        single(
+            self.encode_text_batch(&[text])
+                .map(|v| v.into_iter().map(Ok).collect()),
         )
     }
-    /// Embeds several text queries at once (one forward pass where the
-    /// model allows); the default embeds them one by one.
+    /// Embeds several text queries in as few forward passes as the model
+    /// allows; an error for encoders without a text tower.
     fn encode_text_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
-        texts.iter().map(|t| self.encode_text(t)).collect()
+        let _ = texts;
+        bail!(
+            "{} has no text tower; use an encoder such as clip:DIR or text:DIR",
+            self.model_id()
+        )
     }
     /// How many samples [`Encoder::encode_batch`] wants at once; 1 for
     /// encoders that gain nothing from batches (ingest then spreads
@@ -95,6 +98,25 @@ pub fn device() -> Result<Device> {
 /// Text media types the text towers accept.
 pub fn is_text(media_type: &str) -> bool {
     media_type.starts_with("text/") || media_type == "application/json"
+}
+
+/// A text sample's text, or why `model` (which embeds `what`) cannot
+/// take it.
+pub(crate) fn text_of<'a>(
+    bytes: &'a [u8],
+    media_type: &str,
+    model: &str,
+    what: &str,
+) -> Result<&'a str> {
+    if !is_text(media_type) {
+        bail!("{model} embeds {what}, not {media_type}")
+    }
+    std::str::from_utf8(bytes).context("the text is not UTF-8")
+}
+
+/// The one result of a batch of one.
+pub(crate) fn single(batch: Result<Vec<Result<Vec<f32>>>>) -> Result<Vec<f32>> {
+    batch?.pop().context("the encoder returned nothing")?
 }
 
 /// Fewest texts or images a concurrent forward pass gets.

@@ -11,7 +11,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow};
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::bert::{BertModel, Config};
 use tokenizers::{PaddingParams, Tokenizer, TruncationParams};
@@ -109,19 +109,7 @@ impl super::Encoder for TextEncoder {
     }
 
     fn encode(&self, bytes: &[u8], media_type: &str) -> Result<Vec<f32>> {
-        if !super::is_text(media_type) {
-            bail!("{} embeds text, not {media_type}", self.id);
-        }
-        let text = std::str::from_utf8(bytes).context("the text is not UTF-8")?;
-        self.encode_texts(&[text])?
-            .pop()
-            .context("the encoder returned nothing")
-    }
-
-    fn encode_text(&self, text: &str) -> Result<Vec<f32>> {
-        self.encode_texts(&[text])?
-            .pop()
-            .context("the encoder returned nothing")
+        super::single(Ok(self.encode_batch(&[(bytes, media_type)])))
     }
 
     fn encode_text_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
@@ -133,14 +121,9 @@ impl super::Encoder for TextEncoder {
     }
 
     fn encode_batch(&self, items: &[(&[u8], &str)]) -> Vec<Result<Vec<f32>>> {
-        let texts: Vec<Result<&str>> = items
+        let texts = items
             .iter()
-            .map(|(b, m)| {
-                if !super::is_text(m) {
-                    bail!("{} embeds text, not {m}", self.id)
-                }
-                std::str::from_utf8(b).context("the text is not UTF-8")
-            })
+            .map(|(b, m)| super::text_of(b, m, &self.id, "text"))
             .collect();
         super::batched(texts, |ok| {
             self.encode_texts(&ok.iter().map(|t| **t).collect::<Vec<_>>())

@@ -10,7 +10,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 use candle_core::{Device, Tensor};
 use candle_transformers::models::whisper::{Config, model::AudioEncoder, model::Whisper};
 
@@ -145,9 +145,7 @@ impl super::Encoder for WhisperEncoder {
     }
 
     fn encode(&self, bytes: &[u8], media_type: &str) -> Result<Vec<f32>> {
-        self.encode_batch(&[(bytes, media_type)])
-            .pop()
-            .context("the encoder returned nothing")?
+        super::single(Ok(self.encode_batch(&[(bytes, media_type)])))
     }
 
     fn batch_size(&self) -> usize {
