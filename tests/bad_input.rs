@@ -110,7 +110,7 @@ async fn manifest_structure_errors_name_the_line_and_commit_nothing() {
         (
             "nopath.csv",
             "file,label\na.png,x\n",
-            "nopath.csv line 1: the header has no `path` column",
+            "nopath.csv line 1: the header has no `path` (files) or `text` (text samples) column",
         ),
         (
             "emptypath.csv",

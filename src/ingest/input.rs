@@ -38,6 +38,9 @@ pub struct InputItem {
     pub extras: HashMap<String, Value>,
     /// Manifest line number (1-based, counting the header), if from a manifest.
     pub line: Option<usize>,
+    /// The sample itself, for manifest rows with a `text` column and no
+    /// `path`: a text sample (`text/plain`), no file read.
+    pub text: Option<String>,
 }
 
 /// Everything an ingest will process, in a deterministic order.
@@ -93,6 +96,7 @@ pub fn from_dir(dir: &Path) -> Result<Inputs> {
                 raw_extras: BTreeMap::new(),
                 extras: HashMap::new(),
                 line: None,
+                text: None,
             }
         })
         .collect();
@@ -150,11 +154,21 @@ pub fn from_manifest(file: &Path) -> Result<Inputs> {
     let mut items = Vec::with_capacity(rows.len());
     for (line, mut cells) in rows {
         let at = || format!("{} line {line}", file.display());
-        let path = match cells.remove("path") {
-            Some(Raw::Text(s)) => s,
-            Some(Raw::Json(serde_json::Value::String(s))) => s,
+        // A row names a file (`path`) or, without one, is a text sample
+        // (`text`); with a `path`, `text` is an ordinary column.
+        let (path, inline) = match cells.remove("path") {
+            Some(Raw::Text(s)) => (s, None),
+            Some(Raw::Json(serde_json::Value::String(s))) => (s, None),
             Some(other) => bail!("{}: `path` must be a string, got {other:?}", at()),
-            None => bail!("{}: no `path` (every row needs the file's path)", at()),
+            None => match cells.remove("text") {
+                Some(Raw::Text(t)) => (String::new(), Some(t)),
+                Some(Raw::Json(serde_json::Value::String(t))) => (String::new(), Some(t)),
+                Some(other) => bail!("{}: `text` must be a string, got {other:?}", at()),
+                None => bail!(
+                    "{}: no `path` (the file's path) and no `text` (a text sample); every row needs one",
+                    at()
+                ),
+            },
         };
         let mut text_of = |k: &str| -> Result<Option<String>> {
             Ok(match cells.remove(k) {
@@ -180,8 +194,12 @@ pub fn from_manifest(file: &Path) -> Result<Inputs> {
         let p = PathBuf::from(&path);
         let full = if p.is_absolute() { p } else { base.join(p) };
         items.push(InputItem {
-            origin: format!("{} ({}, line {line})", path, file.display()),
+            origin: match inline {
+                None => format!("{} ({}, line {line})", path, file.display()),
+                Some(_) => format!("text ({}, line {line})", file.display()),
+            },
             path: full,
+            text: inline,
             label,
             split,
             source,
@@ -229,9 +247,9 @@ fn parse_csv(file: &Path, text: &str) -> Result<Vec<Row>> {
         .iter()
         .map(|h| h.trim().to_string())
         .collect();
-    if !headers.iter().any(|h| h == "path") {
+    if !headers.iter().any(|h| h == "path" || h == "text") {
         bail!(
-            "{} line 1: the header has no `path` column (found: {})",
+            "{} line 1: the header has no `path` (files) or `text` (text samples) column (found: {})",
             file.display(),
             headers.join(", ")
         );
@@ -267,9 +285,9 @@ fn parse_csv(file: &Path, text: &str) -> Result<Vec<Row>> {
                 cells.insert(h.clone(), Raw::Text(v.to_string()));
             }
         }
-        if !cells.contains_key("path") {
+        if !cells.contains_key("path") && !cells.contains_key("text") {
             bail!(
-                "{} line {line}: `path` is empty (every row needs the file's path)",
+                "{} line {line}: `path` is empty (every row needs the file's path, or a `text`)",
                 file.display()
             );
         }

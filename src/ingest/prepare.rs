@@ -145,15 +145,22 @@ fn prepare_one(
         what: item.origin.clone(),
         reason,
     };
-    let bytes = std::fs::read(&item.path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => reject("file not found".into()),
-        _ => reject(format!("cannot read: {e}")),
-    })?;
+    let bytes = match &item.text {
+        Some(text) => text.as_bytes().to_vec(),
+        None => std::fs::read(&item.path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => reject("file not found".into()),
+            _ => reject(format!("cannot read: {e}")),
+        })?,
+    };
     if bytes.is_empty() {
-        return Err(reject("file is empty".into()));
+        let what = if item.text.is_some() { "text" } else { "file" };
+        return Err(reject(format!("{what} is empty")));
     }
     let id = ContentId::of(&bytes);
-    let ext = item.path.extension().and_then(|e| e.to_str());
+    let ext = match item.text {
+        Some(_) => Some("txt"),
+        None => item.path.extension().and_then(|e| e.to_str()),
+    };
     let media_type = detect_media_type(&bytes, ext).to_string();
     let embedding = if skip(&id) || !embed_now {
         None
@@ -205,7 +212,12 @@ pub fn sample_row(
             .source
             .clone()
             .or_else(|| config.source.clone())
-            .or_else(|| Some(item.path.display().to_string())),
+            .or_else(|| {
+                Some(match item.text {
+                    Some(_) => item.origin.clone(),
+                    None => item.path.display().to_string(),
+                })
+            }),
         ingested_at_us: 0,
         embedding_model: model_id.to_string(),
         chunk_sha256: chunk_digests(&p.bytes),

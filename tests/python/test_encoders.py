@@ -139,6 +139,38 @@ def test_whisper_ingest_and_an_audio_query_finds_the_same_tone_resampled(tmp_pat
     assert float(v[0] @ v[1]) > 0.99
 
 
+def test_manifest_text_rows_are_text_samples(tmp_path, lakemount_bin):
+    """A manifest row with `text` and no `path` is a text sample: CLIP's
+    text tower embeds it, the mount shows it as a .txt file."""
+    (tmp_path / "d.png").write_bytes((CLIP / "images" / "digit02.png").read_bytes())
+    rows = [{"text": "a handwritten seven", "label": "caption"},
+            {"text": "a photo of a damaged part", "label": "caption", "quality": 0.5},
+            {"path": "d.png", "label": "digit", "text": "a caption kept as a column"}]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    wh = tmp_path / "wh"
+    enc = ["--encoder", f"clip:{CLIP / 'model'}"]
+    res = run(lakemount_bin, "ingest", "--quiet", "--warehouse", str(wh), *enc, "--manifest", str(manifest))
+    assert res.returncode == 0 and "added 3 samples" in res.stdout, res.stdout + res.stderr
+    spec = tmp_path / "all.yaml"
+    spec.write_text("name: all\nlayout: \"{label}/{content_id}{ext}\"\nsidecars: [embedding, metadata]\n")
+    with Mount(lakemount_bin, wh, [spec], tmp_path / "mnt", extra=enc) as m:
+        texts = sorted(m.mnt.joinpath("all", "caption").glob("*.txt"))
+        assert sorted(p.read_text() for p in texts) == ["a handwritten seven", "a photo of a damaged part"]
+        for p in texts:
+            want = embed(lakemount_bin, enc[1], tmp_path / "q.npy", "--text", p.read_text())
+            assert_parity(np.load(p.with_suffix(".npy"))[None], want, p.read_text())
+        [png] = m.mnt.joinpath("all", "digit").glob("*.png")
+        assert png.read_bytes() == (tmp_path / "d.png").read_bytes()
+        meta = json.loads(png.with_suffix(".json").read_text())
+        assert meta["text"] == "a caption kept as a column", meta
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"text": "fine"}) + "\n" + json.dumps({"label": "x"}) + "\n")
+    res = run(lakemount_bin, "ingest", "--quiet", "--warehouse", str(tmp_path / "wh2"), *enc, "--manifest", str(bad))
+    assert res.returncode != 0 and "line 2" in res.stderr and "no `path`" in res.stderr and "`text`" in res.stderr, \
+        res.stderr
+
+
 @pytest.mark.parametrize("spec,expect", [
     ("clip:/nonexistent/folder", "no such folder"),
     (f"clip:{WHISPER / 'model'}", 'model_type is "whisper", but clip:DIR takes a "clip" checkpoint'),
