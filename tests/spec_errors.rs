@@ -142,12 +142,24 @@ fn each_bad_spec_is_refused_before_mounting_with_file_and_key() {
 #[test]
 fn the_example_specs_parse() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("specs");
-    let specs = lakemount::spec::load_all(&[dir], lakemount::warehouse::DEFAULT_TABLE).unwrap();
+    let specs = lakemount::spec::load_all(
+        std::slice::from_ref(&dir),
+        lakemount::warehouse::DEFAULT_TABLE,
+    )
+    .unwrap();
     let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(
         names,
         ["digits-train", "digits-val-small", "digits-train-ddp"]
     );
+    let clip = lakemount::spec::load_all(&[dir.join("clip")], lakemount::warehouse::DEFAULT_TABLE)
+        .unwrap();
+    let similar = clip[0].similar.as_ref().unwrap();
+    assert_eq!(
+        similar.to,
+        lakemount::spec::Query::Text("a photo of a damaged part".into())
+    );
+    assert_eq!(similar.k, 500);
     let ddp = &specs[2];
     assert_eq!(ddp.shard.map(|s| s.world_size), Some(4));
     assert_eq!(ddp.order, Some(lakemount::spec::Order::Shuffle(2024)));
