@@ -247,25 +247,13 @@ impl ClipEncoder {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
-        let enc = self
-            .tokenizer
-            .encode_batch(texts.to_vec(), true)
-            .map_err(|e| anyhow!("tokenizing: {e}"))?;
-        let (n, len) = (enc.len(), enc[0].get_ids().len());
-        let ids: Vec<u32> = enc
-            .iter()
-            .flat_map(|e| e.get_ids().iter().copied())
-            .collect();
-        let positions: Vec<u32> = enc
-            .iter()
-            .map(|e| pooled_position(e.get_ids(), self.eos) as u32)
-            .collect();
-        let x = Tensor::from_vec(ids, (n, len), &self.device)?;
+        let enc = super::tokenize(&self.tokenizer, texts)?;
+        let x = super::token_tensor(&enc, |e| e.get_ids(), &self.device)?;
         let hidden = self.text.forward_with_mask(&x, usize::MAX)?;
-        let rows: Vec<Tensor> = positions
+        let rows: Vec<Tensor> = enc
             .iter()
             .enumerate()
-            .map(|(b, &p)| hidden.i((b, p as usize)))
+            .map(|(b, e)| hidden.i((b, pooled_position(e.get_ids(), self.eos))))
             .collect::<candle_core::Result<_>>()?;
         let pooled = Tensor::stack(&rows, 0)?;
         let features = self.text_projection.forward(&pooled)?;
@@ -296,7 +284,7 @@ impl super::Encoder for ClipEncoder {
     }
 
     fn encode(&self, bytes: &[u8], media_type: &str) -> Result<Vec<f32>> {
-        super::single(Ok(self.encode_batch(&[(bytes, media_type)])))
+        super::single(self.encode_batch(&[(bytes, media_type)]))
     }
 
     fn encode_text_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
@@ -316,15 +304,13 @@ impl super::Encoder for ClipEncoder {
             .filter(|(_, m)| is_image(m))
             .map(|(b, _)| *b)
             .collect();
-        let texts = items
-            .iter()
-            .filter(|(_, m)| !is_image(m))
-            .map(|(b, m)| super::text_of(b, m, &self.id, "images and text"))
-            .collect();
         let mut image_vectors = self.encode_images(&images).into_iter();
-        let mut text_vectors = super::batched(texts, |ok| {
-            self.encode_texts(&ok.iter().map(|t| **t).collect::<Vec<_>>())
-        })
+        let mut text_vectors = super::encode_text_samples(
+            items.iter().filter(|(_, m)| !is_image(m)),
+            &self.id,
+            "images and text",
+            |t| self.encode_texts(t),
+        )
         .into_iter();
         items
             .iter()

@@ -33,10 +33,9 @@ pub trait Encoder: Send + Sync {
     /// Embeds a text query (`similar: {to: {text: ...}}`, `lakemount embed
     /// --text`); an error for encoders without a text tower.
     fn encode_text(&self, text: &str) -> Result<Vec<f32>> {
-        single(
-            self.encode_text_batch(&[text])
-                .map(|v| v.into_iter().map(Ok).collect()),
-        )
+        self.encode_text_batch(&[text])?
+            .pop()
+            .context("the encoder returned nothing")
     }
     /// Embeds several text queries in as few forward passes as the model
     /// allows; an error for encoders without a text tower.
@@ -100,23 +99,57 @@ pub fn is_text(media_type: &str) -> bool {
     media_type.starts_with("text/") || media_type == "application/json"
 }
 
-/// A text sample's text, or why `model` (which embeds `what`) cannot
-/// take it.
-pub(crate) fn text_of<'a>(
-    bytes: &'a [u8],
-    media_type: &str,
+/// Embeds text samples (`(bytes, media type)`) with `encode_texts`, one
+/// result each: a sample that is not UTF-8 text is refused, saying that
+/// `model` embeds `what`.
+pub(crate) fn encode_text_samples<'a>(
+    items: impl Iterator<Item = &'a (&'a [u8], &'a str)>,
     model: &str,
     what: &str,
-) -> Result<&'a str> {
-    if !is_text(media_type) {
-        bail!("{model} embeds {what}, not {media_type}")
-    }
-    std::str::from_utf8(bytes).context("the text is not UTF-8")
+    encode_texts: impl FnOnce(&[&str]) -> Result<Vec<Vec<f32>>>,
+) -> Vec<Result<Vec<f32>>> {
+    let texts = items
+        .map(|(bytes, media_type)| {
+            if !is_text(media_type) {
+                bail!("{model} embeds {what}, not {media_type}")
+            }
+            std::str::from_utf8(bytes).context("the text is not UTF-8")
+        })
+        .collect();
+    batched(texts, |ok| {
+        encode_texts(&ok.iter().map(|t| **t).collect::<Vec<_>>())
+    })
 }
 
-/// The one result of a batch of one.
-pub(crate) fn single(batch: Result<Vec<Result<Vec<f32>>>>) -> Result<Vec<f32>> {
-    batch?.pop().context("the encoder returned nothing")?
+/// The result of a batch of one.
+pub(crate) fn single(mut batch: Vec<Result<Vec<f32>>>) -> Result<Vec<f32>> {
+    batch.pop().context("the encoder returned nothing")?
+}
+
+/// Tokenises `texts` as one padded batch.
+pub(crate) fn tokenize(
+    tokenizer: &tokenizers::Tokenizer,
+    texts: &[&str],
+) -> Result<Vec<tokenizers::Encoding>> {
+    tokenizer
+        .encode_batch(texts.to_vec(), true)
+        .map_err(|e| anyhow!("tokenizing: {e}"))
+}
+
+/// One field of a padded batch of encodings as an `(n, len)` tensor.
+pub(crate) fn token_tensor(
+    enc: &[tokenizers::Encoding],
+    field: impl Fn(&tokenizers::Encoding) -> &[u32],
+    device: &Device,
+) -> candle_core::Result<Tensor> {
+    let len = enc.first().map_or(0, |e| field(e).len());
+    let flat: Vec<u32> = enc.iter().flat_map(|e| field(e).iter().copied()).collect();
+    Tensor::from_vec(flat, (enc.len(), len), device)
+}
+
+/// Cores to use.
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |c| c.get())
 }
 
 /// Fewest texts or images a concurrent forward pass gets.
@@ -125,8 +158,7 @@ pub(crate) const MIN_PER_WORKER: usize = 8;
 /// How many forward passes run at once over `n` samples: one per core,
 /// each with at least `min` samples.
 fn workers(n: usize, min: usize) -> usize {
-    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
-    cores.min(n / min.max(1)).max(1)
+    cores().min(n / min.max(1)).max(1)
 }
 
 /// Threads each matrix product should use in commands that embed batches
@@ -137,7 +169,7 @@ fn workers(n: usize, min: usize) -> usize {
 /// cores, whose per-operation fork/join and single-threaded element-wise
 /// operations leave a core idle much of the time.
 pub fn threads_for_batches() -> Option<usize> {
-    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let cores = cores();
     (cores > 1).then(|| (cores / workers(32, MIN_PER_WORKER)).max(1))
 }
 
@@ -161,8 +193,8 @@ pub(crate) fn split_forward<T: Sync>(
 }
 
 /// `f` over `items` on one thread per core, in order.
-pub(crate) fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+pub fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = cores();
     if items.len() < 2 || threads < 2 {
         return items.iter().map(&f).collect();
     }
@@ -187,38 +219,24 @@ pub(crate) fn batched<T>(
     forward: impl FnOnce(&[&T]) -> Result<Vec<Vec<f32>>>,
 ) -> Vec<Result<Vec<f32>>> {
     let ok: Vec<&T> = prepared.iter().filter_map(|p| p.as_ref().ok()).collect();
-    match forward(&ok) {
-        Ok(v) if v.len() == ok.len() => {
-            let mut vectors = v.into_iter();
-            prepared
-                .into_iter()
-                .map(|p| {
-                    p.and_then(|_| {
-                        vectors
-                            .next()
-                            .context("the encoder returned too few vectors")
-                    })
-                })
-                .collect()
-        }
-        Ok(_) => prepared
-            .into_iter()
-            .map(|p| {
-                p.and_then(|_| {
-                    Err(anyhow!(
-                        "the encoder returned a vector count that does not match"
-                    ))
-                })
+    let n = ok.len();
+    let mut vectors = match forward(&ok) {
+        Ok(v) if v.len() == n => Ok(v.into_iter()),
+        Ok(v) => Err(format!(
+            "the encoder returned {} vectors for {n} inputs",
+            v.len()
+        )),
+        Err(e) => Err(format!("{e:#}")),
+    };
+    prepared
+        .into_iter()
+        .map(|p| {
+            p.and_then(|_| match &mut vectors {
+                Ok(v) => v.next().context("the encoder returned too few vectors"),
+                Err(msg) => Err(anyhow!("{msg}")),
             })
-            .collect(),
-        Err(e) => {
-            let msg = format!("{e:#}");
-            prepared
-                .into_iter()
-                .map(|p| p.and_then(|_| Err(anyhow!("{msg}"))))
-                .collect()
-        }
-    }
+        })
+        .collect()
 }
 
 /// Rows scaled to unit length.

@@ -12,7 +12,7 @@
 use std::path::Path;
 
 use anyhow::{Result, anyhow};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use candle_transformers::models::bert::{BertModel, Config};
 use tokenizers::{PaddingParams, Tokenizer, TruncationParams};
 
@@ -76,19 +76,11 @@ impl TextEncoder {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
-        let enc = self
-            .tokenizer
-            .encode_batch(texts.to_vec(), true)
-            .map_err(|e| anyhow!("tokenizing: {e}"))?;
-        let n = enc.len();
-        let len = enc[0].get_ids().len();
-        let flat = |f: &dyn Fn(&tokenizers::Encoding) -> &[u32]| -> Vec<u32> {
-            enc.iter().flat_map(|e| f(e).iter().copied()).collect()
-        };
+        let enc = super::tokenize(&self.tokenizer, texts)?;
         let device = &self.model.device;
-        let ids = Tensor::from_vec(flat(&|e| e.get_ids()), (n, len), device)?;
-        let types = Tensor::from_vec(flat(&|e| e.get_type_ids()), (n, len), device)?;
-        let mask = Tensor::from_vec(flat(&|e| e.get_attention_mask()), (n, len), device)?;
+        let ids = super::token_tensor(&enc, |e| e.get_ids(), device)?;
+        let types = super::token_tensor(&enc, |e| e.get_type_ids(), device)?;
+        let mask = super::token_tensor(&enc, |e| e.get_attention_mask(), device)?;
         let hidden = self.model.forward(&ids, &types, Some(&mask))?;
         // Mean over the kept tokens, then L2 normalisation.
         let m = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
@@ -109,7 +101,7 @@ impl super::Encoder for TextEncoder {
     }
 
     fn encode(&self, bytes: &[u8], media_type: &str) -> Result<Vec<f32>> {
-        super::single(Ok(self.encode_batch(&[(bytes, media_type)])))
+        super::single(self.encode_batch(&[(bytes, media_type)]))
     }
 
     fn encode_text_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
@@ -121,12 +113,6 @@ impl super::Encoder for TextEncoder {
     }
 
     fn encode_batch(&self, items: &[(&[u8], &str)]) -> Vec<Result<Vec<f32>>> {
-        let texts = items
-            .iter()
-            .map(|(b, m)| super::text_of(b, m, &self.id, "text"))
-            .collect();
-        super::batched(texts, |ok| {
-            self.encode_texts(&ok.iter().map(|t| **t).collect::<Vec<_>>())
-        })
+        super::encode_text_samples(items.iter(), &self.id, "text", |t| self.encode_texts(t))
     }
 }

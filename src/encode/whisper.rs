@@ -145,7 +145,7 @@ impl super::Encoder for WhisperEncoder {
     }
 
     fn encode(&self, bytes: &[u8], media_type: &str) -> Result<Vec<f32>> {
-        super::single(Ok(self.encode_batch(&[(bytes, media_type)])))
+        super::single(self.encode_batch(&[(bytes, media_type)]))
     }
 
     fn batch_size(&self) -> usize {

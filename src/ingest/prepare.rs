@@ -51,37 +51,23 @@ pub fn prepare(
     published: &HashSet<ContentId>,
     in_lance: &HashSet<ContentId>,
 ) -> (Vec<Prepared>, Vec<Rejection>) {
-    let workers = std::thread::available_parallelism()
-        .map_or(2, |n| n.get())
-        .min(chunk.len().max(1));
-    let per = chunk.len().div_ceil(workers);
     let skip = |id: &ContentId| published.contains(id) || in_lance.contains(id);
     let batch_encoder = match embeddings {
         Embeddings::Encoder(enc) if enc.batch_size() > 1 => Some(*enc),
         _ => None,
     };
     let embed_now = batch_encoder.is_none();
-    let results: Vec<Result<Prepared, Rejection>> = std::thread::scope(|s| {
-        let handles: Vec<_> = chunk
-            .chunks(per.max(1))
-            .map(|part| {
-                s.spawn(move || {
-                    part.iter()
-                        .map(|&i| prepare_one(i, &items[i], embeddings, &skip, embed_now))
-                        .collect::<Vec<_>>()
-                })
+    let results = crate::encode::par_map(chunk, |&i| {
+        let item = &items[i];
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            prepare_one(i, item, embeddings, &skip, embed_now)
+        }))
+        .unwrap_or_else(|_| {
+            Err(Rejection {
+                what: item.origin.clone(),
+                reason: "encoder panicked".into(),
             })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| match h.join() {
-                Ok(v) => v,
-                Err(_) => vec![Err(Rejection {
-                    what: "batch".into(),
-                    reason: "encoder panicked".into(),
-                })],
-            })
-            .collect()
+        })
     });
     let mut ok = Vec::new();
     let mut bad = Vec::new();
@@ -92,46 +78,49 @@ pub fn prepare(
         }
     }
     if let Some(enc) = batch_encoder {
-        let mut failed = embed_batches(enc, &mut ok, &skip);
-        let (embedded, unembeddable): (Vec<_>, Vec<_>) =
-            ok.into_iter().partition(|p| !failed.contains_key(&p.index));
-        bad.extend(unembeddable.into_iter().map(|p| Rejection {
-            what: items[p.index].origin.clone(),
-            reason: failed.remove(&p.index).unwrap_or_default(),
-        }));
+        let reasons = embed_batches(enc, &mut ok, &skip);
+        let mut embedded = Vec::with_capacity(ok.len());
+        for (p, reason) in ok.into_iter().zip(reasons) {
+            match reason {
+                None => embedded.push(p),
+                Some(reason) => bad.push(Rejection {
+                    what: items[p.index].origin.clone(),
+                    reason,
+                }),
+            }
+        }
         ok = embedded;
     }
     (ok, bad)
 }
 
 /// Embeds the samples that need it in batches of the encoder's size;
-/// returns the reasons of those it could not embed, by input index.
+/// returns, for each sample, why it could not be embedded (if so).
 fn embed_batches(
     enc: &dyn Encoder,
     prepared: &mut [Prepared],
     skip: &(dyn Fn(&ContentId) -> bool + Sync),
-) -> std::collections::HashMap<usize, String> {
-    let mut failed = std::collections::HashMap::new();
-    let mut todo: Vec<&mut Prepared> = prepared
+) -> Vec<Option<String>> {
+    let mut reasons = vec![None; prepared.len()];
+    let mut todo: Vec<(usize, &mut Prepared)> = prepared
         .iter_mut()
-        .filter(|p| !skip(&p.content_id))
+        .enumerate()
+        .filter(|(_, p)| !skip(&p.content_id))
         .collect();
     for chunk in todo.chunks_mut(enc.batch_size()) {
         let items: Vec<(&[u8], &str)> = chunk
             .iter()
-            .map(|p| (p.bytes.as_ref(), p.media_type.as_str()))
+            .map(|(_, p)| (p.bytes.as_ref(), p.media_type.as_str()))
             .collect();
         let vectors = enc.encode_batch(&items);
-        for (p, v) in chunk.iter_mut().zip(vectors) {
+        for ((k, p), v) in chunk.iter_mut().zip(vectors) {
             match v {
                 Ok(v) => p.embedding = Some(v),
-                Err(e) => {
-                    failed.insert(p.index, format!("{e:#}"));
-                }
+                Err(e) => reasons[*k] = Some(format!("{e:#}")),
             }
         }
     }
-    failed
+    reasons
 }
 
 fn prepare_one(
