@@ -5,14 +5,17 @@
 //! chunk wait for that one fetch (`try_get_with`). Embedding sidecars are
 //! cached the same way, one entry each.
 //!
-//! Every byte that enters the cache is verified before any of it is served:
+//! Every byte that enters the cache is verified before any of it is served,
+//! against the content id, the only identity of a sample's bytes:
 //! - a sample that fits in one chunk against its content id;
-//! - a chunk of a larger sample against the digest the table recorded for
-//!   it (`chunk_sha256`, written by `lakemount ingest`);
-//! - for a larger sample without recorded digests (rows other engines
-//!   wrote), the first read fetches the whole sample once, checks it
-//!   against the content id, and keeps the digests of its chunks in memory
-//!   (32 bytes per MiB), so later reads of any chunk are verified alone.
+//! - a larger sample is fetched whole on its first read and checked
+//!   against its content id; the digests of its chunks are then kept in
+//!   memory (32 bytes per MiB, by content id, so every view shares them)
+//!   and later reads of any chunk are verified alone against them. The
+//!   table's `chunk_sha256` is untrusted like the rest of the row (a row
+//!   may carry digests of other bytes than its content id names): it is
+//!   compared with the learned digests, and a mismatch is logged, never
+//!   believed.
 //!
 //! Where bytes come from is [`crate::source::Source`].
 
@@ -22,7 +25,7 @@ use bytes::Bytes;
 use moka::future::Cache;
 use sha2::{Digest, Sha256};
 
-use crate::content_id::CHUNK;
+use crate::content_id::{CHUNK, ContentId};
 use crate::metrics::Metrics;
 use crate::source::{FetchError, SampleLoc, Source};
 use crate::view::View;
@@ -45,7 +48,7 @@ const KEEP_WHILE_LEARNING: u64 = 64 << 20;
 /// The byte-weighed cache in front of a [`Source`].
 pub struct ChunkCache {
     cache: Cache<ChunkKey, Bytes>,
-    learned: Cache<(u32, u32), Arc<[[u8; 32]]>>,
+    learned: Cache<ContentId, Arc<[[u8; 32]]>>,
     source: Arc<dyn Source>,
     metrics: Arc<Metrics>,
 }
@@ -72,7 +75,7 @@ impl ChunkCache {
         metrics.watch_cache_bytes(move || watched.weighted_size());
         let learned = Cache::builder()
             .max_capacity(LEARNED_DIGESTS_BYTES)
-            .weigher(|_k: &(u32, u32), v: &Arc<[[u8; 32]]>| (v.len() * 32 + 64) as u32)
+            .weigher(|_k: &ContentId, v: &Arc<[[u8; 32]]>| (v.len() * 32 + 64) as u32)
             .build();
         Self {
             cache,
@@ -131,10 +134,10 @@ impl ChunkCache {
         }
         self.metrics.cache_misses.inc();
         let loc = view.location(i);
-        let digests = match &loc.chunk_digests {
-            Some(d) => Some(d.clone()),
-            None if loc.size > CHUNK => Some(self.learn(view_no, i, &loc).await?),
-            None => None,
+        let digests = if loc.size > CHUNK {
+            Some(self.learn(view_no, i, &loc).await?)
+        } else {
+            None
         };
         let source = self.source.clone();
         let metrics = self.metrics.clone();
@@ -150,8 +153,9 @@ impl ChunkCache {
             .await
     }
 
-    /// The digests of every chunk of a sample the table has none for:
-    /// fetched whole once, checked against its content id.
+    /// The digests of every chunk of a large sample: fetched whole once,
+    /// checked against its content id (then compared with what the table
+    /// says, which is only logged when it differs).
     async fn learn(
         &self,
         view_no: u32,
@@ -163,7 +167,7 @@ impl ChunkCache {
         let metrics = self.metrics.clone();
         let loc = loc.clone();
         self.learned
-            .try_get_with((view_no, i as u32), async move {
+            .try_get_with(loc.content_id, async move {
                 let learned = async {
                     let chunks = loc.size.div_ceil(CHUNK) as u32;
                     let mut whole = Sha256::new();
@@ -185,6 +189,15 @@ impl ChunkCache {
                             content_id: loc.content_id.hex(),
                             detail: "the bytes do not hash to the content id".into(),
                         });
+                    }
+                    if let Some(recorded) = &loc.chunk_digests
+                        && recorded.as_ref() != digests.as_slice()
+                    {
+                        tracing::warn!(
+                            "sample {}: the table's chunk_sha256 does not describe the bytes of its content id; \
+                             serving the verified bytes",
+                            loc.content_id
+                        );
                     }
                     for (c, bytes) in kept.into_iter().enumerate() {
                         let key = ChunkKey {

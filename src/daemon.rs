@@ -68,15 +68,7 @@ pub fn report(outcome: Result<(), String>) {
 /// Starts `lakemount <args>` detached, logging to `log`, and waits until
 /// it reports; `Ok(pid)` when the mount is ready.
 pub fn spawn(args: &[OsString], log: &Path) -> Result<u32> {
-    if let Some(dir) = log.parent() {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create the log directory {}", dir.display()))?;
-    }
-    let out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .with_context(|| format!("cannot open the log file {}", log.display()))?;
+    let out = crate::runtime::open_log(log)?;
     let mut fds = [0i32; 2];
     // SAFETY: fds is a valid array of two ints.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -126,9 +118,11 @@ pub fn spawn(args: &[OsString], log: &Path) -> Result<u32> {
     }
 }
 
-/// The default log file of a daemon mounted at `mountpoint`.
+/// The default log file of a daemon mounted at `mountpoint`: next to its
+/// status socket in the private runtime directory.
 pub fn default_log(mountpoint: &Path) -> Result<PathBuf> {
-    Ok(crate::status::socket_path(mountpoint)?.with_extension("log"))
+    let dir = crate::runtime::ensure()?;
+    Ok(crate::status::socket_path_in(&dir, mountpoint)?.with_extension("log"))
 }
 
 /// Options of an fstab line / `mount -o` that are mount(8)'s, not ours.
@@ -142,7 +136,10 @@ const IGNORED: [&str; 12] = [
 /// pairs of the mount command's long options (`warehouse=/data/wh`,
 /// `catalog=...`, `rank=0`, `world_size=8`, `cache_size=4GiB`, `warm`,
 /// `metrics=127.0.0.1:9464`, `allow_other`, `log_file=...`, ...), `_`
-/// standing for `-`; a spec list is separated by `:`.
+/// standing for `-`; a spec list is separated by `:`. A key that is not
+/// one of those options (an empty one included), a value given to a flag
+/// and a missing value are errors: each option becomes one `--key=value`
+/// argument, so no option text can turn into a spec path.
 pub fn helper_args(argv: &[OsString]) -> Result<Vec<OsString>> {
     let mut positional = Vec::new();
     let mut opts: Vec<String> = Vec::new();
@@ -167,6 +164,7 @@ pub fn helper_args(argv: &[OsString]) -> Result<Vec<OsString>> {
             positional.len()
         );
     };
+    let known = crate::cli::mount_options();
     let mut out: Vec<OsString> = vec!["mount".into(), "--daemon".into()];
     for o in opts {
         let o = o.trim();
@@ -175,12 +173,32 @@ pub fn helper_args(argv: &[OsString]) -> Result<Vec<OsString>> {
             continue;
         }
         let (key, value) = match o.split_once('=') {
-            Some((k, v)) => (k, Some(v)),
+            Some((k, v)) => (k.trim(), Some(v)),
             None => (o, None),
         };
-        out.push(format!("--{}", key.replace('_', "-")).into());
-        if let Some(v) = value {
-            out.push(v.into());
+        let name = key.replace('_', "-");
+        let takes_value = match known.iter().find(|(k, _)| *k == name && k != "daemon") {
+            Some((_, v)) => *v,
+            None if key.is_empty() => bail!(
+                "option {:?} has no name before `=`; options are KEY=VALUE or a flag name",
+                crate::files::excerpt(o, 40)
+            ),
+            None => bail!(
+                "unknown option {:?}; options are the long options of `lakemount mount --help` with _ for - ({})",
+                crate::files::excerpt(key, 40),
+                known
+                    .iter()
+                    .filter(|(k, _)| k != "daemon" && k != "help")
+                    .map(|(k, _)| k.replace('-', "_"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        match (takes_value, value) {
+            (true, Some(v)) => out.push(format!("--{name}={v}").into()),
+            (false, None) => out.push(format!("--{name}").into()),
+            (true, None) => bail!("option {key} needs a value ({key}=...)"),
+            (false, Some(_)) => bail!("option {key} is a flag and takes no value"),
         }
     }
     for spec in source.to_string_lossy().split(':') {
@@ -216,17 +234,38 @@ mod tests {
             [
                 "mount",
                 "--daemon",
-                "--warehouse",
-                "/data/wh",
-                "--rank",
-                "1",
-                "--world-size",
-                "8",
+                "--warehouse=/data/wh",
+                "--rank=1",
+                "--world-size=8",
                 "--warm",
                 "/etc/lakemount/specs",
                 "/mnt/data"
             ]
         );
         assert!(helper_args(&argv[..2]).is_err());
+    }
+
+    #[test]
+    fn unknown_empty_and_misused_option_keys_are_errors() {
+        let with = |opts: &str| {
+            let argv: Vec<OsString> = ["/sbin/mount.fuse.lakemount", "/s", "/m", "-o", opts]
+                .iter()
+                .map(OsString::from)
+                .collect();
+            helper_args(&argv).map_err(|e| format!("{e:#}"))
+        };
+        let e = with("warehouse=/wh,=/etc/shadow").unwrap_err();
+        assert!(e.contains("has no name before `=`"), "{e}");
+        let e = with("warehouse=/wh,spec=/etc/shadow").unwrap_err();
+        assert!(e.contains("unknown option \"spec\""), "{e}");
+        let e = with("warm=/etc/shadow").unwrap_err();
+        assert!(e.contains("is a flag"), "{e}");
+        let e = with("catalog").unwrap_err();
+        assert!(e.contains("needs a value"), "{e}");
+        let e = with("daemon").unwrap_err();
+        assert!(e.contains("unknown option"), "{e}");
+        // A value with `=` or `,`-free text stays one argument.
+        let ok = with("storage_option=endpoint=http://h:1,cache_size=4GiB").unwrap();
+        assert!(ok.contains(&OsString::from("--storage-option=endpoint=http://h:1")));
     }
 }

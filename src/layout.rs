@@ -14,7 +14,11 @@
 //!   `_` and `__`;
 //! * a segment longer than 255 bytes is cut at a character boundary and
 //!   suffixed with `~` and 16 hex digits of its hash, so distinct long names
-//!   stay distinct.
+//!   stay distinct ([`shorten`]); a file name whose `.npy`/`.json` sidecars
+//!   would pass 255 bytes is shortened the same way so they fit (see
+//!   [`crate::view`]'s placement);
+//! * U+2028 and U+2029 (line and paragraph separators) become `_` as the
+//!   control characters do, so one listed name is always one line.
 //!
 //! Two samples that still render to the same path are told apart in the
 //! view (see [`crate::view`]): in content-id order, the first keeps the name
@@ -24,7 +28,7 @@
 use anyhow::{Result, bail};
 
 /// Longest file name most filesystems (and the kernel's FUSE layer) accept.
-const NAME_MAX: usize = 255;
+pub const NAME_MAX: usize = 255;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Piece {
@@ -43,15 +47,24 @@ impl Layout {
     /// Parses a template; errors describe what is malformed.
     pub fn parse(text: &str) -> Result<Self> {
         if text.starts_with('/') || text.ends_with('/') {
-            bail!("{text:?} must be a relative path that names a file (no leading or trailing /)");
+            bail!(
+                "{} must be a relative path that names a file (no leading or trailing /)",
+                crate::files::quoted(text)
+            );
         }
         let mut segments = Vec::new();
         for seg in text.split('/') {
             if seg.is_empty() {
-                bail!("{text:?} has an empty path segment (//)");
+                bail!(
+                    "{} has an empty path segment (//)",
+                    crate::files::quoted(text)
+                );
             }
             if seg == "." || seg == ".." {
-                bail!("{text:?} may not contain . or .. segments");
+                bail!(
+                    "{} may not contain . or .. segments",
+                    crate::files::quoted(text)
+                );
             }
             let mut pieces = Vec::new();
             let mut rest = seg;
@@ -62,7 +75,10 @@ impl Layout {
                     }
                     let after = &rest[open + 1..];
                     let Some(close) = after.find('}') else {
-                        bail!("{text:?} has a `{{` without a matching `}}`");
+                        bail!(
+                            "{} has a `{{` without a matching `}}`",
+                            crate::files::quoted(text)
+                        );
                     };
                     let field = &after[..close];
                     let ident = field
@@ -71,7 +87,10 @@ impl Layout {
                         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
                         && field.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
                     if !ident {
-                        bail!("{text:?}: `{{{field}}}` is not a column name");
+                        bail!(
+                            "{}: `{{{field}}}` is not a column name",
+                            crate::files::quoted(text)
+                        );
                     }
                     pieces.push(Piece::Field(field.to_string()));
                     rest = &after[close + 1..];
@@ -87,7 +106,10 @@ impl Layout {
             .flatten()
             .any(|p| matches!(p, Piece::Field(_)))
         {
-            bail!("{text:?} uses no column, so every sample would get the same name");
+            bail!(
+                "{} uses no column, so every sample would get the same name",
+                crate::files::quoted(text)
+            );
         }
         Ok(Self {
             text: text.to_string(),
@@ -173,10 +195,13 @@ impl Layout {
 
 fn check_lit(lit: &str, text: &str) -> Result<String> {
     if lit.contains('}') {
-        bail!("{text:?} has a `}}` without a matching `{{`");
+        bail!(
+            "{} has a `}}` without a matching `{{`",
+            crate::files::quoted(text)
+        );
     }
     if lit.contains('\0') {
-        bail!("{text:?} contains a NUL character");
+        bail!("{} contains a NUL character", crate::files::quoted(text));
     }
     Ok(lit.to_string())
 }
@@ -187,8 +212,29 @@ pub fn is_unsafe_char(c: char) -> bool {
     c.is_control()
         || matches!(
             c,
-            '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+            '\u{061C}'
+                | '\u{200E}'
+                | '\u{200F}'
+                | '\u{2028}'
+                | '\u{2029}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2066}'..='\u{2069}'
         )
+}
+
+/// `s` if it is at most `max` bytes; else cut at a character boundary and
+/// suffixed with `~` and 16 hex digits of the hash of all of `s`, so
+/// distinct long names stay distinct, `max` bytes in all.
+pub fn shorten(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let hash = crate::encode::builtin::fnv1a(s.as_bytes());
+    let mut cut = max.saturating_sub(17);
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}~{hash:016x}", &s[..cut])
 }
 
 /// Makes one path component safe (see the module docs).
@@ -208,15 +254,7 @@ pub fn safe_component(s: &str) -> String {
     } else if out == "." || out == ".." {
         out = out.replace('.', "_");
     }
-    if out.len() > NAME_MAX {
-        let hash = crate::encode::builtin::fnv1a(out.as_bytes());
-        let mut cut = NAME_MAX - 17;
-        while !out.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        out = format!("{}~{hash:016x}", &out[..cut]);
-    }
-    out
+    shorten(&out, NAME_MAX)
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -170,7 +170,7 @@ impl LakeSource {
             // No trusted local root (a source built without roots, in tests).
             return std::fs::File::open(path);
         };
-        openat_beneath(&root.dir, rel)
+        crate::files::open_beneath(&root.dir, rel)
     }
 
     fn read_local(&self, path: &Path, range: Range<u64>) -> std::io::Result<Bytes> {
@@ -189,43 +189,6 @@ impl LakeSource {
         buf.truncate(filled);
         Ok(Bytes::from(buf))
     }
-}
-
-/// `openat2(dir, rel, O_RDONLY | O_CLOEXEC, RESOLVE_BENEATH)`: fails with
-/// `EXDEV` if resolving `rel` (symlinks included) would leave `dir`. Falls
-/// back to a canonical-path check where the kernel lacks `openat2`.
-fn openat_beneath(dir: &OwnedFd, rel: &Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(rel.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-    // SAFETY: open_how is plain data; zeroed is its documented initial state.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (libc::O_RDONLY | libc::O_CLOEXEC) as u64;
-    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS;
-    // SAFETY: valid fd, NUL-terminated path and a correctly sized open_how.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            dir.as_raw_fd(),
-            c.as_ptr(),
-            &how as *const libc::open_how,
-            std::mem::size_of::<libc::open_how>(),
-        )
-    };
-    if fd >= 0 {
-        // SAFETY: the kernel returned a new, owned file descriptor.
-        return Ok(unsafe { std::fs::File::from_raw_fd(fd as i32) });
-    }
-    let err = std::io::Error::last_os_error();
-    if err.raw_os_error() != Some(libc::ENOSYS) {
-        return Err(err);
-    }
-    let base = std::fs::read_link(format!("/proc/self/fd/{}", dir.as_raw_fd()))?;
-    let full = base.join(rel).canonicalize()?;
-    if !full.starts_with(&base) {
-        return Err(std::io::Error::from_raw_os_error(libc::EXDEV));
-    }
-    std::fs::File::open(full)
 }
 
 /// The local path behind a `file://` URI.

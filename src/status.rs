@@ -1,10 +1,12 @@
 //! `lakemount status MOUNTPOINT`: a running mount answers on a Unix socket
 //! named after its mountpoint with its views and counters (JSON).
 //!
-//! The socket lives in `$LAKEMOUNT_RUNTIME_DIR`, else `$XDG_RUNTIME_DIR`,
-//! else `/run/lakemount` for root and `/tmp/lakemount-<uid>` for others;
+//! The socket lives in the private runtime directory ([`crate::runtime`]);
 //! its name is a digest of the mountpoint's absolute path, so any process
-//! of the same user (or root) finds it from the mountpoint alone.
+//! of the same user finds it from the mountpoint alone. The client checks
+//! the directory is private and that the process answering is the user's
+//! own (or root's), so another user can neither listen in its place nor
+//! answer for it.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,29 +17,13 @@ use sha2::{Digest, Sha256};
 
 use crate::fs::ViewFs;
 
-/// Directory holding the status sockets.
-pub fn runtime_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("LAKEMOUNT_RUNTIME_DIR") {
-        return PathBuf::from(d);
-    }
-    if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR") {
-        return PathBuf::from(d).join("lakemount");
-    }
-    // SAFETY: getuid has no preconditions.
-    let uid = unsafe { libc::getuid() };
-    if uid == 0 {
-        PathBuf::from("/run/lakemount")
-    } else {
-        PathBuf::from(format!("/tmp/lakemount-{uid}"))
-    }
-}
-
-/// The status socket of the mount at `mountpoint`.
-pub fn socket_path(mountpoint: &Path) -> Result<PathBuf> {
+/// The name of the status socket of the mount at `mountpoint`, inside
+/// the runtime directory `dir`.
+pub fn socket_path_in(dir: &Path, mountpoint: &Path) -> Result<PathBuf> {
     let abs = std::path::absolute(mountpoint)
         .with_context(|| format!("bad mountpoint {}", mountpoint.display()))?;
     let digest = Sha256::digest(abs.as_os_str().as_encoded_bytes());
-    Ok(runtime_dir().join(format!("{}.sock", hex::encode(&digest[..12]))))
+    Ok(dir.join(format!("{}.sock", hex::encode(&digest[..12]))))
 }
 
 /// The status document of a mount.
@@ -75,13 +61,17 @@ impl Drop for Listening {
 
 /// Answers status queries for the mount at `mountpoint` until dropped.
 pub fn serve(fs: Arc<ViewFs>, mountpoint: &Path) -> Result<Listening> {
-    let path = socket_path(mountpoint)?;
-    let dir = runtime_dir();
-    std::fs::create_dir_all(&dir)
-        .with_context(|| format!("cannot create the runtime directory {}", dir.display()))?;
-    // A socket left by a mount that died: nothing answers on it.
-    if path.exists() && std::os::unix::net::UnixStream::connect(&path).is_err() {
-        let _ = std::fs::remove_file(&path);
+    let dir = crate::runtime::ensure()?;
+    let path = socket_path_in(&dir, mountpoint)?;
+    // A socket left by a mount that died: nothing answers on it. The
+    // directory is private, so whatever is there is the user's own.
+    if let Ok(meta) = std::fs::symlink_metadata(&path)
+        && std::os::unix::net::UnixStream::connect(&path).is_err()
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if meta.file_type().is_socket() {
+            let _ = std::fs::remove_file(&path);
+        }
     }
     let listener = tokio::net::UnixListener::bind(&path)
         .with_context(|| format!("cannot listen on {}", path.display()))?;
@@ -102,7 +92,9 @@ pub fn serve(fs: Arc<ViewFs>, mountpoint: &Path) -> Result<Listening> {
 /// Asks the mount at `mountpoint` for its status document.
 pub fn query(mountpoint: &Path) -> Result<serde_json::Value> {
     use std::io::Read;
-    let path = socket_path(mountpoint)?;
+    let dir = crate::runtime::dir();
+    crate::runtime::check_private(&dir)?;
+    let path = socket_path_in(&dir, mountpoint)?;
     let mut stream = match std::os::unix::net::UnixStream::connect(&path) {
         Ok(s) => s,
         Err(e) => bail!(
@@ -111,12 +103,46 @@ pub fn query(mountpoint: &Path) -> Result<serde_json::Value> {
             path.display()
         ),
     };
+    let peer = peer_uid(&stream)?;
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let me = unsafe { libc::getuid() };
+    if peer != me && peer != 0 {
+        bail!(
+            "the process answering on {} runs as uid {peer}, not as you (uid {me}) or root; not trusting it",
+            path.display()
+        );
+    }
     stream.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
     let mut text = String::new();
     stream
         .read_to_string(&mut text)
         .with_context(|| format!("reading {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("bad status from {}", path.display()))
+}
+
+/// The uid of the process at the other end of a Unix socket.
+fn peer_uid(stream: &std::os::unix::net::UnixStream) -> Result<u32> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: ucred is plain data; zeroed is a valid value.
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: a valid socket, and a buffer of the size given.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        bail!(
+            "cannot tell who answers on the status socket: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(cred.uid)
 }
 
 /// Human-readable status: views, then the counters (without comments).

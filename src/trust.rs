@@ -14,7 +14,13 @@
 //! whole segment at a time. Local reads also refuse symlinks that leave
 //! the root (see [`crate::source`]).
 //!
-//! [`redact`] keeps secrets (passwords and tokens in URIs) out of messages.
+//! [`redact`] keeps secrets (passwords and tokens in URIs) out of messages,
+//! in two layers that do not depend on a URI parsing: the secrets the
+//! command was given are registered ([`register_secret`], from the catalog
+//! URI read leniently by [`uri_password`], catalog options and storage
+//! keys) and replaced wherever they appear; and anything shaped like
+//! `scheme://user:password@host` has its password replaced whether or not
+//! the rest of it is a valid URI (a bad port, an empty host, brackets).
 
 use anyhow::{Context, Result, bail};
 use url::Url;
@@ -89,6 +95,11 @@ impl UriTrust {
         path.is_absolute() && Url::from_file_path(path).is_ok_and(|u| self.allows(u.as_str()))
     }
 
+    /// The warehouse root this rule was made for (`None` for [`UriTrust::any`]).
+    pub fn warehouse(&self) -> Option<&Url> {
+        self.roots.first()
+    }
+
     /// The local directories among the roots.
     pub fn local_roots(&self) -> Vec<std::path::PathBuf> {
         self.roots
@@ -128,9 +139,75 @@ fn segments(url: &Url) -> Option<Vec<String>> {
     Some(out)
 }
 
-/// `text` with the password of any URI in it, and the values of query
-/// parameters that look like secrets, replaced by `***`.
+/// Secrets this process was given; [`redact`] replaces each wherever it
+/// appears.
+static SECRETS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Shorter secrets are only redacted where they stand in a URI (replacing
+/// every "ab" in a message would garble it and hide nothing).
+const MIN_REGISTERED: usize = 3;
+
+/// Registers a secret (and its percent-decoded form) to be redacted from
+/// every message.
+pub fn register_secret(secret: &str) {
+    let decoded = percent_encoding::percent_decode_str(secret)
+        .decode_utf8_lossy()
+        .into_owned();
+    register([secret.to_string(), decoded]);
+}
+
+/// Registers the password of a URI: redacted where it stands in
+/// `user:password@`, in any message, also when what surrounds it does not
+/// parse as a URI. (Not everywhere: a password equal to the user name or
+/// a word of the message would garble it.)
+pub fn register_uri_password(password: &str) {
+    let decoded = percent_encoding::percent_decode_str(password)
+        .decode_utf8_lossy()
+        .into_owned();
+    register([format!(":{password}@"), format!(":{decoded}@")]);
+}
+
+fn register(values: [String; 2]) {
+    if let Ok(mut s) = SECRETS.lock() {
+        for v in values {
+            if v.len() >= MIN_REGISTERED && !s.contains(&v) {
+                s.push(v);
+            }
+        }
+        // Longest first, so a secret containing another is replaced whole.
+        s.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    }
+}
+
+/// The password of `scheme://user:password@host...`, read without parsing
+/// the URI: between the first `:` after `://` and the last `@`, so a
+/// password holding `@`, `/` or spaces, or a URI invalid elsewhere (bad
+/// port, empty host), still yields it.
+pub fn uri_password(uri: &str) -> Option<&str> {
+    let (_, rest) = uri.split_once("://")?;
+    let at = rest.rfind('@')?;
+    let userinfo = &rest[..at];
+    let (_, password) = userinfo.split_once(':')?;
+    (!password.is_empty()).then_some(password)
+}
+
+/// `text` with the registered secrets, the password of any URI in it, and
+/// the values of query parameters that look like secrets, replaced by `***`.
 pub fn redact(text: &str) -> String {
+    let mut text = text.to_string();
+    if let Ok(secrets) = SECRETS.lock() {
+        for s in secrets.iter() {
+            if text.contains(s.as_str()) {
+                let masked = if s.starts_with(':') && s.ends_with('@') {
+                    ":***@"
+                } else {
+                    "***"
+                };
+                text = text.replace(s.as_str(), masked);
+            }
+        }
+    }
+    let text = text.as_str();
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(pos) = rest.find("://") {
@@ -151,7 +228,7 @@ pub fn redact(text: &str) -> String {
 
 fn redact_uri(uri: &str) -> String {
     let Ok(mut url) = Url::parse(uri) else {
-        return uri.to_string();
+        return redact_userinfo(uri);
     };
     let mut changed = false;
     if url.password().is_some() {
@@ -192,6 +269,32 @@ fn redact_uri(uri: &str) -> String {
     } else {
         uri.to_string()
     }
+}
+
+/// The password of a URI-shaped text that does not parse, replaced: in
+/// the authority (up to the first `/`), between the first `:` and the last
+/// `@`.
+fn redact_userinfo(uri: &str) -> String {
+    let Some(pos) = uri.find("://") else {
+        return uri.to_string();
+    };
+    let start = pos + 3;
+    let end = uri[start..]
+        .find(['/', '?', '#'])
+        .map_or(uri.len(), |k| start + k);
+    let authority = &uri[start..end];
+    let Some(at) = authority.rfind('@') else {
+        return uri.to_string();
+    };
+    let Some(colon) = authority[..at].find(':') else {
+        return uri.to_string();
+    };
+    format!(
+        "{}{}:***{}",
+        &uri[..start],
+        &authority[..colon],
+        &uri[start + at..]
+    )
 }
 
 #[cfg(test)]
@@ -249,5 +352,27 @@ mod tests {
             "sqlite:/wh/catalog.db?mode=rwc"
         );
         assert!(!redact("postgresql://u:p%40ss@h/db").contains("p%40ss"));
+    }
+
+    #[test]
+    fn malformed_uris_are_redacted_before_parsing() {
+        for (uri, secret) in [
+            ("postgres://lm:hunter2@db:99999/iceberg", "hunter2"),
+            ("postgres://lm:hunter3@:5432/iceberg", "hunter3"),
+            ("postgres://lm:hunter4@[::1/iceberg", "hunter4"),
+            ("postgres://lm:hunter5@db:port/x", "hunter5"),
+        ] {
+            let shown = redact(&format!("cannot open {uri}: refused"));
+            assert!(!shown.contains(secret), "{shown}");
+            assert!(shown.contains("lm:***@"), "{shown}");
+        }
+        // A user with a space ends the URI where a message scanner looks;
+        // the registered secret is caught anyway.
+        let uri = "postgres://my user:s3cr%2Ft@db/x";
+        register_uri_password(uri_password(uri).unwrap());
+        let shown = redact(&format!("bad catalog {uri} (user contains a space)"));
+        assert!(!shown.contains("s3cr"), "{shown}");
+        assert_eq!(uri_password("postgres://u:p@ss/w@h/db"), Some("p@ss/w"));
+        assert_eq!(uri_password("sqlite:/x.db"), None);
     }
 }

@@ -101,6 +101,7 @@ pub struct Warehouse {
 impl Warehouse {
     /// Opens the warehouse; with `create`, makes a local root directory if needed.
     pub async fn open(config: &WarehouseConfig, create: bool) -> Result<Self> {
+        register_secrets(config);
         let table = parse_table_ident(&config.table)?;
         let root_url = root_url(&config.location)?;
         let storage = Storage::from_env(&config.storage_options)?;
@@ -143,6 +144,41 @@ impl Warehouse {
     }
 }
 
+/// Registers every secret in `config` for redaction ([`crate::trust`]),
+/// before anything parses it.
+fn register_secrets(config: &WarehouseConfig) {
+    if let Some(p) = config
+        .catalog
+        .as_deref()
+        .and_then(crate::trust::uri_password)
+    {
+        crate::trust::register_uri_password(p);
+    }
+    for (k, v) in &config.catalog_options {
+        let k = k.to_ascii_lowercase();
+        if k == "credential" {
+            crate::trust::register_secret(v.split_once(':').map_or(v.as_str(), |(_, s)| s));
+        } else if ["token", "secret", "password", "key"]
+            .iter()
+            .any(|s| k.contains(s))
+        {
+            crate::trust::register_secret(v);
+        }
+    }
+    for kv in &config.storage_options {
+        if let Some((k, v)) = kv.split_once('=')
+            && (k.contains("secret") || k.contains("token"))
+        {
+            crate::trust::register_secret(v);
+        }
+    }
+    for var in ["AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"] {
+        if let Ok(v) = std::env::var(var) {
+            crate::trust::register_secret(&v);
+        }
+    }
+}
+
 /// The object store of a local warehouse directory, created if asked.
 fn open_local_root(root_url: &Url, location: &str, create: bool) -> Result<Arc<dyn ObjectStore>> {
     let root: PathBuf = root_url
@@ -163,6 +199,7 @@ fn open_local_root(root_url: &Url, location: &str, create: bool) -> Result<Arc<d
             root.display()
         );
     }
+    inherit_permissions(&root)?;
     Ok(Arc::new(
         LocalFileSystem::new_with_prefix(&root).with_context(|| {
             format!(
@@ -171,6 +208,26 @@ fn open_local_root(root_url: &Url, location: &str, create: bool) -> Result<Arc<d
             )
         })?,
     ))
+}
+
+/// Makes files this process creates get no permission the warehouse root
+/// denies (a `0750` warehouse gives `0640` blobs, `0700` gives `0600`),
+/// whatever the mode of the file a blob was copied from: the bits the
+/// directory withholds from group and others are added to the umask. The
+/// umask only ever narrows.
+fn inherit_permissions(root: &FsPath) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let mode = std::fs::metadata(root)
+        .with_context(|| format!("warehouse {}: cannot inspect it", root.display()))?
+        .mode();
+    let deny = (!mode & 0o077) as libc::mode_t;
+    // SAFETY: umask has no preconditions; reading it means setting it, so
+    // it is set twice (the process-wide mask is only ever narrowed).
+    unsafe {
+        let old = libc::umask(0o077);
+        libc::umask(old | deny);
+    }
+    Ok(())
 }
 
 /// The catalog a config names (see [`WarehouseConfig::catalog`]), and
@@ -213,6 +270,7 @@ async fn open_catalog(
             .map_err(failed)?;
         return Ok((Arc::new(catalog), true));
     }
+    let uri = sqlite_create(uri.clone());
     let bind_style = if uri.starts_with("sqlite:") {
         SqlBindStyle::QMark
     } else if uri.starts_with("postgres://") || uri.starts_with("postgresql://") {
@@ -223,9 +281,11 @@ async fn open_catalog(
             redact(&uri)
         );
     };
-    if bind_style == SqlBindStyle::DollarNumeric {
-        reachable(&uri).await?;
-    }
+    let server = if bind_style == SqlBindStyle::DollarNumeric {
+        Some(reachable(&uri).await?)
+    } else {
+        None
+    };
     let builder = SqlCatalogBuilder::default()
         .uri(uri.clone())
         .warehouse_location(format!("{root_url}iceberg"))
@@ -239,18 +299,56 @@ async fn open_catalog(
         .load(CATALOG_NAME, storage.iceberg_props())
         .await
         .map_err(failed)?;
-    Ok((Arc::new(catalog), false))
+    Ok(match server {
+        Some((host, port)) => (
+            Arc::new(crate::catalog::watched::Watched::new(
+                Box::new(catalog),
+                redact(&uri),
+                host,
+                port,
+            )),
+            false,
+        ),
+        None => (Arc::new(catalog), false),
+    })
+}
+
+/// A SQLite catalog URI that creates its file (and folder) when missing
+/// (`mode=rwc`, as the default catalog is opened), unless it says otherwise.
+fn sqlite_create(uri: String) -> String {
+    let Some(rest) = uri.strip_prefix("sqlite:") else {
+        return uri;
+    };
+    if uri.contains("mode=") {
+        return uri;
+    }
+    let path = rest.strip_prefix("//").unwrap_or(rest);
+    let path = FsPath::new(path.split('?').next().unwrap_or(path));
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
+        && path != FsPath::new(":memory:")
+        && !parent.exists()
+    {
+        // Best effort: if it cannot be made, SQLite says so when opening.
+        let _ = std::fs::create_dir_all(parent);
+    }
+    let sep = if uri.contains('?') { '&' } else { '?' };
+    format!("{uri}{sep}mode=rwc")
 }
 
 /// Fails fast, with a clear message, when a database server does not
-/// answer (the SQL pool would wait 30 s and report a timeout).
-async fn reachable(uri: &str) -> Result<()> {
+/// answer (the SQL pool would wait 30 s and report a timeout); the
+/// server's host and port.
+async fn reachable(uri: &str) -> Result<(String, u16)> {
     let url = Url::parse(uri).with_context(|| format!("--catalog {}: not a URI", redact(uri)))?;
-    let host = url.host_str().unwrap_or("localhost").to_string();
+    let host = match url.host() {
+        Some(url::Host::Ipv6(a)) => a.to_string(),
+        Some(h) => h.to_string(),
+        None => "localhost".to_string(),
+    };
     let port = url.port().unwrap_or(5432);
     let connect = tokio::net::TcpStream::connect((host.as_str(), port));
     match tokio::time::timeout(std::time::Duration::from_secs(10), connect).await {
-        Ok(Ok(_)) => Ok(()),
+        Ok(Ok(_)) => Ok((host, port)),
         Ok(Err(e)) => bail!(
             "cannot reach the catalog database {} ({e}); is PostgreSQL running there?",
             redact(uri)

@@ -14,6 +14,12 @@
 //!
 //! Changes are applied 200 ms after the last event of a burst (editors
 //! write files in several steps), so a new file shows within a second.
+//!
+//! A spec directory that is deleted takes its views with it; each watched
+//! directory's parent is watched too, so when the directory is made again
+//! it is watched again and its specs come back (the log says both). Spec
+//! files are read as [`crate::spec::read`] reads them: a FIFO or device
+//! dropped into the directory is an error in the log, never a hang.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -58,33 +64,29 @@ impl Drop for Watching {
 }
 
 /// The spec files `args` stand for now: files as given (if they exist),
-/// directories' `*.yaml`/`*.yml` files.
-fn spec_files(args: &[PathBuf]) -> Vec<PathBuf> {
+/// directories' `*.yaml`/`*.yml` files (with `true`: found in a directory).
+fn spec_files(args: &[PathBuf]) -> Vec<(PathBuf, bool)> {
     let mut out = Vec::new();
     for arg in args {
         if arg.is_dir() {
-            out.extend(crate::spec::yaml_files(arg).unwrap_or_default());
-        } else if arg.is_file() {
-            out.push(arg.clone());
+            out.extend(
+                crate::spec::yaml_files(arg)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|f| (f, true)),
+            );
+        } else if arg.exists() {
+            out.push((arg.clone(), false));
         }
     }
     out
 }
 
-/// Starts watching `args` (the mount's spec arguments); `fs` already shows
-/// the views they resolved to.
-pub fn start(fs: Arc<ViewFs>, args: Vec<PathBuf>, how: Resolving) -> Result<Watching> {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let mut inotify = Inotify::init().context("cannot watch the spec directories (inotify)")?;
-    let mask = WatchMask::CREATE
-        | WatchMask::CLOSE_WRITE
-        | WatchMask::MODIFY
-        | WatchMask::DELETE
-        | WatchMask::MOVED_FROM
-        | WatchMask::MOVED_TO
-        | WatchMask::ATTRIB;
-    let mut watched = std::collections::BTreeSet::new();
-    for arg in &args {
+/// The directories watched for `args`: each directory argument, and the
+/// folder of each file argument.
+fn watched_dirs(args: &[PathBuf]) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for arg in args {
         let dir = if arg.is_dir() {
             arg.clone()
         } else {
@@ -93,13 +95,85 @@ pub fn start(fs: Arc<ViewFs>, args: Vec<PathBuf>, how: Resolving) -> Result<Watc
                 .unwrap_or(Path::new("."))
                 .to_path_buf()
         };
-        if watched.insert(dir.clone()) {
-            inotify
-                .watches()
-                .add(&dir, mask)
-                .with_context(|| format!("cannot watch {}", dir.display()))?;
+        if !dirs.contains(&dir) {
+            dirs.push(dir);
         }
     }
+    dirs
+}
+
+/// What is watched, kept up to date as directories go and come back.
+struct Watched {
+    watches: inotify::Watches,
+    dirs: Vec<PathBuf>,
+    /// Directories seen missing (logged once until they return).
+    missing: std::collections::BTreeSet<PathBuf>,
+}
+
+/// Events on a spec directory's contents.
+fn dir_mask() -> WatchMask {
+    WatchMask::CREATE
+        | WatchMask::CLOSE_WRITE
+        | WatchMask::MODIFY
+        | WatchMask::DELETE
+        | WatchMask::MOVED_FROM
+        | WatchMask::MOVED_TO
+        | WatchMask::ATTRIB
+        | WatchMask::DELETE_SELF
+        | WatchMask::MOVE_SELF
+}
+
+/// Events on a spec directory's parent: the directory made again.
+fn parent_mask() -> WatchMask {
+    WatchMask::CREATE | WatchMask::MOVED_TO | WatchMask::DELETE | WatchMask::MOVED_FROM
+}
+
+impl Watched {
+    /// Watches every directory that exists (again); logs the ones gone.
+    fn refresh(&mut self) {
+        for dir in &self.dirs {
+            if dir.is_dir() {
+                if self.watches.add(dir, dir_mask()).is_ok() && self.missing.remove(dir) {
+                    eprintln!(
+                        "spec directory {} is back: watching it again",
+                        dir.display()
+                    );
+                }
+            } else if self.missing.insert(dir.clone()) {
+                tracing::warn!("spec directory {} was removed", dir.display());
+                eprintln!(
+                    "warning: spec directory {} was removed: its views are unmounted; \
+                     they come back if it is made again",
+                    dir.display()
+                );
+            }
+        }
+    }
+}
+
+/// Starts watching `args` (the mount's spec arguments); `fs` already shows
+/// the views they resolved to.
+pub fn start(fs: Arc<ViewFs>, args: Vec<PathBuf>, how: Resolving) -> Result<Watching> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let mut inotify = Inotify::init().context("cannot watch the spec directories (inotify)")?;
+    let dirs = watched_dirs(&args);
+    let mut watches = inotify.watches();
+    for dir in &dirs {
+        watches
+            .add(dir, dir_mask())
+            .with_context(|| format!("cannot watch {}", dir.display()))?;
+        let abs = std::path::absolute(dir).unwrap_or_else(|_| dir.clone());
+        if let Some(parent) = abs.parent() {
+            // Best effort: a directory one cannot watch the parent of is
+            // still watched itself.
+            let _ = watches.add(parent, parent_mask());
+        }
+    }
+    let mut watched = Watched {
+        watches,
+        dirs,
+        missing: Default::default(),
+    };
     // Blocking reads on a thread of their own; it ends at the first event
     // after the mount stops listening.
     std::thread::Builder::new()
@@ -114,11 +188,10 @@ pub fn start(fs: Arc<ViewFs>, args: Vec<PathBuf>, how: Resolving) -> Result<Watc
         })
         .context("cannot start the spec watcher")?;
     let mut applied: HashMap<PathBuf, Applied> = HashMap::new();
-    for file in spec_files(&args) {
-        if let (Ok(text), Ok(spec)) = (
-            std::fs::read_to_string(&file),
-            crate::spec::load(&file, &how.table),
-        ) {
+    for (file, in_dir) in spec_files(&args) {
+        if let Ok(text) = crate::spec::read(&file, in_dir)
+            && let Ok(spec) = crate::spec::parse(&text, &file, &how.table)
+        {
             applied.insert(
                 file,
                 Applied {
@@ -128,6 +201,7 @@ pub fn start(fs: Arc<ViewFs>, args: Vec<PathBuf>, how: Resolving) -> Result<Watc
             );
         }
     }
+    let mut unreadable: HashMap<PathBuf, String> = HashMap::new();
     let task = tokio::spawn(async move {
         while rx.recv().await.is_some() {
             // Let the burst finish, then apply once.
@@ -138,7 +212,8 @@ pub fn start(fs: Arc<ViewFs>, args: Vec<PathBuf>, how: Resolving) -> Result<Watc
                 }
                 while rx.try_recv().is_ok() {}
             }
-            apply(&fs, &args, &how, &mut applied).await;
+            watched.refresh();
+            apply(&fs, &args, &how, &mut applied, &mut unreadable).await;
         }
     });
     Ok(Watching { task })
@@ -150,12 +225,13 @@ async fn apply(
     args: &[PathBuf],
     how: &Resolving,
     applied: &mut HashMap<PathBuf, Applied>,
+    unreadable: &mut HashMap<PathBuf, String>,
 ) {
     let files = spec_files(args);
     // Removed files.
     let gone: Vec<PathBuf> = applied
         .keys()
-        .filter(|f| !files.contains(f))
+        .filter(|f| !files.iter().any(|(g, _)| g == *f))
         .cloned()
         .collect();
     for file in gone {
@@ -165,10 +241,20 @@ async fn apply(
         }
     }
     // New and edited files.
-    for file in files {
-        let Ok(text) = std::fs::read_to_string(&file) else {
-            continue;
+    for (file, in_dir) in files {
+        let text = match crate::spec::read(&file, in_dir) {
+            Ok(text) => text,
+            Err(e) => {
+                // Said once, not at every event in the directory.
+                let message = format!("{e:#}");
+                if unreadable.get(&file) != Some(&message) {
+                    eprintln!("error: spec {} not applied: {message}", file.display());
+                    unreadable.insert(file, message);
+                }
+                continue;
+            }
         };
+        unreadable.remove(&file);
         if applied.get(&file).is_some_and(|a| a.text == text) {
             continue;
         }

@@ -136,8 +136,11 @@ async fn concurrent_readers_of_a_chunk_share_one_fetch() {
     for r in readers {
         r.await.unwrap();
     }
-    assert_eq!(faulty.requests(), 1, "16 readers of one chunk, one fetch");
-    // A read over three chunks fetches the two it lacks, once each.
+    // A large sample is fetched whole once (three chunk requests) and
+    // checked against its content id before any byte is served: 16
+    // readers share that one fetch.
+    assert_eq!(faulty.requests(), 3, "16 readers of one chunk, one fetch");
+    // Its chunks were kept: a read over all three fetches nothing.
     fs.read(ino, 0, 2_500_000).await.unwrap();
     assert_eq!(faulty.requests(), 3);
     // Everything is cached now.
@@ -163,14 +166,16 @@ async fn corrupt_missing_and_failing_bytes_are_errors_that_map_to_eio() {
     s[0] ^= 1;
     corrupt.bytes.insert(small_id, Bytes::from(s));
     let fs = fs_with(&f.view, Arc::new(corrupt), 64 << 20);
-    // The big sample's first chunk is intact and served; its second is not.
-    assert!(fs.read(ino(&fs, &path), 0, 100).await.is_ok());
-    let err = fs.read(ino(&fs, &path), CHUNK, 100).await.unwrap_err();
-    assert!(
-        matches!(&err, FsError::Fetch(e) if matches!(**e, FetchError::Corrupt { .. })),
-        "{err}"
-    );
-    assert_eq!(lakemount::fuse::errno(&err), fuser::Errno::EIO);
+    // No byte of the big sample is served, not even of its intact first
+    // chunk: the whole does not hash to its content id.
+    for offset in [0, CHUNK] {
+        let err = fs.read(ino(&fs, &path), offset, 100).await.unwrap_err();
+        assert!(
+            matches!(&err, FsError::Fetch(e) if matches!(**e, FetchError::Corrupt { .. })),
+            "{err}"
+        );
+        assert_eq!(lakemount::fuse::errno(&err), fuser::Errno::EIO);
+    }
     let err = fs.read(ino(&fs, &small_path), 0, 10).await.unwrap_err();
     assert!(
         err.to_string().contains("do not hash to the content id"),
@@ -188,8 +193,9 @@ async fn corrupt_missing_and_failing_bytes_are_errors_that_map_to_eio() {
     assert_eq!(lakemount::fuse::errno(&err), fuser::Errno::EIO);
 
     // A failing backend fails that read only; the next one works.
+    // (Request 4 fails: the third chunk of the big sample's first fetch.)
     let mut faulty = FaultySource::new(Arc::new(memory(&f.bytes)));
-    faulty.fail_every = 2;
+    faulty.fail_every = 4;
     let fs = fs_with(&f.view, Arc::new(faulty), 64 << 20);
     let ino_small = ino(&fs, &small_path);
     assert!(fs.read(ino_small, 0, 10).await.is_ok());

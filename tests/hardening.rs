@@ -180,9 +180,10 @@ fn a_corrupt_byte_anywhere_in_a_large_sample_is_eio() {
     let mnt = tmp.path().join("mnt");
     let guard = MountGuard::start(&wh, &[&spec], &mnt);
     let file = mnt.join(format!("s/big/{id}.bin"));
-    // The intact first chunk is served (it checks against its digest) ...
-    assert_eq!(read_at(&file, 0, 4096).unwrap(), big[..4096]);
-    // ... the chunk holding the flipped byte is not, nor is the whole file.
+    // No byte of it is served: the whole sample no longer hashes to its
+    // content id (its chunk digests are the table's word, not proof).
+    let e = read_at(&file, 0, 4096).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
     let e = read_at(&file, 2_000_000, 10).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
     assert_eq!(
@@ -196,7 +197,10 @@ fn a_corrupt_byte_anywhere_in_a_large_sample_is_eio() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let out = child.wait_with_output().unwrap();
     let log = String::from_utf8_lossy(&out.stderr);
-    assert!(log.contains(&id) && log.contains("chunk 1"), "{log}");
+    assert!(
+        log.contains(&id) && log.contains("do not hash to the content id"),
+        "{log}"
+    );
 }
 
 #[tokio::test]

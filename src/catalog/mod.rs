@@ -14,6 +14,7 @@
 
 pub mod commit;
 pub mod filter;
+pub mod watched;
 pub mod write;
 
 use std::collections::{HashMap, HashSet};
@@ -182,6 +183,7 @@ pub async fn ensure_table(
         }
     }
     let table = catalog.load_table(ident).await?;
+    check_home(&table, lance_uri)?;
     if let Some(existing) = table.metadata().properties().get(PROP_EMBEDDING_MODEL)
         && existing != model
     {
@@ -199,6 +201,57 @@ pub async fn ensure_table(
         );
     }
     Ok(table)
+}
+
+/// Refuses a table that belongs to another warehouse: two warehouses
+/// pointed at one shared catalog and one table name would otherwise each
+/// write their own Lance dataset under the same table, and every snapshot
+/// of the other would lose its embeddings. The table's home is the Lance
+/// dataset it records (the table property, else its newest snapshot's).
+pub fn check_home(table: &Table, lance_uri: &str) -> Result<()> {
+    let meta = table.metadata();
+    let recorded = meta.properties().get(PROP_LANCE_URI).cloned().or_else(|| {
+        meta.current_snapshot().and_then(|s| {
+            s.summary()
+                .additional_properties
+                .get(PROP_LANCE_URI)
+                .cloned()
+        })
+    });
+    let Some(recorded) = recorded else {
+        return Ok(());
+    };
+    if same_location(&recorded, lance_uri) {
+        return Ok(());
+    }
+    bail!(
+        "table {} belongs to another warehouse: its Lance dataset is {}, but this warehouse's is {}; \
+         a catalog shared by several warehouses needs a table name per warehouse (--table), \
+         or use the warehouse the table was made in (--warehouse)",
+        table.identifier(),
+        crate::trust::redact(&recorded),
+        crate::trust::redact(lance_uri)
+    )
+}
+
+/// Whether two dataset locations name the same place: equal, or local
+/// paths whose folders are the same directory.
+fn same_location(a: &str, b: &str) -> bool {
+    if a.trim_end_matches('/') == b.trim_end_matches('/') {
+        return true;
+    }
+    let local = |s: &str| -> Option<std::path::PathBuf> {
+        let p = if s.starts_with("file://") {
+            url::Url::parse(s).ok()?.to_file_path().ok()?
+        } else if s.contains("://") {
+            return None;
+        } else {
+            std::path::PathBuf::from(s)
+        };
+        let parent = p.parent()?.canonicalize().ok()?;
+        Some(parent.join(p.file_name()?))
+    };
+    matches!((local(a), local(b)), (Some(x), Some(y)) if x == y)
 }
 
 /// Adds optional columns to the table's schema (one schema change).

@@ -209,6 +209,15 @@ struct IngestArgs {
     /// `source` for rows without a manifest `source` [default: the file's path].
     #[arg(long, help_heading = "Samples")]
     source: Option<String>,
+    /// Directory outside the manifest's folder whose files the manifest may
+    /// name (repeatable). Without it, a manifest names only files below its
+    /// own folder (no absolute paths, no `..`, no symbolic links leading out).
+    #[arg(long, value_name = "DIR", help_heading = "Input")]
+    allow_path_prefix: Vec<PathBuf>,
+    /// Largest file ingested as one sample; larger ones are rejected
+    /// (suffixes K, M, G, KiB, MiB, GiB).
+    #[arg(long, default_value = "4GiB", value_parser = parse_size, help_heading = "Input")]
+    max_sample_size: u64,
     /// Files per atomic commit (one Lance append + one Iceberg snapshot).
     #[arg(long, default_value_t = 1024, help_heading = "Storage")]
     batch_size: usize,
@@ -300,6 +309,23 @@ struct SnapshotsArgs {
     warehouse: WarehouseArgs,
 }
 
+/// The long options of `lakemount mount`, each with whether it takes a
+/// value (for the fstab helper, which accepts exactly these).
+pub fn mount_options() -> Vec<(String, bool)> {
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    cmd.find_subcommand("mount")
+        .map(|m| {
+            m.get_arguments()
+                .filter_map(|a| {
+                    let long = a.get_long()?;
+                    Some((long.to_string(), a.get_action().takes_values()))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Runs a parsed command line (`argv`: the arguments it was parsed from)
 /// and returns the process exit status.
 pub fn run(cli: Cli, argv: Vec<std::ffi::OsString>) -> ExitCode {
@@ -378,6 +404,8 @@ async fn run_ingest(args: IngestArgs) -> Result<ExitCode> {
         } else {
             ProgressMode::Auto
         },
+        allow_path_prefixes: args.allow_path_prefix.clone(),
+        max_sample_bytes: args.max_sample_size,
     };
     let warehouse = Warehouse::open(&args.warehouse.config(), true).await?;
     let encoder = crate::encode::load(&args.warehouse.encoder)?;
@@ -542,8 +570,8 @@ fn run_embed(args: EmbedArgs) -> Result<ExitCode> {
         let read: Vec<(Vec<u8>, &'static str)> = files
             .iter()
             .map(|f| {
-                let bytes =
-                    std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?;
+                let bytes = crate::files::read_regular(f, crate::files::limits::QUERY_FILE)
+                    .with_context(|| format!("cannot read {}", f.display()))?;
                 let ext = f.extension().and_then(|e| e.to_str());
                 let media = crate::encode::detect_media_type(&bytes, ext);
                 Ok((bytes, media))

@@ -149,6 +149,8 @@ pub async fn run(args: MountArgs) -> Result<ExitCode> {
     let mountpoint = args.mountpoint.clone();
     let local_root = warehouse_dir(&args.warehouse.warehouse);
     crate::mount::check_mountpoint(&mountpoint, local_root.as_deref())?;
+    // Refused before anything is mounted when another user prepared it.
+    crate::runtime::ensure()?;
     let start = std::time::Instant::now();
     let wh = std::sync::Arc::new(Warehouse::open(&args.warehouse.config(), false).await?);
     let rank = args.rank.get()?;

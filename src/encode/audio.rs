@@ -26,7 +26,13 @@ const HOP: usize = 160;
 /// Frames of the log-mel input (3000 for 30 s).
 pub const N_FRAMES: usize = N_SAMPLES / HOP;
 
-/// Decodes an audio file to mono f32 samples and its sample rate.
+/// Sample rates an audio file may declare: a forged header (1 Hz, 4 GHz)
+/// would otherwise drive the resampler to absurd sizes.
+const MIN_RATE: u32 = 1_000;
+const MAX_RATE: u32 = 384_000;
+
+/// Decodes an audio file to mono f32 samples and its sample rate; at most
+/// 8 windows of Whisper's 30 s are decoded, whatever the file's length.
 pub fn decode(bytes: &[u8], media_type: &str) -> Result<(Vec<f32>, u32)> {
     let mut hint = Hint::new();
     if let Some(ext) = media_type.strip_prefix("audio/") {
@@ -56,6 +62,9 @@ pub fn decode(bytes: &[u8], media_type: &str) -> Result<(Vec<f32>, u32)> {
         .codec_params
         .sample_rate
         .context("the audio track has no sample rate")?;
+    if !(MIN_RATE..=MAX_RATE).contains(&rate) {
+        bail!("the audio's sample rate is {rate} Hz; expected {MIN_RATE} to {MAX_RATE} Hz");
+    }
     let mut decoder = symphonia::default::get_codecs()
         .make(&track.codec_params, &DecoderOptions::default())
         .context("unsupported audio codec")?;

@@ -65,7 +65,7 @@ impl Encoder for BuiltinEncoder {
 }
 
 fn encode_image(bytes: &[u8]) -> Result<Vec<f32>> {
-    let img = image::load_from_memory(bytes)?;
+    let img = super::decode_image(bytes)?;
     let small = img
         .resize_exact(RESIZE, RESIZE, image::imageops::FilterType::Triangle)
         .to_rgb8();

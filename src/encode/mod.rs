@@ -269,7 +269,9 @@ impl Checkpoint {
         }
         let need = |name: &str| -> Result<PathBuf> {
             let p = dir.join(name);
-            if !p.is_file() {
+            // Present but not a regular file (a FIFO, a device) is the
+            // read's error, which says so.
+            if !p.exists() {
                 bail!(
                     "{}: no {name} (expected {what}: config.json, model.safetensors{})",
                     dir.display(),
@@ -283,9 +285,9 @@ impl Checkpoint {
             Ok(p)
         };
         let config_path = need("config.json")?;
-        let model_type = std::fs::read_to_string(&config_path)
+        let model_type = read_config_text(&config_path)?;
+        let model_type = serde_json::from_str::<serde_json::Value>(&model_type)
             .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
             .and_then(|v| v["model_type"].as_str().map(str::to_owned));
         let expected = match kind {
             "text" => "bert",
@@ -299,7 +301,7 @@ impl Checkpoint {
         }
         let weights_path = need("model.safetensors")?;
         let tokenizer_path = dir.join("tokenizer.json");
-        let weights = std::fs::read(&weights_path)
+        let weights = crate::files::read_regular(&weights_path, crate::files::limits::WEIGHTS)
             .with_context(|| format!("cannot read {}", weights_path.display()))?;
         let digest = hex::encode(Sha256::digest(&weights));
         let name = dir
@@ -320,8 +322,7 @@ impl Checkpoint {
 
     /// `config.json` parsed as `T`.
     pub fn config<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
-        let text = std::fs::read_to_string(&self.config_path)
-            .with_context(|| format!("cannot read {}", self.config_path.display()))?;
+        let text = read_config_text(&self.config_path)?;
         serde_json::from_str(&text)
             .with_context(|| format!("{}: not a {} config", self.config_path.display(), self.kind))
     }
@@ -335,7 +336,7 @@ impl Checkpoint {
 
     /// `tokenizer.json`.
     pub fn tokenizer(&self) -> Result<tokenizers::Tokenizer> {
-        if !self.tokenizer_path.is_file() {
+        if !self.tokenizer_path.exists() {
             bail!(
                 "{}: no tokenizer.json (the {} folder needs one)",
                 self.tokenizer_path
@@ -345,7 +346,10 @@ impl Checkpoint {
                 self.kind
             );
         }
-        tokenizers::Tokenizer::from_file(&self.tokenizer_path)
+        let bytes =
+            crate::files::read_regular(&self.tokenizer_path, crate::files::limits::TOKENIZER)
+                .with_context(|| format!("cannot read {}", self.tokenizer_path.display()))?;
+        tokenizers::Tokenizer::from_bytes(bytes)
             .map_err(|e| anyhow!("{}: {e}", self.tokenizer_path.display()))
     }
 
@@ -354,6 +358,33 @@ impl Checkpoint {
     pub fn model_id(&self) -> String {
         format!("{}:{}@sha256:{}", self.kind, self.name, &self.digest[..16])
     }
+}
+
+/// Largest width or height of an image an encoder decodes.
+pub const MAX_IMAGE_SIDE: u32 = 32_768;
+/// Most bytes a decoder may allocate for one image (the `image` crate's
+/// own default).
+pub const MAX_IMAGE_ALLOC: u64 = 512 << 20;
+
+/// Decodes an image, refusing (with the reason) one whose size is beyond
+/// [`MAX_IMAGE_SIDE`] or whose pixels would take more than
+/// [`MAX_IMAGE_ALLOC`], before allocating them.
+pub fn decode_image(bytes: &[u8]) -> Result<image::DynamicImage> {
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(MAX_IMAGE_ALLOC);
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .context("cannot decode the image")?;
+    reader.limits(limits);
+    reader.decode().context("cannot decode the image")
+}
+
+/// A JSON configuration file of a model folder, as text (bounded).
+fn read_config_text(path: &Path) -> Result<String> {
+    crate::files::read_regular_string(path, crate::files::limits::MODEL_CONFIG)
+        .with_context(|| format!("cannot read {}", path.display()))
 }
 
 /// Guesses a MIME type from magic bytes first, then from the file extension.

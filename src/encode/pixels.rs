@@ -25,6 +25,16 @@ pub struct ImagePrep {
     pub mean_std: Option<([f32; 3], [f32; 3])>,
 }
 
+/// Largest `shortest_edge` and crop side a preprocessor config may ask
+/// for (CLIP models take 224-336; a typo of 100000 would ask for a
+/// 30 GB image).
+pub const MAX_EDGE: u32 = 4096;
+/// Most pixels the resize may produce: the shortest side becomes
+/// `shortest_edge`, so a 1 x 20000 strip would become 224 x 4,480,000
+/// (minutes of work and gigabytes); such an image is refused with the
+/// reason instead.
+pub const MAX_RESIZED_PIXELS: u64 = 16 << 20;
+
 const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
 const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
 
@@ -43,9 +53,12 @@ impl ImagePrep {
     pub fn load(dir: &Path, image_size: u32) -> Result<Self> {
         let path = dir.join("preprocessor_config.json");
         let mut prep = Self::clip_default(image_size);
-        let Ok(text) = std::fs::read_to_string(&path) else {
-            return Ok(prep);
-        };
+        let text =
+            match crate::files::read_regular_string(&path, crate::files::limits::MODEL_CONFIG) {
+                Ok(text) => text,
+                Err(crate::files::ReadError::NotFound) => return Ok(prep),
+                Err(e) => bail!("cannot read {}: {e}", path.display()),
+            };
         let bad = |what: &str| format!("{}: {what}", path.display());
         let v: serde_json::Value = serde_json::from_str(&text).with_context(|| bad("not JSON"))?;
         let flag = |k: &str| v.get(k).and_then(|b| b.as_bool()).unwrap_or(true);
@@ -73,6 +86,16 @@ impl ImagePrep {
         } else {
             None
         };
+        if let Some(e) = prep.shortest_edge
+            && !(1..=MAX_EDGE).contains(&e)
+        {
+            bail!(
+                "{}",
+                bad(&format!(
+                    "size.shortest_edge is {e}; expected 1 to {MAX_EDGE} pixels"
+                ))
+            );
+        }
         prep.crop = if flag("do_center_crop") {
             match v.get("crop_size") {
                 None => Some((image_size, image_size)),
@@ -123,12 +146,33 @@ impl ImagePrep {
         } else {
             None
         };
+        if let Some((h, w)) = prep.crop
+            && (h == 0 || w == 0 || h.max(w) > MAX_EDGE)
+        {
+            bail!(
+                "{}",
+                bad(&format!(
+                    "crop_size is {w}x{h}; expected sides of 1 to {MAX_EDGE} pixels"
+                ))
+            );
+        }
         Ok(prep)
     }
 
     /// Decodes `bytes` and returns the model's input: 3 × H × W floats.
     pub fn pixels(&self, bytes: &[u8], image_size: u32) -> Result<Vec<f32>> {
-        let img = image::load_from_memory(bytes).context("cannot decode the image")?;
+        let img = super::decode_image(bytes)?;
+        if let Some(edge) = self.shortest_edge {
+            let (nw, nh) = shortest_edge_size(img.width(), img.height(), edge);
+            if u64::from(nw) * u64::from(nh) > MAX_RESIZED_PIXELS {
+                bail!(
+                    "the image is {}x{}: resizing its shortest side to {edge} would make {nw}x{nh} pixels, \
+                     more than the limit of {MAX_RESIZED_PIXELS}",
+                    img.width(),
+                    img.height()
+                );
+            }
+        }
         // Pillow's convert("RGB"): grey replicated, alpha dropped.
         let mut rgb = img.to_rgb8();
         if let Some(edge) = self.shortest_edge {

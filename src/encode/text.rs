@@ -37,12 +37,15 @@ impl TextEncoder {
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
         let mut ck = Checkpoint::open(dir, "text", "a Hugging Face sentence-encoder folder")?;
         let config: Config = ck.config()?;
-        let max_len = std::fs::read_to_string(dir.join("sentence_bert_config.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|v| v["max_seq_length"].as_u64())
-            .map_or(config.max_position_embeddings, |n| n as usize)
-            .min(config.max_position_embeddings);
+        let max_len = crate::files::read_regular_string(
+            &dir.join("sentence_bert_config.json"),
+            crate::files::limits::MODEL_CONFIG,
+        )
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["max_seq_length"].as_u64())
+        .map_or(config.max_position_embeddings, |n| n as usize)
+        .min(config.max_position_embeddings);
         let vb = ck.weights(device)?;
         let model = BertModel::load(vb, &config).map_err(|e| {
             anyhow!(

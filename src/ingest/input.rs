@@ -41,6 +41,9 @@ pub struct InputItem {
     /// The sample itself, for manifest rows with a `text` column and no
     /// `path`: a text sample (`text/plain`), no file read.
     pub text: Option<String>,
+    /// For manifest rows: the directory the file must be read beneath (the
+    /// manifest's folder or an allowed prefix) and the path below it.
+    pub beneath: Option<(PathBuf, PathBuf)>,
 }
 
 /// Everything an ingest will process, in a deterministic order.
@@ -97,6 +100,7 @@ pub fn from_dir(dir: &Path) -> Result<Inputs> {
                 extras: HashMap::new(),
                 line: None,
                 text: None,
+                beneath: None,
             }
         })
         .collect();
@@ -131,13 +135,30 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
 }
 
 /// Parses a manifest; `.jsonl`/`.ndjson` are JSON lines, anything else CSV.
-pub fn from_manifest(file: &Path) -> Result<Inputs> {
-    let text = std::fs::read_to_string(file)
+/// Its `path`s must lie below the manifest's folder or below one of
+/// `allowed` (absolute directories, `--allow-path-prefix`), so a manifest
+/// someone else wrote cannot make an ingest copy any file the ingesting
+/// user can read into the warehouse.
+pub fn from_manifest(file: &Path, allowed: &[PathBuf]) -> Result<Inputs> {
+    let text = crate::files::read_regular_string(file, crate::files::limits::MANIFEST)
         .with_context(|| format!("cannot read manifest {}", file.display()))?;
     let base = file
         .parent()
+        .filter(|p| !p.as_os_str().is_empty())
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
+    let base = std::path::absolute(&base)
+        .map(|b| lexical(&b).unwrap_or(b))
+        .with_context(|| format!("manifest {}: bad folder", file.display()))?;
+    let allowed: Vec<PathBuf> = allowed
+        .iter()
+        .map(|a| {
+            let a = std::path::absolute(a)
+                .with_context(|| format!("--allow-path-prefix {}: bad path", a.display()))?;
+            lexical(&a)
+                .with_context(|| format!("--allow-path-prefix {}: may not contain ..", a.display()))
+        })
+        .collect::<Result<_>>()?;
     let ext = file
         .extension()
         .map(|e| e.to_string_lossy().to_ascii_lowercase())
@@ -191,14 +212,36 @@ pub fn from_manifest(file: &Path) -> Result<Inputs> {
                 extra_names.push(name.clone());
             }
         }
-        let p = PathBuf::from(&path);
-        let full = if p.is_absolute() { p } else { base.join(p) };
+        let (full, beneath) = if inline.is_some() {
+            (PathBuf::new(), None)
+        } else {
+            let full = lexical(&base.join(&path));
+            let under = |root: &Path| {
+                full.as_ref()
+                    .and_then(|f| f.strip_prefix(root).ok())
+                    .filter(|rel| !rel.as_os_str().is_empty())
+                    .map(|rel| (root.to_path_buf(), rel.to_path_buf()))
+            };
+            let beneath = under(&base)
+                .or_else(|| allowed.iter().find_map(|a| under(a)))
+                .with_context(|| {
+                    format!(
+                        "{}: path {:?} is outside the manifest's folder {}; a manifest may name only files \
+                         below its own folder, unless a location is allowed with --allow-path-prefix DIR",
+                        at(),
+                        crate::files::excerpt(&path, 80),
+                        base.display()
+                    )
+                })?;
+            (beneath.0.join(&beneath.1), Some(beneath))
+        };
         items.push(InputItem {
             origin: match inline {
                 None => format!("{} ({}, line {line})", path, file.display()),
                 Some(_) => format!("text ({}, line {line})", file.display()),
             },
             path: full,
+            beneath,
             text: inline,
             label,
             split,
@@ -213,6 +256,25 @@ pub fn from_manifest(file: &Path) -> Result<Inputs> {
         origin: file.to_path_buf(),
         extra_names,
     })
+}
+
+/// `path` with `.` segments dropped and `..` applied, without touching the
+/// filesystem; `None` when `..` would climb above the root.
+fn lexical(path: &Path) -> Option<PathBuf> {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() || out.as_os_str().is_empty() {
+                    return None;
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    Some(out)
 }
 
 fn validate_column_name(name: &str) -> Result<()> {

@@ -144,6 +144,10 @@ pub struct IngestConfig {
     pub source: Option<String>,
     /// How to show progress.
     pub progress: ProgressMode,
+    /// Directories outside a manifest's folder that its paths may name.
+    pub allow_path_prefixes: Vec<PathBuf>,
+    /// Largest sample read; a larger file is a rejection.
+    pub max_sample_bytes: u64,
 }
 
 impl IngestConfig {
@@ -158,6 +162,8 @@ impl IngestConfig {
             embedding_model: None,
             source: None,
             progress: ProgressMode::Auto,
+            allow_path_prefixes: Vec::new(),
+            max_sample_bytes: crate::files::limits::SAMPLE,
         }
     }
 }
@@ -202,7 +208,7 @@ pub async fn run(
 ) -> Result<IngestReport> {
     let mut inputs = match &config.input {
         InputSource::Dir(d) => input::from_dir(d)?,
-        InputSource::Manifest(m) => input::from_manifest(m)?,
+        InputSource::Manifest(m) => input::from_manifest(m, &config.allow_path_prefixes)?,
     };
     if config.batch_size == 0 {
         bail!("--batch-size must be at least 1");
@@ -280,6 +286,7 @@ impl State<'_> {
         let (prepared, rejected) = prepare(
             items,
             chunk,
+            config.max_sample_bytes,
             embeddings,
             self.published.ids(),
             &self.in_lance,
@@ -360,7 +367,7 @@ fn embeddings_for<'a>(
     let InputSource::Manifest(_) = config.input else {
         bail!("--embeddings needs --manifest: its rows pair with the manifest's rows");
     };
-    let bytes = std::fs::read(path)
+    let bytes = crate::files::read_regular(path, crate::files::limits::EMBEDDINGS)
         .with_context(|| format!("cannot read embeddings {}", path.display()))?;
     let m = npy::read_matrix(&bytes).with_context(|| format!("embeddings {}", path.display()))?;
     if m.rows != inputs.items.len() {

@@ -47,6 +47,7 @@ pub struct Prepared {
 pub fn prepare(
     items: &[InputItem],
     chunk: &[usize],
+    max_bytes: u64,
     embeddings: &Embeddings<'_>,
     published: &HashSet<ContentId>,
     in_lance: &HashSet<ContentId>,
@@ -60,7 +61,7 @@ pub fn prepare(
     let results = crate::encode::par_map(chunk, |&i| {
         let item = &items[i];
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            prepare_one(i, item, embeddings, &skip, embed_now)
+            prepare_one(i, item, max_bytes, embeddings, &skip, embed_now)
         }))
         .unwrap_or_else(|_| {
             Err(Rejection {
@@ -126,6 +127,7 @@ fn embed_batches(
 fn prepare_one(
     index: usize,
     item: &InputItem,
+    max_bytes: u64,
     embeddings: &Embeddings<'_>,
     skip: &(dyn Fn(&ContentId) -> bool + Sync),
     embed_now: bool,
@@ -136,10 +138,19 @@ fn prepare_one(
     };
     let bytes = match &item.text {
         Some(text) => text.as_bytes().to_vec(),
-        None => std::fs::read(&item.path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => reject("file not found".into()),
-            _ => reject(format!("cannot read: {e}")),
-        })?,
+        None => {
+            let read = match &item.beneath {
+                Some((base, rel)) => crate::files::read_regular_beneath(base, rel, max_bytes),
+                None => crate::files::read_regular(&item.path, max_bytes),
+            };
+            read.map_err(|e| match e {
+                crate::files::ReadError::NotFound => reject("file not found".into()),
+                crate::files::ReadError::TooLarge { .. } => {
+                    reject(format!("{e}; raise --max-sample-size to ingest it"))
+                }
+                e => reject(format!("cannot read: {e}")),
+            })?
+        }
     };
     if bytes.is_empty() {
         let what = if item.text.is_some() { "text" } else { "file" };

@@ -146,7 +146,10 @@ impl std::str::FromStr for Metric {
             "cosine" => Ok(Metric::Cosine),
             "l2" => Ok(Metric::L2),
             "dot" => Ok(Metric::Dot),
-            other => Err(format!("expected cosine, l2 or dot, got {other:?}")),
+            other => Err(format!(
+                "expected cosine, l2 or dot, got {}",
+                crate::files::quoted(other)
+            )),
         }
     }
 }
@@ -303,9 +306,62 @@ pub const DEFAULT_LAYOUT: &str = "{label}/{content_id}{ext}";
 
 /// Reads and validates one spec file; `default_table` applies when the spec has no `table`.
 pub fn load(file: &Path, default_table: &str) -> Result<Spec> {
-    let text = std::fs::read_to_string(file)
-        .with_context(|| format!("cannot read spec {}", file.display()))?;
+    let text = read(file, false)?;
     Ok(parse(&text, file, default_table)?)
+}
+
+/// The text of a spec file: a regular file of at most
+/// [`crate::files::limits::SPEC`] bytes. A file found in a spec directory
+/// (`in_dir`) that is a symbolic link is followed only when the mounting
+/// user made the link or the link's owner owns what it leads to: whoever
+/// can write the directory cannot make a mount read someone else's file
+/// (the `fs.protected_symlinks` rule of sticky directories).
+pub fn read(file: &Path, in_dir: bool) -> Result<String> {
+    use std::os::unix::fs::MetadataExt;
+    if in_dir
+        && let Ok(link) = std::fs::symlink_metadata(file)
+        && link.file_type().is_symlink()
+    {
+        // SAFETY: getuid has no preconditions and cannot fail.
+        let me = unsafe { libc::getuid() };
+        let target = std::fs::metadata(file)
+            .with_context(|| format!("cannot read spec {}", file.display()))?;
+        if link.uid() != me && link.uid() != target.uid() {
+            bail!(
+                "spec {} is a symbolic link owned by uid {} to a file of uid {}; links in a spec directory \
+                 are followed only to their owner's files or when you made them",
+                file.display(),
+                link.uid(),
+                target.uid()
+            );
+        }
+    }
+    crate::files::read_regular_string(file, crate::files::limits::SPEC)
+        .with_context(|| format!("cannot read spec {}", file.display()))
+}
+
+/// A YAML error as a message that quotes the file only in short, escaped
+/// excerpts (serde quotes whole values: the first line of a file that is
+/// not a spec at all, say); serde's own "at line L column C" is kept.
+fn yaml_message(e: &serde_yaml::Error) -> String {
+    let text = e.to_string();
+    let mut out = String::with_capacity(text.len().min(400));
+    let mut rest = text.as_str();
+    while let Some(open) = rest.find(['`', '"']) {
+        let quote = rest.as_bytes()[open] as char;
+        out.push_str(&rest[..=open]);
+        let after = &rest[open + 1..];
+        let Some(close) = after.find(quote) else {
+            out.push_str(&crate::files::excerpt(after, 24));
+            rest = "";
+            break;
+        };
+        out.push_str(&crate::files::excerpt(&after[..close], 24));
+        out.push(quote);
+        rest = &after[close + 1..];
+    }
+    out.push_str(&crate::files::excerpt(rest, 200));
+    out
 }
 
 /// Parses spec text; `file` names it in errors. Errors are [`SpecError`]s.
@@ -317,13 +373,16 @@ pub fn parse(text: &str, file: &Path, default_table: &str) -> Result<Spec, SpecE
         line: lines.line(key),
         message,
     };
-    let raw: RawSpec = serde_yaml::from_str(text).map_err(|e| SpecError {
-        file: file.to_path_buf(),
-        key: None,
-        line: None,
-        message: format!(
-            "{e} (keys: name, table, snapshot, filter, limit, layout, sidecars, similar, select, order, shard, pinned)"
-        ),
+    let raw: RawSpec = serde_yaml::from_str(text).map_err(|e| {
+        let message = yaml_message(&e);
+        SpecError {
+            file: file.to_path_buf(),
+            key: None,
+            line: None,
+            message: format!(
+                "{message} (keys: name, table, snapshot, filter, limit, layout, sidecars, similar, select, order, shard, pinned)"
+            ),
+        }
     })?;
     let stem = file
         .file_stem()
@@ -337,14 +396,17 @@ pub fn parse(text: &str, file: &Path, default_table: &str) -> Result<Spec, SpecE
         None => SnapshotSel::Latest,
         Some(RawSnapshot::Id(id)) => SnapshotSel::Id(id),
         Some(RawSnapshot::Text(s)) if s == "latest" => SnapshotSel::Latest,
-        Some(RawSnapshot::Text(s)) => s.trim().parse::<i64>().map(SnapshotSel::Id).map_err(|_| {
-            err(
-                "snapshot",
-                format!(
-                    "expected a snapshot id (see `lakemount snapshots`) or \"latest\", got {s:?}"
-                ),
-            )
-        })?,
+        Some(RawSnapshot::Text(s)) => {
+            s.trim().parse::<i64>().map(SnapshotSel::Id).map_err(|_| {
+                err(
+                    "snapshot",
+                    format!(
+                        "expected a snapshot id (see `lakemount snapshots`) or \"latest\", got {}",
+                        crate::files::quoted(&s)
+                    ),
+                )
+            })?
+        }
     };
     let filter = match raw.filter {
         Some(f) if f.trim().is_empty() => {
@@ -420,7 +482,10 @@ fn check_name(name: &str) -> Result<(), String> {
         || name.contains(['/', '\0'])
         || name.starts_with('.')
     {
-        return Err(format!("{name:?} is not a usable directory name"));
+        return Err(format!(
+            "{} is not a usable directory name",
+            crate::files::quoted(name)
+        ));
     }
     if name.len() > NAME_MAX {
         return Err(format!(
@@ -430,7 +495,8 @@ fn check_name(name: &str) -> Result<(), String> {
     }
     if name.chars().any(crate::layout::is_unsafe_char) {
         return Err(format!(
-            "{name:?} holds control or bidirectional-override characters; use plain text"
+            "{} holds control or bidirectional-override characters; use plain text",
+            crate::files::quoted(name)
         ));
     }
     Ok(())
@@ -453,7 +519,8 @@ fn sidecars(list: Option<Vec<String>>) -> Result<Sidecars, String> {
             "metadata" => s.metadata = true,
             other => {
                 return Err(format!(
-                    "unknown sidecar {other:?}; expected embedding and/or metadata"
+                    "unknown sidecar {}; expected embedding and/or metadata",
+                    crate::files::quoted(other)
                 ));
             }
         }
@@ -472,7 +539,10 @@ fn similar(r: RawSimilar, base: &Path) -> Result<Similar, (&'static str, String)
             if crate::content_id::ContentId::parse(&id).is_err() {
                 return Err((
                     "similar.to.content_id",
-                    format!("expected a 64-digit hex SHA-256, got {id:?}"),
+                    format!(
+                        "expected a 64-digit hex SHA-256, got {}",
+                        crate::files::quoted(&id)
+                    ),
                 ));
             }
             Query::ContentId(id.to_ascii_lowercase())
@@ -506,12 +576,14 @@ fn similar(r: RawSimilar, base: &Path) -> Result<Similar, (&'static str, String)
     })
 }
 
-/// The `*.yaml`/`*.yml` files of a spec directory, sorted.
+/// The `*.yaml`/`*.yml` entries of a spec directory that are not
+/// directories, sorted. Anything else so named (a FIFO, a device) is
+/// listed too, so that reading it fails with a message saying what it is.
 pub fn yaml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut found: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
-            p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+            !p.is_dir() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
         })
         .collect();
     found.sort();
@@ -529,14 +601,14 @@ pub fn load_all(args: &[PathBuf], default_table: &str) -> Result<Vec<Spec>> {
             if found.is_empty() {
                 bail!("spec directory {} holds no .yaml files", arg.display());
             }
-            files.extend(found);
+            files.extend(found.into_iter().map(|f| (f, true)));
         } else {
-            files.push(arg.clone());
+            files.push((arg.clone(), false));
         }
     }
     let specs = files
         .iter()
-        .map(|f| load(f, default_table))
+        .map(|(f, in_dir)| Ok(parse(&read(f, *in_dir)?, f, default_table)?))
         .collect::<Result<Vec<_>>>()?;
     for (i, a) in specs.iter().enumerate() {
         if let Some(b) = specs[..i].iter().find(|b| b.name == a.name) {

@@ -21,7 +21,7 @@ pub async fn pin(
 ) -> Result<(String, View)> {
     let spec = super::load(path, default_table)?;
     let view = resolve(&spec, resolver).await?;
-    let text = std::fs::read_to_string(path)
+    let text = crate::files::read_regular_string(path, crate::files::limits::SPEC)
         .with_context(|| format!("cannot read spec {}", path.display()))?;
     let search = view.search.clone().unwrap_or_default();
     let pinned = pin_text(

@@ -20,6 +20,7 @@ use arrow_array::{Array, StringArray};
 use super::scan::Rows;
 use super::{INDEX_FILE, RECEIPT_FILE};
 use crate::encode::extension_for;
+use crate::layout::NAME_MAX;
 use crate::spec::Spec;
 
 /// Rendered paths, back to back, with whether each sample has a `.npy`.
@@ -180,9 +181,53 @@ fn render_range(spec: &Spec, input: &LayoutInput<'_>, range: Range<usize>) -> Pl
                     None => false,
                 },
             });
-        part.end(start, (input.npy)(k));
+        let npy = (input.npy)(k);
+        let file_start = part.arena[start..]
+            .rfind('/')
+            .map_or(start, |i| start + i + 1);
+        if let Some(fitted) = fit_file_name(&part.arena[file_start..], npy, spec.sidecars.metadata)
+        {
+            part.arena.truncate(file_start);
+            part.arena.push_str(&fitted);
+        }
+        part.end(start, npy);
     }
     part
+}
+
+/// The longest file name a sample named `file` brings: its own, or that
+/// of a sidecar (`<base>.npy`, `<base>.json`).
+fn longest_name(file: &str, npy: bool, json: bool) -> usize {
+    let base = sidecar_base(file).len();
+    let side = if json {
+        base + ".json".len()
+    } else if npy {
+        base + ".npy".len()
+    } else {
+        0
+    };
+    file.len().max(side)
+}
+
+/// A sample's file name shortened so that it and its sidecars' names are
+/// at most [`NAME_MAX`] bytes (`None` when they already are): the stem is
+/// cut and given a hash of itself ([`crate::layout::shorten`]), the
+/// extension kept, so `cp -r` of a view never meets a name too long.
+fn fit_file_name(file: &str, npy: bool, json: bool) -> Option<String> {
+    let longest = longest_name(file, npy, json);
+    if longest <= NAME_MAX {
+        return None;
+    }
+    let (stem, ext) = split_ext(file);
+    let over = longest - NAME_MAX;
+    let fitted = if stem.len() > over + 17 {
+        format!("{}{ext}", crate::layout::shorten(stem, stem.len() - over))
+    } else {
+        // An extension too long to keep: the whole name is cut.
+        crate::layout::shorten(file, NAME_MAX - ".json".len())
+    };
+    debug_assert!(longest_name(&fitted, npy, json) <= NAME_MAX);
+    Some(fitted)
 }
 
 /// Whether the first-choice names of all samples, their sidecars and the
@@ -287,7 +332,10 @@ impl Names {
                 1 => "~dir".to_string(),
                 n => format!("~dir{n}"),
             };
-            let candidate = format!("{parent}{name}{tag}");
+            let candidate = format!(
+                "{parent}{}{tag}",
+                crate::layout::shorten(name, NAME_MAX - tag.len())
+            );
             let owner = self.dirs.get(&candidate);
             if !self.files.contains(&candidate) && owner.is_none_or(|o| o == dir) {
                 break candidate;
@@ -315,7 +363,9 @@ impl Names {
                 2 => format!("~{content_id}"),
                 n => format!("~{content_id}-{n}"),
             };
-            let name = format!("{dir}{stem}{tag}{ext}");
+            let file = format!("{stem}{tag}{ext}");
+            let file = fit_file_name(&file, npy, json).unwrap_or(file);
+            let name = format!("{dir}{file}");
             let side_base = sidecar_base(&name);
             let sidecars: Vec<String> = [npy.then_some(".npy"), json.then_some(".json")]
                 .into_iter()

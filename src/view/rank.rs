@@ -132,7 +132,7 @@ async fn query_vector(
         }
         Query::Vector(path) => {
             let key = at(spec, "similar.to.vector");
-            let bytes = std::fs::read(path)
+            let bytes = crate::files::read_regular(path, crate::files::limits::QUERY_VECTOR)
                 .with_context(|| format!("{key}: cannot read {}", path.display()))?;
             let m = crate::npy::read_matrix(&bytes)
                 .with_context(|| format!("{key}: {}", path.display()))?;
@@ -147,7 +147,7 @@ async fn query_vector(
         }
         Query::File(path) => {
             let key = at(spec, "similar.to.file");
-            let bytes = std::fs::read(path)
+            let bytes = crate::files::read_regular(path, crate::files::limits::QUERY_FILE)
                 .with_context(|| format!("{key}: cannot read {}", path.display()))?;
             let ext = path.extension().and_then(|e| e.to_str());
             similar::embed_file(encoder, &models(), &bytes, ext)

@@ -389,9 +389,14 @@ pub async fn open_lance(
     };
     if !trust.allows_dataset(&uri) {
         bail!(
-            "table {} says its Lance dataset is {uri}, outside the warehouse and the allowed prefixes; \
-             pass --allow-uri-prefix if that location is meant to be read",
-            table.identifier()
+            "table {} belongs to another warehouse: its Lance dataset is {}, outside this warehouse ({}) \
+             and the allowed prefixes; mount with the table's own --warehouse (or its own --table name \
+             in a shared catalog), or pass --allow-uri-prefix if that location is meant to be read",
+            table.identifier(),
+            crate::trust::redact(&uri),
+            trust
+                .warehouse()
+                .map_or("-".to_string(), |u| crate::trust::redact(u.as_str()))
         );
     }
     let ds = match crate::vectors::open(&uri, storage).await? {
