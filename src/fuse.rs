@@ -124,6 +124,7 @@ pub struct FuseAdapter {
     gid: u32,
     no_open: AtomicBool,
     want_passthrough: bool,
+    local_blobs: bool,
     passthrough: AtomicBool,
     backings: Backings,
     metrics: Arc<Metrics>,
@@ -131,15 +132,17 @@ pub struct FuseAdapter {
 
 impl FuseAdapter {
     /// Files appear owned by `uid`/`gid`; reads run on `rt`.
-    /// With `passthrough`, samples stored as local files are read by the
+    /// With `local_blobs`, samples stored as local files are read by the
     /// kernel straight from the blob store (FUSE passthrough, Linux 6.9+),
-    /// skipping the daemon and its content-id check.
+    /// skipping the daemon and its content-id check; with `disk_tier`,
+    /// samples whose verified entry is on the disk tier are.
     pub fn new(
         fs: Arc<ViewFs>,
         rt: tokio::runtime::Handle,
         uid: u32,
         gid: u32,
-        passthrough: bool,
+        local_blobs: bool,
+        disk_tier: bool,
     ) -> Self {
         Self {
             metrics: fs.metrics().clone(),
@@ -148,7 +151,8 @@ impl FuseAdapter {
             uid,
             gid,
             no_open: AtomicBool::new(false),
-            want_passthrough: passthrough,
+            want_passthrough: local_blobs || disk_tier,
+            local_blobs,
             passthrough: AtomicBool::new(false),
             backings: Arc::default(),
         }
@@ -243,6 +247,7 @@ impl Filesystem for FuseAdapter {
         let mode = OpenMode {
             no_open: self.no_open.load(Ordering::Relaxed),
             passthrough: self.passthrough.load(Ordering::Relaxed),
+            local_blobs: self.local_blobs,
         };
         let fs = self.fs.clone();
         let backings = self.backings.clone();

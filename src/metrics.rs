@@ -59,6 +59,18 @@ pub struct Metrics {
     pub prefetch_hits: Counter,
     /// Samples `--warm` brought into the cache.
     pub warm_samples: Counter,
+    /// Chunk lookups the disk tier answered.
+    pub disk_hits: Counter,
+    /// Chunk lookups the disk tier could not answer.
+    pub disk_misses: Counter,
+    /// Disk-tier entries evicted for space.
+    pub disk_evictions: Counter,
+    /// Disk-tier entries that failed verification and were deleted.
+    pub disk_dropped: Counter,
+    disk_bytes: Gauge,
+    disk_entries: Gauge,
+    /// Reads the disk tier's (bytes, entries) at scrape time.
+    disk_size: OnceLock<Box<dyn Fn() -> (u64, u64) + Send + Sync>>,
     views: Gauge,
     samples: Gauge,
     /// Reads the cache's current size in bytes, at scrape time.
@@ -105,6 +117,13 @@ impl Metrics {
             prefetch_issued: Counter::default(),
             prefetch_hits: Counter::default(),
             warm_samples: Counter::default(),
+            disk_hits: Counter::default(),
+            disk_misses: Counter::default(),
+            disk_evictions: Counter::default(),
+            disk_dropped: Counter::default(),
+            disk_bytes: Gauge::default(),
+            disk_entries: Gauge::default(),
+            disk_size: OnceLock::new(),
             views: Gauge::default(),
             samples: Gauge::default(),
             cache_size: OnceLock::new(),
@@ -151,6 +170,26 @@ impl Metrics {
                 "Samples --warm brought into the cache",
                 &m.warm_samples,
             ),
+            (
+                "disk_hits",
+                "Chunk lookups the disk tier (--cache-dir) answered",
+                &m.disk_hits,
+            ),
+            (
+                "disk_misses",
+                "Chunk lookups the disk tier could not answer",
+                &m.disk_misses,
+            ),
+            (
+                "disk_evictions",
+                "Disk-tier entries evicted for space",
+                &m.disk_evictions,
+            ),
+            (
+                "disk_dropped",
+                "Disk-tier entries that failed verification and were deleted",
+                &m.disk_dropped,
+            ),
         ];
         for (name, help, c) in counters {
             registry.register(name, help, c.clone());
@@ -159,6 +198,16 @@ impl Metrics {
             "cache_bytes",
             "Bytes held in the cache",
             m.cache_bytes.clone(),
+        );
+        registry.register(
+            "disk_bytes",
+            "Bytes held in the disk tier (every process sharing it)",
+            m.disk_bytes.clone(),
+        );
+        registry.register(
+            "disk_entries",
+            "Entries held in the disk tier (every process sharing it)",
+            m.disk_entries.clone(),
         );
         registry.register("views", "Views mounted", m.views.clone());
         registry.register(
@@ -192,10 +241,20 @@ impl Metrics {
         let _ = self.cache_size.set(Box::new(f));
     }
 
+    /// How to read the disk tier's (bytes, entries) when scraped.
+    pub fn watch_disk(&self, f: impl Fn() -> (u64, u64) + Send + Sync + 'static) {
+        let _ = self.disk_size.set(Box::new(f));
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
         if let Some(f) = self.cache_size.get() {
             self.cache_bytes.set(f() as i64);
+        }
+        if let Some(f) = self.disk_size.get() {
+            let (bytes, entries) = f();
+            self.disk_bytes.set(bytes as i64);
+            self.disk_entries.set(entries as i64);
         }
         let mut out = String::new();
         // Writing to a String cannot fail.

@@ -31,6 +31,8 @@ pub struct MountOptions {
     pub passthrough: bool,
     /// Samples fetched ahead of a reader walking a directory's listing.
     pub prefetch: usize,
+    /// The disk tier, if any (`--cache-dir`).
+    pub cache_dir: Option<crate::cache::disk::DiskConfig>,
 }
 
 /// Samples fetched ahead by default. Over an object store each request
@@ -57,6 +59,7 @@ impl Default for MountOptions {
             allow_other: false,
             passthrough: false,
             prefetch: DEFAULT_PREFETCH,
+            cache_dir: None,
         }
     }
 }
@@ -167,16 +170,27 @@ pub fn mount(
 ) -> Result<Mounted> {
     check_mountpoint(mountpoint, None)?;
     let metrics = Arc::new(crate::metrics::Metrics::new());
-    let cache = ChunkCache::with_metrics(opts.cache_bytes, source, metrics);
+    let disk = match &opts.cache_dir {
+        Some(config) => open_disk_tier(config, &metrics)?,
+        None => None,
+    };
+    let tiers = crate::cache::Tiers {
+        ram: Some(ChunkCache::ram_store(opts.cache_bytes, &metrics)),
+        disk,
+    };
+    let has_disk = tiers.disk.is_some();
+    let cache = ChunkCache::from_tiers(tiers, opts.cache_bytes, source, metrics);
     let fs = Arc::new(ViewFs::new(views, cache, opts.prefetch));
     // SAFETY: getuid/getgid have no preconditions and cannot fail.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    // The kernel takes backing files from root only.
     let adapter = FuseAdapter::new(
         fs.clone(),
         tokio::runtime::Handle::current(),
         uid,
         gid,
         opts.passthrough,
+        has_disk && uid == 0,
     );
     let mut config = Config::default();
     config.mount_options = vec![
@@ -200,6 +214,29 @@ pub fn mount(
         let _ = notifier.inval_entry(fuser::INodeNo(crate::fs::ROOT), std::ffi::OsStr::new(name));
     });
     Ok(Mounted { session, fs })
+}
+
+/// Opens the disk tier. A directory that is not private is an error (a
+/// setting to fix); one that cannot be used (read-only, its index
+/// unreadable) is a warning, and the mount serves from memory and the
+/// source.
+fn open_disk_tier(
+    config: &crate::cache::disk::DiskConfig,
+    metrics: &Arc<crate::metrics::Metrics>,
+) -> Result<Option<Arc<crate::cache::disk::DiskStore>>> {
+    crate::cache::disk::prepare_dir(&config.dir)?;
+    match crate::cache::disk::DiskStore::open(config, metrics) {
+        Ok(d) => Ok(Some(d)),
+        Err(e) => {
+            let text = format!("{e:#}");
+            tracing::warn!("--cache-dir {}: {text}", config.dir.display());
+            eprintln!(
+                "warning: --cache-dir {}: {text}; serving from memory and the source only",
+                config.dir.display()
+            );
+            Ok(None)
+        }
+    }
 }
 
 /// Serves until SIGINT/SIGTERM or an external unmount, then unmounts.

@@ -72,25 +72,37 @@ pub fn ensure() -> Result<PathBuf> {
 /// change: a symbolic link, not a directory, not the user's, or open to
 /// others.
 pub fn check_private(dir: &Path) -> Result<()> {
+    check_private_dir_fix(
+        dir,
+        "runtime directory",
+        "remove it (it may have been made by another user) or set LAKEMOUNT_RUNTIME_DIR \
+         to a private directory (mode 0700) of your own",
+    )
+}
+
+/// Refuses a private directory of this user's (`what`: its role, for
+/// messages) that is a symbolic link, not a directory, not the user's, or
+/// open to others.
+pub fn check_private_dir(dir: &Path, what: &str) -> Result<()> {
+    check_private_dir_fix(
+        dir,
+        what,
+        "remove it (it may have been made by another user) or give a private directory (mode 0700) of your own",
+    )
+}
+
+fn check_private_dir_fix(dir: &Path, what: &str, fix: &str) -> Result<()> {
     let meta = std::fs::symlink_metadata(dir)
-        .with_context(|| format!("cannot inspect the runtime directory {}", dir.display()))?;
-    let fix = "remove it (it may have been made by another user) or set LAKEMOUNT_RUNTIME_DIR \
-               to a private directory (mode 0700) of your own";
+        .with_context(|| format!("cannot inspect the {what} {}", dir.display()))?;
     if meta.file_type().is_symlink() {
-        bail!(
-            "the runtime directory {} is a symbolic link; {fix}",
-            dir.display()
-        );
+        bail!("the {what} {} is a symbolic link; {fix}", dir.display());
     }
     if !meta.is_dir() {
-        bail!(
-            "the runtime directory {} is not a directory; {fix}",
-            dir.display()
-        );
+        bail!("the {what} {} is not a directory; {fix}", dir.display());
     }
     if meta.uid() != uid() {
         bail!(
-            "the runtime directory {} belongs to uid {}, not to you (uid {}); {fix}",
+            "the {what} {} belongs to uid {}, not to you (uid {}); {fix}",
             dir.display(),
             meta.uid(),
             uid()
@@ -98,7 +110,7 @@ pub fn check_private(dir: &Path) -> Result<()> {
     }
     if meta.mode() & 0o077 != 0 {
         bail!(
-            "the runtime directory {} is open to other users (mode {:04o}); run `chmod 700 {}`, or {fix}",
+            "the {what} {} is open to other users (mode {:04o}); run `chmod 700 {}`, or {fix}",
             dir.display(),
             meta.mode() & 0o7777,
             dir.display()

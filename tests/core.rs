@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use lakemount::cache::ChunkCache;
+use lakemount::cache::disk::{DiskConfig, DiskStore};
+use lakemount::cache::{ChunkCache, Tiers};
 use lakemount::content_id::{CHUNK, ContentId};
 use lakemount::fs::{FsError, OpenMode, Opened, ROOT, ViewFs};
 use lakemount::source::testing::{FaultySource, MemorySource};
@@ -74,6 +75,42 @@ fn fs_with(view: &Arc<View>, source: Arc<dyn Source>, capacity: u64) -> ViewFs {
     ViewFs::new(vec![view.clone()], ChunkCache::new(capacity, source), 0)
 }
 
+/// Which stores a cache is made of, for the tests that run against each.
+#[derive(Debug, Clone, Copy)]
+enum Stores {
+    Memory,
+    Disk,
+    Tiered,
+}
+
+const STORES: [Stores; 3] = [Stores::Memory, Stores::Disk, Stores::Tiered];
+
+/// A cache of `which` stores (a disk tier in `dir`) over `source`.
+fn cache_on(which: Stores, dir: &std::path::Path, source: Arc<dyn Source>) -> ChunkCache {
+    let metrics = Arc::new(lakemount::metrics::Metrics::new());
+    let disk = || {
+        Some(
+            DiskStore::open(&DiskConfig::new(dir.join("cache")), &metrics)
+                .unwrap_or_else(|e| panic!("{e:#}")),
+        )
+    };
+    let tiers = match which {
+        Stores::Memory => Tiers {
+            ram: Some(ChunkCache::ram_store(64 << 20, &metrics)),
+            disk: None,
+        },
+        Stores::Disk => Tiers {
+            ram: None,
+            disk: disk(),
+        },
+        Stores::Tiered => Tiers {
+            ram: Some(ChunkCache::ram_store(2 << 20, &metrics)),
+            disk: disk(),
+        },
+    };
+    ChunkCache::from_tiers(tiers, 64 << 20, source, metrics.clone())
+}
+
 /// Inode of `path` (relative to the mount root) by lookups.
 fn ino(fs: &ViewFs, path: &str) -> u64 {
     path.split('/')
@@ -91,10 +128,27 @@ fn big_path(f: &Fixture) -> (String, ContentId) {
 #[tokio::test]
 async fn reads_across_chunk_edges_are_exact() {
     let f = fixture().await;
-    let fs = fs_with(&f.view, Arc::new(memory(&f.bytes)), 64 << 20);
-    let (path, id) = big_path(&f);
+    for which in STORES {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = ViewFs::new(
+            vec![f.view.clone()],
+            cache_on(which, dir.path(), Arc::new(memory(&f.bytes))),
+            0,
+        );
+        // Twice: filled from the source, then answered by the store.
+        for _ in 0..2 {
+            reads_across_chunk_edges(&f, &fs).await;
+            if let Some(d) = fs.cache().disk() {
+                d.flush();
+            }
+        }
+    }
+}
+
+async fn reads_across_chunk_edges(f: &Fixture, fs: &ViewFs) {
+    let (path, id) = big_path(f);
     let original = &f.bytes[&id];
-    let ino = ino(&fs, &path);
+    let ino = ino(fs, &path);
     let c = CHUNK as usize;
     for (offset, size) in [
         (0, 10),
@@ -121,11 +175,41 @@ async fn reads_across_chunk_edges_are_exact() {
 #[tokio::test]
 async fn concurrent_readers_of_a_chunk_share_one_fetch() {
     let f = fixture().await;
-    let mut faulty = FaultySource::new(Arc::new(memory(&f.bytes)));
-    faulty.delay = Duration::from_millis(100);
-    let faulty = Arc::new(faulty);
-    let fs = Arc::new(fs_with(&f.view, faulty.clone(), 64 << 20));
-    let (path, _) = big_path(&f);
+    for which in STORES {
+        let dir = tempfile::tempdir().unwrap();
+        let mut faulty = FaultySource::new(Arc::new(memory(&f.bytes)));
+        faulty.delay = Duration::from_millis(100);
+        let faulty = Arc::new(faulty);
+        let fs = Arc::new(ViewFs::new(
+            vec![f.view.clone()],
+            cache_on(which, dir.path(), faulty.clone()),
+            0,
+        ));
+        concurrent_readers(&f, fs, &faulty).await;
+    }
+}
+
+async fn concurrent_readers(f: &Fixture, fs: Arc<ViewFs>, faulty: &FaultySource) {
+    // 16 readers of a one-chunk sample: one fetch.
+    let small = (0..f.view.len())
+        .find(|&i| f.view.sample(i).size < CHUNK)
+        .unwrap();
+    let small = ino(&fs, &format!("v/{}", f.view.path(small)));
+    let readers: Vec<_> = (0..16)
+        .map(|_| {
+            let fs = fs.clone();
+            tokio::spawn(async move { fs.read(small, 0, 4096).await.unwrap() })
+        })
+        .collect();
+    for r in readers {
+        r.await.unwrap();
+    }
+    assert_eq!(
+        faulty.requests(),
+        1,
+        "16 readers of a small sample, one fetch"
+    );
+    let (path, _) = big_path(f);
     let ino = ino(&fs, &path);
     let readers: Vec<_> = (0..16)
         .map(|k| {
@@ -139,13 +223,51 @@ async fn concurrent_readers_of_a_chunk_share_one_fetch() {
     // A large sample is fetched whole once (three chunk requests) and
     // checked against its content id before any byte is served: 16
     // readers share that one fetch.
-    assert_eq!(faulty.requests(), 3, "16 readers of one chunk, one fetch");
+    assert_eq!(faulty.requests(), 4, "16 readers of one chunk, one fetch");
     // Its chunks were kept: a read over all three fetches nothing.
     fs.read(ino, 0, 2_500_000).await.unwrap();
-    assert_eq!(faulty.requests(), 3);
+    assert_eq!(faulty.requests(), 4);
     // Everything is cached now.
     fs.read(ino, 0, 2_500_000).await.unwrap();
-    assert_eq!(faulty.requests(), 3);
+    assert_eq!(faulty.requests(), 4);
+}
+
+#[tokio::test]
+async fn a_disk_tier_outlives_its_process_and_serves_without_fetching() {
+    let f = fixture().await;
+    let dir = tempfile::tempdir().unwrap();
+    let f = &f;
+    let read_all = |fs: ViewFs| async move {
+        for i in 0..f.view.len() {
+            let n = ino(&fs, &format!("v/{}", f.view.path(i)));
+            let got = fs.read(n, 0, 3 << 20).await.unwrap();
+            assert_eq!(&got[..], &f.bytes[&f.view.sample(i).content_id][..]);
+        }
+        if let Some(d) = fs.cache().disk() {
+            d.flush();
+        }
+    };
+    let first = Arc::new(FaultySource::new(Arc::new(memory(&f.bytes))));
+    read_all(ViewFs::new(
+        vec![f.view.clone()],
+        cache_on(Stores::Tiered, dir.path(), first.clone()),
+        0,
+    ))
+    .await;
+    assert_eq!(first.requests() as usize, f.view.len() + 2);
+    // A new store on the same directory (a restarted daemon, or another
+    // one) reads nothing from the source; a store on a bad directory is
+    // refused.
+    for which in [Stores::Disk, Stores::Tiered] {
+        let again = Arc::new(FaultySource::new(Arc::new(memory(&f.bytes))));
+        read_all(ViewFs::new(
+            vec![f.view.clone()],
+            cache_on(which, dir.path(), again.clone()),
+            0,
+        ))
+        .await;
+        assert_eq!(again.requests(), 0, "{which:?}");
+    }
 }
 
 #[tokio::test]
@@ -234,7 +356,8 @@ async fn every_error_kind_has_its_errno() {
             false,
             OpenMode {
                 no_open: true,
-                passthrough: false
+                passthrough: false,
+                local_blobs: false,
             }
         ),
         Ok(Opened::Skip)

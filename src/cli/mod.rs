@@ -85,6 +85,14 @@ enum Command {
     ///
     /// One line per file: size, a tab, then <spec name>/<path>.
     Ls(LsArgs),
+    /// Inspect, re-check or empty a disk cache (a mount's --cache-dir).
+    ///
+    /// `stats` shows what the index counts; `verify` reads every entry,
+    /// deletes those whose bytes do not hash to their names and files that
+    /// are not entries, and makes the index match the files; `clear`
+    /// deletes every entry. Safe while mounts use the directory (they
+    /// fetch again what they miss).
+    Cache(CacheArgs),
     /// Check the table's invariants on every snapshot (or those given).
     ///
     /// No content id listed twice; every row's Lance row present at the
@@ -170,6 +178,31 @@ impl WarehouseArgs {
             storage_options: self.storage_option.clone(),
         }
     }
+}
+
+#[derive(Debug, Args)]
+struct CacheArgs {
+    #[command(subcommand)]
+    action: CacheAction,
+}
+
+#[derive(Debug, Subcommand)]
+enum CacheAction {
+    /// Entries, bytes and the span of their last use.
+    Stats {
+        /// The cache directory.
+        dir: PathBuf,
+    },
+    /// Re-check every entry against its digest; delete what fails.
+    Verify {
+        /// The cache directory.
+        dir: PathBuf,
+    },
+    /// Delete every entry.
+    Clear {
+        /// The cache directory.
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -362,6 +395,7 @@ pub fn run(cli: Cli, argv: Vec<std::ffi::OsString>) -> ExitCode {
             Command::Index(args) => run_index(args).await,
             Command::Pin(args) => run_pin(args).await,
             Command::Check(args) => run_check(args).await,
+            Command::Cache(args) => run_cache(args).await,
             Command::Embed(args) => run_embed(args),
             Command::Status(args) => {
                 let doc = crate::status::query(&args.mountpoint)?;
@@ -558,6 +592,42 @@ async fn run_check(args: CheckArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+async fn run_cache(args: CacheArgs) -> Result<ExitCode> {
+    use crate::cache::disk;
+    match args.action {
+        CacheAction::Stats { dir } => {
+            let s = disk::dir_stats(&dir).await?;
+            let when = |us: Option<i64>| {
+                us.and_then(chrono::DateTime::from_timestamp_micros)
+                    .map_or("-".to_string(), |t| {
+                        t.format("%Y-%m-%d %H:%M:%S").to_string()
+                    })
+            };
+            println!("cache {}", dir.display());
+            println!("entries     {}", s.entries);
+            println!("bytes       {} ({:.1} MB)", s.bytes, s.bytes as f64 / 1e6);
+            println!("oldest use  {} UTC", when(s.oldest_use_us));
+            println!("newest use  {} UTC", when(s.newest_use_us));
+        }
+        CacheAction::Verify { dir } => {
+            let r = disk::verify_dir(&dir).await?;
+            println!(
+                "cache {}: {} entries good, {} corrupt deleted, {} foreign files deleted, {} index rows repaired",
+                dir.display(),
+                r.good,
+                r.corrupt,
+                r.foreign,
+                r.reindexed
+            );
+        }
+        CacheAction::Clear { dir } => {
+            let n = disk::clear_dir(&dir).await?;
+            println!("cache {}: {n} entries deleted", dir.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn run_embed(args: EmbedArgs) -> Result<ExitCode> {
     if args.files.is_empty() && args.text.is_empty() {
         anyhow::bail!("give files to embed or --text TEXT");
@@ -605,7 +675,7 @@ fn run_embed(args: EmbedArgs) -> Result<ExitCode> {
 }
 
 /// Parses `512MiB`, `2G`, `1048576`.
-fn parse_size(s: &str) -> Result<u64, String> {
+pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t
         .find(|c: char| !c.is_ascii_digit() && c != '.')

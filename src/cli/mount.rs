@@ -23,6 +23,30 @@ pub struct MountArgs {
     /// Bytes of sample data kept in memory (suffixes K, M, G, KiB, MiB, GiB).
     #[arg(long, default_value = "1GiB", value_parser = parse_size, help_heading = "Serving")]
     cache_size: u64,
+    /// A directory on a local disk for a second cache tier: verified chunks
+    /// kept across restarts and shared by every mount given the same
+    /// directory (created 0700). Samples of up to 1 MiB found there are
+    /// read by the kernel directly when running as root (passthrough).
+    #[arg(
+        long,
+        env = "LAKEMOUNT_CACHE_DIR",
+        value_name = "DIR",
+        help_heading = "Serving"
+    )]
+    cache_dir: Option<PathBuf>,
+    /// How large --cache-dir may grow: bytes (200GiB) or a share of its
+    /// filesystem (50%).
+    #[arg(
+        long,
+        default_value = "50%",
+        value_name = "SIZE|N%",
+        help_heading = "Serving"
+    )]
+    cache_dir_size: crate::cache::disk::SizeLimit,
+    /// Share of --cache-dir's filesystem kept free: entries are evicted
+    /// (and none written) below it.
+    #[arg(long, default_value = "5%", value_parser = parse_share, value_name = "N%", help_heading = "Serving")]
+    cache_dir_min_free: f64,
     /// FUSE worker threads; default one per CPU, 2 to 16 (cache hits and
     /// local blob files are read on them; remote fetches run on the async
     /// runtime).
@@ -69,6 +93,20 @@ pub struct MountArgs {
     rank: RankArgs,
     #[command(flatten)]
     pub(super) warehouse: WarehouseArgs,
+}
+
+/// `5%` as 0.05.
+fn parse_share(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .trim_end_matches('%')
+        .trim()
+        .parse()
+        .map_err(|_| format!("expected a share like 5%, got {s:?}"))?;
+    if !(0.0..90.0).contains(&v) {
+        return Err(format!("expected a share from 0% to 90%, got {s:?}"));
+    }
+    Ok(v / 100.0)
 }
 
 /// `--rank R --world-size W`.
@@ -175,6 +213,14 @@ pub async fn run(args: MountArgs) -> Result<ExitCode> {
         allow_other: args.allow_other,
         passthrough: args.passthrough,
         prefetch: args.prefetch,
+        cache_dir: args
+            .cache_dir
+            .as_ref()
+            .map(|dir| crate::cache::disk::DiskConfig {
+                dir: dir.clone(),
+                max: args.cache_dir_size,
+                min_free: args.cache_dir_min_free,
+            }),
     };
     let source = LakeSource::new(&wh.trust.local_roots(), wh.storage.clone())
         .context("cannot open the warehouse directory for reading")?;

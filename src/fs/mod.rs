@@ -98,8 +98,12 @@ pub enum FsError {
 pub struct OpenMode {
     /// The kernel supports skipping OPEN/RELEASE entirely.
     pub no_open: bool,
-    /// Samples kept as local files are handed to the kernel (passthrough).
+    /// The kernel takes files to read directly (passthrough).
     pub passthrough: bool,
+    /// Samples kept as local blob files are handed to the kernel as they
+    /// are, unverified (`--passthrough`); else only verified disk-tier
+    /// entries are.
+    pub local_blobs: bool,
 }
 
 /// What an open resolves to.
@@ -418,11 +422,13 @@ impl ViewFs {
         })
     }
 
-    /// Opens `ino` for reading (`write` asks for more: refused). Samples
-    /// kept as local files are passed through to the kernel when `mode`
-    /// allows, after checking the file has the size the table records
-    /// (their bytes are then not verified: `--passthrough` trades that for
-    /// speed); everything else is served by [`ViewFs::read`].
+    /// Opens `ino` for reading (`write` asks for more: refused). When the
+    /// kernel takes passthrough files: a one-chunk sample the disk tier
+    /// holds is handed over as its verified entry file; with
+    /// `mode.local_blobs`, a sample kept as a local blob file is handed
+    /// over after checking it has the size the table records (its bytes
+    /// are then not verified: `--passthrough` trades that for speed).
+    /// Everything else is served by [`ViewFs::read`].
     pub fn open(&self, ino: u64, write: bool, mode: OpenMode) -> Result<Opened, FsError> {
         if write {
             return Err(FsError::ReadOnly);
@@ -439,7 +445,15 @@ impl ViewFs {
         {
             let view = &tree.view;
             let loc = view.location(i as usize);
-            match self.cache.source().open_local(&loc) {
+            if let Some(file) = self.cache.open_file(&loc) {
+                return Ok(Opened::Passthrough(file));
+            }
+            let local = if mode.local_blobs {
+                self.cache.source().open_local(&loc)
+            } else {
+                None
+            };
+            match local {
                 Some(Ok(file)) if file.metadata().is_ok_and(|m| m.len() == loc.size) => {
                     return Ok(Opened::Passthrough(file));
                 }
@@ -471,7 +485,6 @@ impl ViewFs {
             return Err(FsError::IsDir);
         };
         let view = &tree.view;
-        let id = tree.id;
         let len = view.file_size(content);
         if offset >= len || size == 0 {
             return Ok(Bytes::new());
@@ -486,7 +499,7 @@ impl ViewFs {
                 let i = i as usize;
                 let npy = self
                     .cache
-                    .embedding_npy(id, view, i)
+                    .embedding_npy(&view.location(i))
                     .await
                     .map_err(|e| fetch_failed(view, i, e))?;
                 Ok(slice(&npy))
@@ -497,10 +510,11 @@ impl ViewFs {
                     self.prefetch.on_first_read(self, &tree, local, i as usize);
                 }
                 let i = i as usize;
+                let loc = view.location(i);
                 let first = offset / CHUNK;
                 let last = (end - 1) / CHUNK;
                 let chunks = futures::future::try_join_all(
-                    (first..=last).map(|c| self.cache.sample_chunk(id, view, i, c as u32)),
+                    (first..=last).map(|c| self.cache.sample_chunk(&loc, c as u32)),
                 )
                 .await
                 .map_err(|e| fetch_failed(view, i, e))?;

@@ -144,7 +144,8 @@ impl Prefetch {
             next = self.listing_walk(tree, i);
         }
         for i in next {
-            if fs.cache.has_chunk(tree.id, i as usize, 0) {
+            let loc = tree.view.location(i as usize);
+            if fs.cache.has_first_chunk(&loc) {
                 continue;
             }
             let Ok(permit) = self.permits.clone().try_acquire_owned() else {
@@ -155,11 +156,7 @@ impl Prefetch {
             let tree = tree.clone();
             runtime.spawn(async move {
                 // A failure is reported when the sample is really read.
-                if cache
-                    .sample_chunk(tree.id, &tree.view, i as usize, 0)
-                    .await
-                    .is_ok()
-                {
+                if cache.sample_chunk(&loc, 0).await.is_ok() {
                     tree.walks.fetched[i as usize / 64].fetch_or(1 << (i % 64), Ordering::Relaxed);
                 }
                 drop(permit);
@@ -263,14 +260,15 @@ impl ViewFs {
         futures::stream::iter(jobs)
             .map(|(tree, i, npy)| async move {
                 let view = &tree.view;
-                let size = view.sample(i).size;
-                let chunks = size.div_ceil(crate::content_id::CHUNK).max(1) as u32;
+                let loc = view.location(i);
+                let chunks = loc.size.div_ceil(crate::content_id::CHUNK).max(1) as u32;
                 for c in 0..chunks {
-                    fs.cache.sample_chunk(tree.id, view, i, c).await.ok()?;
+                    fs.cache.sample_chunk(&loc, c).await.ok()?;
                 }
                 if npy {
-                    fs.cache.embedding_npy(tree.id, view, i).await.ok()?;
+                    fs.cache.embedding_npy(&loc).await.ok()?;
                 }
+                let size = loc.size;
                 fs.metrics().warm_samples.inc();
                 Some(size)
             })
