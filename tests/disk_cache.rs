@@ -359,3 +359,34 @@ fn a_hot_edited_spec_keeps_its_cache_hits() {
         "the edited view fetched again"
     );
 }
+
+#[test]
+fn a_read_only_cache_directory_is_a_warning_not_a_failure() {
+    let s = setup(10);
+    let cache = s.tmp.path().join("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "ro,size=1m,mode=0700", "lm-ro"])
+        .arg(&cache)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount -t tmpfs needs root");
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _ro = Unmount(cache.clone());
+    let mut m = mount(&s, "mnt", &cache_args(&cache));
+    check_bytes(&s, &read_tree(&m.mountpoint.join("s")));
+    let child = m.child.take().unwrap();
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("serving from memory and the source only"),
+        "{log}"
+    );
+}

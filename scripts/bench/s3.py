@@ -47,16 +47,17 @@ class Proxy:
 
 
 class Rclone:
-    def __init__(self, endpoint: str, remote: str, mnt: Path, cache: Path):
+    def __init__(self, endpoint: str, remote: str, mnt: Path, cache: Path, extra=(), keep_cache=False):
         mnt.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, RCLONE_CONFIG_LM_TYPE="s3", RCLONE_CONFIG_LM_PROVIDER="Other",
                    RCLONE_CONFIG_LM_ENDPOINT=endpoint,
                    RCLONE_CONFIG_LM_ACCESS_KEY_ID=os.environ["AWS_ACCESS_KEY_ID"],
                    RCLONE_CONFIG_LM_SECRET_ACCESS_KEY=os.environ["AWS_SECRET_ACCESS_KEY"])
         env.pop("AWS_CA_BUNDLE", None)  # rclone 1.60 fails to start with it set
-        shutil.rmtree(cache, ignore_errors=True)
+        if not keep_cache:
+            shutil.rmtree(cache, ignore_errors=True)
         self.proc = subprocess.Popen(["rclone", "mount", f"lm:{remote}", str(mnt), "--vfs-cache-mode", "full",
-                                      "--use-server-modtime", "--cache-dir", str(cache), "--read-only"],
+                                      "--use-server-modtime", "--cache-dir", str(cache), "--read-only", *extra],
                                      env=env, stderr=subprocess.PIPE, text=True)
         while not os.path.ismount(mnt):
             if self.proc.poll() is not None:

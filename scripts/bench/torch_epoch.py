@@ -6,8 +6,10 @@ page cache, as the baseline's), through one started with --warm (after the
 warm-up), and through a fresh mount of a shuffled view read in its listing
 order (a Dataset over `_index.jsonl`, shuffle=False: the order lakemount
 prefetches along), and through a fresh --passthrough mount (the kernel
-reads the local blob files itself). Medians of --runs, with ratios to the
-local disk.
+reads the local blob files itself), and through a mount with a disk tier
+(--cache-dir) after a remount: its entries were filled by a first mount's
+epoch, and the kernel reads them itself (passthrough, as root). Medians of
+--runs, with ratios to the local disk.
 
 torch is not a test dependency: on Debian, `apt-get install python3-torch
 python3-torchvision` (CPU-only, ~650 MB) and run this with /usr/bin/python3:
@@ -17,6 +19,7 @@ python3-torchvision` (CPU-only, ~650 MB) and run this with /usr/bin/python3:
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -109,6 +112,16 @@ def main():
                 root = m.mnt / "v"
                 ds = datasets.ImageFolder(root, transform=TRANSFORM) if shuffle else Listing(root)
                 results.setdefault(label, []).append(epoch(ds, shuffle, run))
+        tier = args.work / "tier"
+        shutil.rmtree(tier, ignore_errors=True)
+        tier_args = ["--cache-size", "64MiB", "--cache-dir", str(tier)]
+        with Mount(binary, wh, [plain], args.work / "mnt", extra=tier_args) as m:
+            read_files(sorted((m.mnt / "v").rglob("*.png")), 2)
+            time.sleep(2)
+        with Mount(binary, wh, [plain], args.work / "mnt", extra=tier_args) as m:
+            ds = datasets.ImageFolder(m.mnt / "v", transform=TRANSFORM)
+            results.setdefault("lakemount --cache-dir, remounted, ImageFolder shuffle", []).append(
+                epoch(ds, True, run))
         print(f"run {run + 1}/{args.runs} done", flush=True)
     local = median(results["local disk, ImageFolder shuffle"])
     print(f"\none epoch of {args.samples} ~100 KB PNGs, DataLoader(num_workers=2, batch 32), "
