@@ -54,6 +54,48 @@ impl BlobStore {
         format!("{}blobs/{fan}/{content_id}", self.root_url)
     }
 
+    /// The store and the path under which packs are kept.
+    pub fn packs_location(&self) -> (Arc<dyn ObjectStore>, Path) {
+        (self.store.clone(), self.prefix.clone().join("packs"))
+    }
+
+    /// The URI of the pack named `name` (the hex SHA-256 of its bytes).
+    pub fn pack_uri(&self, name: &str) -> String {
+        let fan = name.get(..2).unwrap_or("00");
+        format!("{}packs/{fan}/{name}.pack", self.root_url)
+    }
+
+    /// Stores a pack under its name unless it is already there; its URI.
+    pub async fn put_pack(&self, pack: &crate::packs::Pack) -> object_store::Result<String> {
+        let fan = pack.name.get(..2).unwrap_or("00");
+        let key = self
+            .prefix
+            .clone()
+            .join("packs")
+            .join(fan)
+            .join(format!("{}.pack", pack.name));
+        match self.store.head(&key).await {
+            Ok(meta) if meta.size == pack.bytes.len() as u64 => {}
+            _ => {
+                self.store
+                    .put(&key, PutPayload::from(pack.bytes.clone()))
+                    .await?;
+            }
+        }
+        Ok(self.pack_uri(&pack.name))
+    }
+
+    /// Stores `bytes` at `rel` (a `/`-separated path below the warehouse
+    /// root, such as `packs/index/<uuid>.parquet`); its URI.
+    pub async fn put_file(&self, rel: &str, bytes: Bytes) -> object_store::Result<String> {
+        let mut key = self.prefix.clone();
+        for part in rel.split('/') {
+            key = key.join(part);
+        }
+        self.store.put(&key, PutPayload::from(bytes)).await?;
+        Ok(format!("{}{rel}", self.root_url))
+    }
+
     /// Stores `bytes` under `content_id` unless it is already there.
     pub async fn put(&self, content_id: &str, bytes: Bytes) -> object_store::Result<()> {
         let key = self.key(content_id);

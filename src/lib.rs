@@ -26,6 +26,8 @@ pub mod layout;
 pub mod metrics;
 pub mod mount;
 pub mod npy;
+pub mod packs;
+pub mod repack;
 pub mod runtime;
 pub mod similar;
 pub mod source;

@@ -93,6 +93,15 @@ pub trait Source: Send + Sync {
         loc: &SampleLoc,
         range: Range<u64>,
     ) -> BoxFuture<'static, Result<Bytes, FetchError>>;
+    /// Bytes `range` of the object `object` (a pack), read for the packed
+    /// sample at `loc` and its neighbours in one request; errors name
+    /// `loc`'s sample. Shorter only if the object is.
+    fn read_object(
+        &self,
+        loc: &SampleLoc,
+        object: &str,
+        range: Range<u64>,
+    ) -> BoxFuture<'static, Result<Bytes, FetchError>>;
     /// The embedding of the sample at `loc`.
     fn embedding(&self, loc: &SampleLoc) -> BoxFuture<'static, Result<Vec<f32>, FetchError>>;
     /// The local file holding the sample's bytes, opened, when there is one
@@ -228,7 +237,24 @@ impl Source for LakeSource {
         if !loc.trusted {
             return Box::pin(std::future::ready(Err(untrusted(loc))));
         }
-        if let Some(path) = local_path(&loc.uri) {
+        if let (object, Some((offset, length))) = crate::packs::split(&loc.uri) {
+            let end = range.end.min(length);
+            let start = range.start.min(end);
+            return self.read_object(loc, object, offset + start..offset + end);
+        }
+        self.read_object(loc, &loc.uri.clone(), range)
+    }
+
+    fn read_object(
+        &self,
+        loc: &SampleLoc,
+        object: &str,
+        range: Range<u64>,
+    ) -> BoxFuture<'static, Result<Bytes, FetchError>> {
+        if !loc.trusted {
+            return Box::pin(std::future::ready(Err(untrusted(loc))));
+        }
+        if let Some(path) = local_path(object) {
             let result = self
                 .read_local(&path, range)
                 .map_err(|e| io_error(loc, &path, e));
@@ -257,8 +283,8 @@ impl Source for LakeSource {
                     .map_err(|e| FetchError::backend(&loc, e.to_string()))
             });
         }
-        let store = Url::parse(&loc.uri)
-            .map_err(|e| format!("bad uri {}: {e}", loc.uri))
+        let store = Url::parse(object)
+            .map_err(|e| format!("bad uri {object}: {e}"))
             .and_then(|u| self.store_for(&u));
         Box::pin(async move {
             let (store, path) = store.map_err(|e| FetchError::backend(&loc, e))?;
@@ -284,6 +310,10 @@ impl Source for LakeSource {
     }
 
     fn open_local(&self, loc: &SampleLoc) -> Option<Result<std::fs::File, FetchError>> {
+        // A packed sample is a region of a file: not one the kernel can take.
+        if crate::packs::split(&loc.uri).1.is_some() {
+            return None;
+        }
         let path = local_path(&loc.uri)?;
         if !loc.trusted {
             return Some(Err(untrusted(loc)));
@@ -311,13 +341,21 @@ pub mod testing {
     use super::{FetchError, SampleLoc, Source};
     use crate::content_id::ContentId;
 
-    /// Sample bytes and embeddings by content id.
+    /// Sample bytes and embeddings by content id, and pack objects by URI.
     #[derive(Default)]
     pub struct MemorySource {
         /// Bytes by content id.
         pub bytes: HashMap<ContentId, Bytes>,
         /// Embeddings by content id.
         pub embeddings: HashMap<ContentId, Vec<f32>>,
+        /// Objects (packs) by URI, for samples whose `uri` names a range.
+        pub objects: HashMap<String, Bytes>,
+    }
+
+    fn slice(b: &Bytes, range: Range<u64>) -> Bytes {
+        let end = (range.end as usize).min(b.len());
+        let start = (range.start as usize).min(end);
+        b.slice(start..end)
     }
 
     impl Source for MemorySource {
@@ -326,12 +364,26 @@ pub mod testing {
             loc: &SampleLoc,
             range: Range<u64>,
         ) -> BoxFuture<'static, Result<Bytes, FetchError>> {
+            if let (object, Some((offset, length))) = crate::packs::split(&loc.uri) {
+                let end = range.end.min(length);
+                let start = range.start.min(end);
+                return self.read_object(loc, object, offset + start..offset + end);
+            }
             let result = match self.bytes.get(&loc.content_id) {
-                Some(b) => {
-                    let end = (range.end as usize).min(b.len());
-                    let start = (range.start as usize).min(end);
-                    Ok(b.slice(start..end))
-                }
+                Some(b) => Ok(slice(b, range)),
+                None => Err(FetchError::not_found(loc)),
+            };
+            Box::pin(std::future::ready(result))
+        }
+
+        fn read_object(
+            &self,
+            loc: &SampleLoc,
+            object: &str,
+            range: Range<u64>,
+        ) -> BoxFuture<'static, Result<Bytes, FetchError>> {
+            let result = match self.objects.get(object) {
+                Some(b) => Ok(slice(b, range)),
                 None => Err(FetchError::not_found(loc)),
             };
             Box::pin(std::future::ready(result))
@@ -408,7 +460,22 @@ pub mod testing {
             loc: &SampleLoc,
             range: Range<u64>,
         ) -> BoxFuture<'static, Result<Bytes, FetchError>> {
+            // A packed sample's read is one object read: counted there.
+            if let (object, Some((offset, length))) = crate::packs::split(&loc.uri) {
+                let end = range.end.min(length);
+                let start = range.start.min(end);
+                return self.read_object(loc, object, offset + start..offset + end);
+            }
             self.wrap(loc, self.inner.read_range(loc, range))
+        }
+
+        fn read_object(
+            &self,
+            loc: &SampleLoc,
+            object: &str,
+            range: Range<u64>,
+        ) -> BoxFuture<'static, Result<Bytes, FetchError>> {
+            self.wrap(loc, self.inner.read_object(loc, object, range))
         }
 
         fn embedding(&self, loc: &SampleLoc) -> BoxFuture<'static, Result<Vec<f32>, FetchError>> {

@@ -241,6 +241,32 @@ pub async fn row_ids_by_content(ds: &Dataset) -> Result<foldhash::HashMap<Conten
     Ok(out)
 }
 
+/// The `uri` each of `ids` has in the dataset (the first row's, as
+/// [`row_ids_by_content`] picks).
+pub async fn uris_of(
+    ds: &Dataset,
+    ids: &[ContentId],
+) -> Result<std::collections::HashMap<ContentId, String>> {
+    let mut out = std::collections::HashMap::new();
+    for part in ids.chunks(256) {
+        let list: Vec<String> = part.iter().map(|id| format!("'{id}'")).collect();
+        let mut scan = ds.scan();
+        scan.project(&["content_id", "uri"])?
+            .filter(&format!("content_id IN ({})", list.join(",")))?;
+        let mut stream = scan.try_into_stream().await?;
+        while let Some(batch) = stream.try_next().await? {
+            let cids = crate::catalog::string_column(&batch, "content_id")?;
+            let uris = crate::catalog::string_column(&batch, "uri")?;
+            for (id, uri) in cids.iter().zip(uris.iter()) {
+                if let (Some(Ok(id)), Some(uri)) = (id.map(ContentId::parse), uri) {
+                    out.entry(id).or_insert_with(|| uri.to_string());
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Embeddings of the rows with the given stable row ids, in that order.
 pub async fn take_embeddings(ds: &Dataset, row_ids: &[u64]) -> Result<Vec<Vec<f32>>> {
     let batch = ds

@@ -36,13 +36,12 @@ async fn fixture() -> Fixture {
     std::fs::create_dir_all(tmp.path().join("in/blob")).unwrap();
     std::fs::write(tmp.path().join("in/blob/big.bin"), &big).unwrap();
     let wh = open(&tmp.path().join("wh")).await;
-    lakemount::ingest::run(
-        &quiet(lakemount::ingest::InputSource::Dir(tmp.path().join("in"))),
-        &wh,
-        &lakemount::encode::builtin::BuiltinEncoder,
-    )
-    .await
-    .unwrap();
+    // One object per sample: the memory source serves bytes by content id.
+    let mut config = quiet(lakemount::ingest::InputSource::Dir(tmp.path().join("in")));
+    config.pack = lakemount::ingest::PackMode::Off;
+    lakemount::ingest::run(&config, &wh, &lakemount::encode::builtin::BuiltinEncoder)
+        .await
+        .unwrap();
     let spec = lakemount::spec::parse(
         "name: v\n",
         std::path::Path::new("v.yaml"),

@@ -18,13 +18,10 @@ async fn directory_ingest_reads_back_equal() {
     );
     let wh = open(&tmp.path().join("wh")).await;
 
-    let report = ingest::run(
-        &quiet(InputSource::Dir(tmp.path().join("in"))),
-        &wh,
-        &BuiltinEncoder,
-    )
-    .await
-    .unwrap();
+    // One blob object per sample, to compare with the blob store's URIs.
+    let mut config = quiet(InputSource::Dir(tmp.path().join("in")));
+    config.pack = ingest::PackMode::Off;
+    let report = ingest::run(&config, &wh, &BuiltinEncoder).await.unwrap();
     assert_eq!(report.added, 12);
     assert_eq!(report.duplicates, 0);
     assert!(report.rejected.is_empty());

@@ -23,6 +23,11 @@ struct Fixture {
 /// A warehouse with images in three labels plus one 2.5 MB binary sample,
 /// ingested through the CLI.
 fn fixture() -> Fixture {
+    fixture_with(&[])
+}
+
+/// The fixture, ingested with `extra` ingest options.
+fn fixture_with(extra: &[&str]) -> Fixture {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().to_path_buf();
     let files = image_folder(&root.join("in"), &[("cat", 6), ("dog", 5), ("eel", 4)]);
@@ -37,7 +42,10 @@ fn fixture() -> Fixture {
     std::fs::create_dir_all(root.join("in/blob")).unwrap();
     std::fs::write(root.join("in/blob/big.bin"), &big).unwrap();
     let wh = root.join("wh");
-    ingest_cli(&wh, &[root.join("in").to_str().unwrap()]);
+    let input = root.join("in");
+    let mut args = extra.to_vec();
+    args.push(input.to_str().unwrap());
+    ingest_cli(&wh, &args);
     let mut originals: HashMap<String, Vec<u8>> =
         files.into_values().map(|b| (sha256(&b), b)).collect();
     originals.insert(sha256(&big), big);
@@ -275,7 +283,8 @@ fn eight_parallel_readers_in_random_order_read_correct_bytes() {
 
 #[test]
 fn unreadable_blobs_give_eio_and_the_mount_stays_up() {
-    let f = fixture();
+    // One object per sample, so one can be deleted or corrupted alone.
+    let f = fixture_with(&["--pack", "off"]);
     let s = spec(&f.root, "e", "name: e\nfilter: \"label = 'cat'\"\n");
     let mnt = f.root.join("mnt");
     let _guard = MountGuard::start(&f.wh, &[&s], &mnt);

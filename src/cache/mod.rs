@@ -70,7 +70,7 @@ pub struct ChunkCache {
     store: Arc<dyn ChunkStore>,
     ram: Option<Arc<MemoryStore>>,
     disk: Option<Arc<DiskStore>>,
-    fetching: Mutex<HashMap<ChunkKey, Fetching>>,
+    fetching: Arc<Mutex<HashMap<ChunkKey, Fetching>>>,
     learned: Cache<ContentId, Arc<[[u8; 32]]>>,
     embeddings: Cache<EmbeddingKey, Bytes>,
     source: Arc<dyn Source>,
@@ -142,12 +142,26 @@ impl ChunkCache {
             store,
             ram: tiers.ram,
             disk: tiers.disk,
-            fetching: Mutex::default(),
+            fetching: Arc::default(),
             learned,
             embeddings,
             source,
             metrics,
         }
+    }
+
+    fn fetching_handle(&self) -> Arc<Mutex<HashMap<ChunkKey, Fetching>>> {
+        self.fetching.clone()
+    }
+
+    /// Whether the one-chunk sample at `loc` is held or being fetched.
+    pub fn has_or_fetching(&self, loc: &SampleLoc) -> bool {
+        let key = ChunkKey::whole(loc.content_id);
+        self.fetching
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&key)
+            || self.store.contains(&key)
     }
 
     /// The counters this cache (and the mount around it) updates.
@@ -272,6 +286,105 @@ impl ChunkCache {
             map.remove(&key);
         }
         result
+    }
+
+    /// Starts one ranged read of `object` covering `members` (packed
+    /// one-chunk samples: their location and offset in `object`, sorted by
+    /// offset), skipping members held or being fetched. Each member is
+    /// registered as being fetched before this returns (a reader of one
+    /// waits for this read instead of making its own), then verified
+    /// against its content id and kept on its own: a member whose bytes
+    /// are bad fails alone. A failed read is tried once more. Needs a tokio
+    /// runtime; returns the number of members it fetches.
+    pub fn start_packed(&self, object: &str, members: Vec<(SampleLoc, u64)>) -> usize {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return 0;
+        };
+        let mut map = self.fetching.lock().unwrap_or_else(|e| e.into_inner());
+        let todo: Vec<(SampleLoc, u64, ChunkKey)> = members
+            .into_iter()
+            .map(|(loc, offset)| {
+                let key = ChunkKey::whole(loc.content_id);
+                (loc, offset, key)
+            })
+            .filter(|(_, _, key)| !map.contains_key(key) && !self.store.contains(key))
+            .collect();
+        let (Some(first), Some(last)) = (todo.first(), todo.last()) else {
+            return 0;
+        };
+        let range = first.1..last.1 + last.0.size;
+        let base = range.start;
+        let (source, metrics) = (self.source.clone(), self.metrics.clone());
+        let (lead, object) = (first.0.clone(), object.to_string());
+        let read: Shared<BoxFuture<'static, Result<Bytes, Arc<FetchError>>>> = async move {
+            let mut result = Err(Arc::new(FetchError::Backend {
+                content_id: lead.content_id.hex(),
+                detail: "not read".into(),
+            }));
+            for _ in 0..2 {
+                let began = std::time::Instant::now();
+                let got = source.read_object(&lead, &object, range.clone()).await;
+                metrics.fetch_seconds.observe(began.elapsed().as_secs_f64());
+                match got {
+                    Ok(b) => return Ok(b),
+                    Err(e) => result = Err(Arc::new(e)),
+                }
+            }
+            metrics.fetch_errors.inc();
+            result
+        }
+        .boxed()
+        .shared();
+        let mut parts = Vec::with_capacity(todo.len());
+        for (loc, offset, key) in todo {
+            let (read, store, metrics) = (read.clone(), self.store.clone(), self.metrics.clone());
+            let part: Fetching = async move {
+                let bytes = read.await.map_err(|e| {
+                    Arc::new(FetchError::Backend {
+                        content_id: loc.content_id.hex(),
+                        detail: format!("reading its pack failed: {e}"),
+                    })
+                })?;
+                let from = (offset - base) as usize;
+                let to = from + loc.size as usize;
+                let result = match bytes.get(from..to) {
+                    Some(_) => {
+                        let mine = bytes.slice(from..to);
+                        verify(&loc, &key, &mine).map(|()| {
+                            store.put(&key, &mine);
+                            mine
+                        })
+                    }
+                    None => Err(FetchError::Corrupt {
+                        content_id: loc.content_id.hex(),
+                        detail: format!(
+                            "its pack is shorter than the table says (bytes {}..{} of {})",
+                            offset,
+                            offset + loc.size,
+                            crate::packs::split(&loc.uri).0
+                        ),
+                    }),
+                };
+                counted(&metrics, result).map_err(Arc::new)
+            }
+            .boxed()
+            .shared();
+            map.insert(key, part.clone());
+            parts.push((key, part));
+        }
+        drop(map);
+        let n = parts.len();
+        let cache_map = self.fetching_handle();
+        runtime.spawn(async move {
+            for (key, part) in parts {
+                let _ = part.clone().await;
+                let mut map = cache_map.lock().unwrap_or_else(|e| e.into_inner());
+                if map.get(&key).is_some_and(|f| f.ptr_eq(&part)) {
+                    map.remove(&key);
+                }
+            }
+        });
+        n
     }
 
     /// The digests of every chunk of a large sample: read whole once (from

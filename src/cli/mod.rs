@@ -85,6 +85,16 @@ enum Command {
     ///
     /// One line per file: size, a tab, then <spec name>/<path>.
     Ls(LsArgs),
+    /// Gather the table's small samples (one object each) into packs, as a
+    /// new snapshot.
+    ///
+    /// Reads every sample of at most 1 MiB that is its own object in the
+    /// warehouse, checks it against its content id, writes packs of about
+    /// --pack-size and a pack index, and commits a snapshot with no new rows
+    /// that records them: views of it (and of later snapshots) read those
+    /// samples from the packs, with one ranged request for many; views of
+    /// earlier snapshots read what they always read. Nothing is deleted.
+    Repack(RepackArgs),
     /// Inspect, re-check or empty a disk cache (a mount's --cache-dir).
     ///
     /// `stats` shows what the index counts; `verify` reads every entry,
@@ -181,6 +191,15 @@ impl WarehouseArgs {
 }
 
 #[derive(Debug, Args)]
+struct RepackArgs {
+    /// Size of a pack (suffixes K, M, G, KiB, MiB, GiB).
+    #[arg(long, default_value = "64MiB", value_parser = parse_size)]
+    pack_size: u64,
+    #[command(flatten)]
+    warehouse: WarehouseArgs,
+}
+
+#[derive(Debug, Args)]
 struct CacheArgs {
     #[command(subcommand)]
     action: CacheAction,
@@ -251,6 +270,19 @@ struct IngestArgs {
     /// (suffixes K, M, G, KiB, MiB, GiB).
     #[arg(long, default_value = "4GiB", value_parser = parse_size, help_heading = "Input")]
     max_sample_size: u64,
+    /// Pack samples of up to 1 MiB into objects of about --pack-size, so a
+    /// mount reads many with one ranged request: auto (for object-store
+    /// warehouses), on or off (one object per sample).
+    #[arg(
+        long,
+        default_value = "auto",
+        value_name = "auto|on|off",
+        help_heading = "Storage"
+    )]
+    pack: crate::ingest::PackMode,
+    /// Size of a pack (suffixes K, M, G, KiB, MiB, GiB).
+    #[arg(long, default_value = "64MiB", value_parser = parse_size, help_heading = "Storage")]
+    pack_size: u64,
     /// Files per atomic commit (one Lance append + one Iceberg snapshot).
     #[arg(long, default_value_t = 1024, help_heading = "Storage")]
     batch_size: usize,
@@ -396,6 +428,7 @@ pub fn run(cli: Cli, argv: Vec<std::ffi::OsString>) -> ExitCode {
             Command::Pin(args) => run_pin(args).await,
             Command::Check(args) => run_check(args).await,
             Command::Cache(args) => run_cache(args).await,
+            Command::Repack(args) => run_repack(args).await,
             Command::Embed(args) => run_embed(args),
             Command::Status(args) => {
                 let doc = crate::status::query(&args.mountpoint)?;
@@ -440,6 +473,8 @@ async fn run_ingest(args: IngestArgs) -> Result<ExitCode> {
         },
         allow_path_prefixes: args.allow_path_prefix.clone(),
         max_sample_bytes: args.max_sample_size,
+        pack: args.pack,
+        pack_size: args.pack_size,
     };
     let warehouse = Warehouse::open(&args.warehouse.config(), true).await?;
     let encoder = crate::encode::load(&args.warehouse.encoder)?;
@@ -589,6 +624,28 @@ async fn run_check(args: CheckArgs) -> Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     println!("all {} snapshots hold the invariants", reports.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_repack(args: RepackArgs) -> Result<ExitCode> {
+    let wh = Warehouse::open(&args.warehouse.config(), false).await?;
+    let r = crate::repack::run(&wh, args.pack_size).await?;
+    for (id, why) in &r.skipped {
+        println!("  left as it is: {id}: {why}");
+    }
+    match r.snapshot_id {
+        Some(s) => println!(
+            "packed {} samples ({:.1} MB) into {} packs; table {} snapshot {s}",
+            r.packed,
+            r.bytes as f64 / 1e6,
+            r.packs,
+            wh.table
+        ),
+        None => println!(
+            "nothing to repack in table {}: no sample of up to 1 MiB is its own object",
+            wh.table
+        ),
+    }
     Ok(ExitCode::SUCCESS)
 }
 

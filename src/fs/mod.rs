@@ -18,6 +18,7 @@ use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
 
+mod plan;
 mod prefetch;
 mod tree;
 
@@ -510,6 +511,7 @@ impl ViewFs {
                     self.prefetch.on_first_read(self, &tree, local, i as usize);
                 }
                 let i = i as usize;
+                self.plan_miss(view, i);
                 let loc = view.location(i);
                 let first = offset / CHUNK;
                 let last = (end - 1) / CHUNK;

@@ -144,6 +144,13 @@ impl Prefetch {
             next = self.listing_walk(tree, i);
         }
         for i in next {
+            if tree.view.packed_at(i as usize).is_some() {
+                // Fetched with its neighbours in one read of its pack.
+                if fs.plan_miss(&tree.view, i as usize) {
+                    fs.metrics().prefetch_issued.inc();
+                }
+                continue;
+            }
             let loc = tree.view.location(i as usize);
             if fs.cache.has_first_chunk(&loc) {
                 continue;
@@ -220,9 +227,12 @@ impl Prefetch {
 
 impl ViewFs {
     /// `--warm`: fetches every view's samples (every chunk) and embedding
-    /// sidecars into the cache in listing order, `parallel` at a time,
-    /// while reads are served, stopping before the cache would evict what
-    /// it brought in. Returns (samples, bytes) fetched.
+    /// sidecars into the cache while reads are served, stopping before the
+    /// largest tier would evict what it brought in: packed samples pack by
+    /// pack in ranged reads of up to 8 MiB (at most 16 at a time), the
+    /// others in listing order, `parallel` at a time. A reader's miss does
+    /// not wait behind them: it fetches its own window, or waits for the
+    /// read already bringing its sample. Returns (samples, bytes) fetched.
     pub async fn warm(self: Arc<Self>, parallel: usize) -> (u64, u64) {
         use futures::StreamExt;
         let budget = self.cache.capacity() / 10 * 9;
@@ -233,51 +243,90 @@ impl ViewFs {
                 .filter_map(|(_, id)| st.trees.get(id).cloned())
                 .collect()
         };
-        let mut jobs = Vec::new();
         let mut planned = 0u64;
+        let mut within = |view: &crate::view::View, i: usize| -> Option<bool> {
+            let npy = view
+                .contents_of(i)
+                .any(|c| matches!(c, Content::Embedding(_)));
+            let cost = view.sample(i).size
+                + if npy {
+                    view.file_size(Content::Embedding(0))
+                } else {
+                    0
+                };
+            if planned + cost > budget {
+                return None;
+            }
+            planned += cost;
+            Some(npy)
+        };
+        let mut groups = Vec::new();
+        let mut singles = Vec::new();
         'plan: for tree in &trees {
             let view = &tree.view;
+            for (pack, run) in self.plan_view(view) {
+                let mut members = Vec::with_capacity(run.len());
+                for m in run {
+                    let Some(npy) = within(view, m.sample as usize) else {
+                        break 'plan;
+                    };
+                    members.push((m, npy));
+                }
+                groups.push((tree.clone(), pack, members));
+            }
             for line in 0..view.len() {
                 let i = view.listing_sample(line);
-                let size = view.sample(i).size;
-                let npy = view
-                    .contents_of(i)
-                    .any(|c| matches!(c, Content::Embedding(_)));
-                let cost = size
-                    + if npy {
-                        view.file_size(Content::Embedding(0))
-                    } else {
-                        0
-                    };
-                if planned + cost > budget {
-                    break 'plan;
+                if view.packed_at(i).is_some() {
+                    continue;
                 }
-                planned += cost;
-                jobs.push((tree.clone(), i, npy));
+                let Some(npy) = within(view, i) else {
+                    break 'plan;
+                };
+                singles.push((tree.clone(), i, npy));
             }
         }
         let fs = &self;
-        futures::stream::iter(jobs)
-            .map(|(tree, i, npy)| async move {
+        let finish = |loc: crate::view::SampleLoc, npy: bool| async move {
+            let chunks = loc.size.div_ceil(crate::content_id::CHUNK).max(1) as u32;
+            for c in 0..chunks {
+                fs.cache.sample_chunk(&loc, c).await.ok()?;
+            }
+            if npy {
+                fs.cache.embedding_npy(&loc).await.ok()?;
+            }
+            fs.metrics().warm_samples.inc();
+            Some((1u64, loc.size))
+        };
+        let packed = futures::stream::iter(groups)
+            .map(|(tree, pack, members)| async move {
                 let view = &tree.view;
-                let loc = view.location(i);
-                let chunks = loc.size.div_ceil(crate::content_id::CHUNK).max(1) as u32;
-                for c in 0..chunks {
-                    fs.cache.sample_chunk(&loc, c).await.ok()?;
+                let locs: Vec<_> = members
+                    .iter()
+                    .map(|(m, _)| (view.location(m.sample as usize), m.offset))
+                    .collect();
+                fs.cache.start_packed(view.pack_uri(pack), locs.clone());
+                let mut done = (0u64, 0u64);
+                for ((loc, _), (_, npy)) in locs.into_iter().zip(&members) {
+                    if let Some((n, b)) = finish(loc, *npy).await {
+                        done = (done.0 + n, done.1 + b);
+                    }
                 }
-                if npy {
-                    fs.cache.embedding_npy(&loc).await.ok()?;
-                }
-                let size = loc.size;
-                fs.metrics().warm_samples.inc();
-                Some(size)
+                done
             })
+            .buffer_unordered(parallel.clamp(1, 16))
+            .fold(
+                (0u64, 0u64),
+                |(n, b), (dn, db)| async move { (n + dn, b + db) },
+            );
+        let single = futures::stream::iter(singles)
+            .map(|(tree, i, npy)| async move { finish(tree.view.location(i), npy).await })
             .buffer_unordered(parallel.max(1))
             .filter_map(|r| async move { r })
             .fold(
                 (0u64, 0u64),
-                |(n, b), size| async move { (n + 1, b + size) },
-            )
-            .await
+                |(n, b), (dn, db)| async move { (n + dn, b + db) },
+            );
+        let ((n1, b1), (n2, b2)) = futures::join!(packed, single);
+        (n1 + n2, b1 + b2)
     }
 }

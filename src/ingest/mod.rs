@@ -36,7 +36,7 @@ pub mod prepare;
 pub mod progress;
 pub mod publish;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
@@ -148,6 +148,36 @@ pub struct IngestConfig {
     pub allow_path_prefixes: Vec<PathBuf>,
     /// Largest sample read; a larger file is a rejection.
     pub max_sample_bytes: u64,
+    /// Whether samples of up to 1 MiB go into pack objects.
+    pub pack: PackMode,
+    /// Size of a pack.
+    pub pack_size: u64,
+}
+
+/// Whether an ingest packs small samples (see [`crate::packs`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PackMode {
+    /// For object-store warehouses, not for local directories (where a
+    /// file per sample costs no request and allows `--passthrough`).
+    #[default]
+    Auto,
+    /// Always.
+    On,
+    /// Never: one blob object per sample.
+    Off,
+}
+
+impl std::str::FromStr for PackMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(PackMode::Auto),
+            "on" => Ok(PackMode::On),
+            "off" => Ok(PackMode::Off),
+            other => Err(format!("expected auto, on or off, got {other:?}")),
+        }
+    }
 }
 
 impl IngestConfig {
@@ -164,6 +194,8 @@ impl IngestConfig {
             progress: ProgressMode::Auto,
             allow_path_prefixes: Vec::new(),
             max_sample_bytes: crate::files::limits::SAMPLE,
+            pack: PackMode::Auto,
+            pack_size: crate::packs::DEFAULT_PACK_SIZE,
         }
     }
 }
@@ -274,6 +306,16 @@ struct State<'a> {
 }
 
 impl State<'_> {
+    /// The pack size if this ingest packs small samples.
+    fn pack_size(&self) -> Option<u64> {
+        let local = self.warehouse.root_url.scheme() == "file";
+        match self.config.pack {
+            PackMode::On => Some(self.config.pack_size),
+            PackMode::Auto if !local => Some(self.config.pack_size),
+            _ => None,
+        }
+    }
+
     /// One batch through the stages; returns the bytes it read.
     async fn batch(
         &mut self,
@@ -305,10 +347,24 @@ impl State<'_> {
             .iter()
             .filter(|p| !self.in_lance.contains(&p.content_id))
             .collect();
+        let mut uris = HashMap::new();
         if !config.inline_blobs {
-            store_blobs(warehouse, &to_lance).await?;
+            uris = store_blobs(warehouse, &to_lance, self.pack_size()).await?;
+            // Samples an interrupted run put in Lance keep the uri it gave them.
+            let adopted: Vec<ContentId> = fresh
+                .iter()
+                .filter(|p| self.in_lance.contains(&p.content_id))
+                .map(|p| p.content_id)
+                .collect();
+            if let (false, Some(ds)) = (adopted.is_empty(), &self.lance) {
+                uris.extend(vectors::uris_of(ds, &adopted).await?);
+            }
         }
-        let uri_of = |p: &Prepared| sample_uri(config, warehouse, &p.content_id);
+        let uri_of = |p: &Prepared| {
+            uris.get(&p.content_id)
+                .cloned()
+                .unwrap_or_else(|| sample_uri(config, warehouse, &p.content_id))
+        };
         if !to_lance.is_empty() {
             let existing = self.lance.take();
             let ds =
@@ -399,9 +455,48 @@ fn sample_uri(config: &IngestConfig, warehouse: &Warehouse, id: &ContentId) -> S
     }
 }
 
-/// Stage: every sample's bytes into the blob store (idempotent).
-pub async fn store_blobs(warehouse: &Warehouse, samples: &[&Prepared]) -> Result<()> {
-    futures::stream::iter(samples.iter().map(|p| {
+/// Stage: every sample's bytes into the blob store (idempotent); with a
+/// pack size, samples of up to [`crate::packs::THRESHOLD`] bytes into packs
+/// instead. Returns the `uri` of each packed sample (the others are at
+/// their blob's URI).
+pub async fn store_blobs(
+    warehouse: &Warehouse,
+    samples: &[&Prepared],
+    pack_size: Option<u64>,
+) -> Result<HashMap<ContentId, String>> {
+    let (small, large): (Vec<&Prepared>, Vec<&Prepared>) = match pack_size {
+        Some(_) => samples
+            .iter()
+            .partition(|p| p.bytes.len() as u64 <= crate::packs::THRESHOLD),
+        None => (Vec::new(), samples.to_vec()),
+    };
+    let mut uris = HashMap::new();
+    if let Some(size) = pack_size {
+        let members: Vec<(ContentId, &[u8])> = small
+            .iter()
+            .map(|p| (p.content_id, p.bytes.as_ref()))
+            .collect();
+        let packs = crate::packs::build(&members, size);
+        let stored: Vec<(String, &crate::packs::Pack)> =
+            futures::stream::iter(packs.iter().map(|pack| {
+                let blobs = warehouse.blobs.clone();
+                async move {
+                    let uri = blobs.put_pack(pack).await.with_context(|| {
+                        format!("cannot store pack {} in the warehouse", pack.name)
+                    })?;
+                    Ok::<_, anyhow::Error>((uri, pack))
+                }
+            }))
+            .buffer_unordered(4)
+            .try_collect()
+            .await?;
+        for (uri, pack) in stored {
+            for (id, offset, length) in &pack.members {
+                uris.insert(*id, crate::packs::range_uri(&uri, *offset, *length));
+            }
+        }
+    }
+    futures::stream::iter(large.iter().map(|p| {
         let blobs = warehouse.blobs.clone();
         let (id, bytes) = (p.content_id.hex(), p.bytes.clone());
         async move {
@@ -414,7 +509,7 @@ pub async fn store_blobs(warehouse: &Warehouse, samples: &[&Prepared]) -> Result
     .buffer_unordered(8)
     .try_collect::<Vec<()>>()
     .await?;
-    Ok(())
+    Ok(uris)
 }
 
 /// Stage: one Lance append of the samples' embeddings and pointers (and

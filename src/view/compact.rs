@@ -194,19 +194,52 @@ pub struct UriRef(u32);
 const FULL: u32 = 1 << 31;
 /// The URI is the prefix, the id's first two hex digits, `/`, the id.
 const FANNED: u32 = 1 << 30;
+/// Both bits: the URI names a range of an object (a packed sample).
+const PACKED: u32 = FULL | FANNED;
 const INDEX: u32 = FANNED - 1;
 
+/// A packed sample's URI: the object, by number, and the range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackedAt {
+    /// The object (pack), a number in [`BlobUris::object`].
+    pub object: u32,
+    /// Length of the range.
+    pub length: u32,
+    /// Offset of the range.
+    pub offset: u64,
+}
+
+/// Room for `#offset=<u64>&length=<u64>`.
+pub type FragmentBuf = [u8; 64];
+
 /// Sample URIs: blob-store URIs (`<prefix><xx>/<id>`) and inline-blob URIs
-/// (`<prefix><id>`) as a few shared prefixes, any other URI whole.
+/// (`<prefix><id>`) as a few shared prefixes, packed samples' URIs
+/// (`<object>#offset=O&length=N`, [`crate::packs`]) as an object number and
+/// two numbers (16 bytes), any other URI whole.
 #[derive(Debug, Default, Clone)]
 pub struct BlobUris {
     prefixes: Vec<String>,
     full: Vec<Box<str>>,
+    objects: Vec<Box<str>>,
+    object_no: std::collections::HashMap<Box<str>, u32>,
+    packed: Vec<PackedAt>,
 }
 
 impl BlobUris {
     /// Stores `uri` of sample `id`.
     pub fn intern(&mut self, uri: &str, id: &ContentId) -> UriRef {
+        if let (object, Some((offset, length))) = crate::packs::split(uri)
+            && let Ok(length) = u32::try_from(length)
+            && self.packed.len() < INDEX as usize
+        {
+            let object = self.object(object);
+            self.packed.push(PackedAt {
+                object,
+                length,
+                offset,
+            });
+            return UriRef((self.packed.len() - 1) as u32 | PACKED);
+        }
         let hex = id.hex_bytes();
         let hex = std::str::from_utf8(&hex).unwrap_or_default();
         let shared = match uri.strip_suffix(hex) {
@@ -239,8 +272,34 @@ impl BlobUris {
         }
     }
 
+    /// The number of object `uri`, added if new.
+    fn object(&mut self, uri: &str) -> u32 {
+        if self.object_no.len() != self.objects.len() {
+            // Dropped by `shrink_to_fit`: rebuilt for more interning.
+            self.object_no = self
+                .objects
+                .iter()
+                .enumerate()
+                .map(|(n, o)| (o.clone(), n as u32))
+                .collect();
+        }
+        if let Some(&n) = self.object_no.get(uri) {
+            return n;
+        }
+        self.objects.push(uri.into());
+        let n = (self.objects.len() - 1) as u32;
+        self.object_no.insert(uri.into(), n);
+        n
+    }
+
     /// Copies `r` of `from` into this table (prefixes shared by value).
     pub fn copy(&mut self, from: &BlobUris, r: UriRef) -> UriRef {
+        if r.0 & PACKED == PACKED {
+            let mut at = from.packed[(r.0 & INDEX) as usize];
+            at.object = self.object(&from.objects[at.object as usize]);
+            self.packed.push(at);
+            return UriRef((self.packed.len() - 1) as u32 | PACKED);
+        }
         if r.0 & FULL != 0 {
             self.full.push(from.full[(r.0 & !FULL) as usize].clone());
             return UriRef((self.full.len() - 1) as u32 | FULL);
@@ -256,8 +315,42 @@ impl BlobUris {
         UriRef(n as u32 | (r.0 & FANNED))
     }
 
-    /// Appends `r` of sample `id` to `out` in pieces (no allocation).
-    pub fn pieces<'a>(&'a self, r: UriRef, hex: &'a [u8; 64]) -> [&'a [u8]; 4] {
+    /// Where `r` lies when it names a range of an object (a packed sample).
+    pub fn packed_at(&self, r: UriRef) -> Option<PackedAt> {
+        (r.0 & PACKED == PACKED).then(|| self.packed[(r.0 & INDEX) as usize])
+    }
+
+    /// The URI of object number `n` (see [`PackedAt::object`]).
+    pub fn object_uri(&self, n: u32) -> &str {
+        &self.objects[n as usize]
+    }
+
+    /// Number of distinct objects packed samples lie in.
+    pub fn objects(&self) -> usize {
+        self.objects.len()
+    }
+
+    /// Appends `r` of sample `id` to `out` in pieces (no allocation);
+    /// `scratch` holds a packed sample's range.
+    pub fn pieces<'a>(
+        &'a self,
+        r: UriRef,
+        hex: &'a [u8; 64],
+        scratch: &'a mut FragmentBuf,
+    ) -> [&'a [u8]; 4] {
+        if let Some(at) = self.packed_at(r) {
+            use std::io::Write;
+            let mut cursor = std::io::Cursor::new(&mut scratch[..]);
+            // 64 bytes hold the longest fragment (56).
+            let _ = write!(cursor, "#offset={}&length={}", at.offset, at.length);
+            let n = cursor.position() as usize;
+            return [
+                self.objects[at.object as usize].as_bytes(),
+                &scratch[..n],
+                &[],
+                &[],
+            ];
+        }
         if r.0 & FULL != 0 {
             return [self.full[(r.0 & !FULL) as usize].as_bytes(), &[], &[], &[]];
         }
@@ -271,22 +364,25 @@ impl BlobUris {
 
     /// The URI `r` of sample `id`.
     pub fn get(&self, r: UriRef, id: &ContentId) -> Cow<'_, str> {
-        if r.0 & FULL != 0 {
+        if r.0 & PACKED != PACKED && r.0 & FULL != 0 {
             return Cow::Borrowed(&self.full[(r.0 & !FULL) as usize]);
         }
         let hex = id.hex_bytes();
-        let text: Vec<u8> = self.pieces(r, &hex).concat();
+        let mut scratch = [0u8; 64];
+        let text: Vec<u8> = self.pieces(r, &hex, &mut scratch).concat();
         Cow::Owned(String::from_utf8(text).unwrap_or_default())
     }
 
-    /// Frees unused capacity.
+    /// Frees unused capacity, and the lookup table interning needs.
     pub fn shrink_to_fit(&mut self) {
         self.full.shrink_to_fit();
+        self.packed.shrink_to_fit();
+        self.object_no = Default::default();
     }
 
     /// `allows` applied once per prefix (to the prefix with a stand-in id:
-    /// the id's hex cannot move a URI out of where its prefix points) and
-    /// once per whole URI.
+    /// the id's hex cannot move a URI out of where its prefix points),
+    /// once per object packed samples lie in, and once per whole URI.
     pub fn verdicts(&self, allows: impl Fn(&str) -> bool) -> Verdicts {
         let zeros = "0".repeat(64);
         Verdicts {
@@ -296,6 +392,8 @@ impl BlobUris {
                 .map(|p| allows(&format!("{p}00/{zeros}")) && allows(&format!("{p}{zeros}")))
                 .collect(),
             full: self.full.iter().map(|u| allows(u)).collect(),
+            objects: self.objects.iter().map(|u| allows(u)).collect(),
+            packed: self.packed.iter().map(|p| p.object).collect(),
         }
     }
 }
@@ -305,12 +403,16 @@ impl BlobUris {
 pub struct Verdicts {
     prefixes: Vec<bool>,
     full: Vec<bool>,
+    objects: Vec<bool>,
+    packed: Vec<u32>,
 }
 
 impl Verdicts {
     /// Whether URI `r` passes.
     pub fn allows(&self, r: UriRef) -> bool {
-        if r.0 & FULL != 0 {
+        if r.0 & PACKED == PACKED {
+            self.objects[self.packed[(r.0 & INDEX) as usize] as usize]
+        } else if r.0 & FULL != 0 {
             self.full[(r.0 & !FULL) as usize]
         } else {
             self.prefixes[(r.0 & INDEX) as usize]

@@ -152,6 +152,9 @@ struct Entries {
     digests: Vec<(u32, Arc<[[u8; 32]]>)>,
     /// Samples whose URI failed the trust rule (sorted); usually empty.
     untrusted: Vec<u32>,
+    /// Samples read from elsewhere than their table `uri` says (a pack
+    /// `lakemount repack` wrote), by sample (sorted); usually empty.
+    read_from: Vec<(u32, UriRef)>,
 }
 
 /// `_index.jsonl`: its order, size and where every [`INDEX_STRIDE`]th line starts.
@@ -188,6 +191,19 @@ pub struct View {
     receipt: Receipt,
     receipt_len: u64,
     receipt_bytes: OnceLock<Bytes>,
+    /// Packed samples by pack, sorted by offset, built on first use.
+    pack_members: OnceLock<Vec<Vec<PackMember>>>,
+}
+
+/// A packed sample of a view, as its pack holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackMember {
+    /// Offset in the pack.
+    pub offset: u64,
+    /// Length (the sample's size).
+    pub length: u32,
+    /// The sample.
+    pub sample: u32,
 }
 
 impl View {
@@ -236,6 +252,40 @@ impl View {
         self.entries.samples[i].content_id.hex()
     }
 
+    /// Where sample `i` lies when it is packed: its pack (by number) and
+    /// range.
+    pub fn packed_at(&self, i: usize) -> Option<compact::PackedAt> {
+        self.entries.uris.packed_at(self.entries.read_ref(i))
+    }
+
+    /// The URI of pack number `n`.
+    pub fn pack_uri(&self, n: u32) -> &str {
+        self.entries.uris.object_uri(n)
+    }
+
+    /// The view's samples in pack `n`, by offset (built once, on first
+    /// use: 16 bytes per packed sample).
+    pub fn pack_members(&self, n: u32) -> &[PackMember] {
+        let all = self.pack_members.get_or_init(|| {
+            let mut by_pack: Vec<Vec<PackMember>> = vec![Vec::new(); self.entries.uris.objects()];
+            for i in 0..self.entries.samples.len() {
+                if let Some(at) = self.entries.uris.packed_at(self.entries.read_ref(i)) {
+                    by_pack[at.object as usize].push(PackMember {
+                        offset: at.offset,
+                        length: at.length,
+                        sample: i as u32,
+                    });
+                }
+            }
+            for members in &mut by_pack {
+                members.sort_unstable_by_key(|m| m.offset);
+                members.shrink_to_fit();
+            }
+            by_pack
+        });
+        all.get(n as usize).map_or(&[], Vec::as_slice)
+    }
+
     /// Where sample `i`'s bytes are.
     pub fn uri(&self, i: usize) -> Cow<'_, str> {
         self.entries.uri(i)
@@ -253,7 +303,7 @@ impl View {
         SampleLoc {
             content_id: s.content_id,
             size: s.size,
-            uri: e.uri(i).into_owned(),
+            uri: e.uris.get(e.read_ref(i), &s.content_id).into_owned(),
             lance,
             chunk_digests: e
                 .digests
@@ -368,6 +418,18 @@ impl Entries {
     fn uri(&self, i: usize) -> Cow<'_, str> {
         let s = &self.samples[i];
         self.uris.get(s.uri, &s.content_id)
+    }
+
+    /// Where sample `i`'s bytes are read from: its table `uri`, or the
+    /// pack it was repacked into.
+    fn read_ref(&self, i: usize) -> UriRef {
+        match self
+            .read_from
+            .binary_search_by_key(&(i as u32), |(k, _)| *k)
+        {
+            Ok(k) => self.read_from[k].1,
+            Err(_) => self.samples[i].uri,
+        }
     }
 
     fn file_name(&self, content: Content) -> FileName<'_> {

@@ -184,7 +184,8 @@ impl Entries {
                 MetaField::Uri => {
                     let s = &self.samples[i];
                     let hex = s.content_id.hex_bytes();
-                    let pieces = self.uris.pieces(s.uri, &hex);
+                    let mut scratch = [0u8; 64];
+                    let pieces = self.uris.pieces(s.uri, &hex, &mut scratch);
                     2 + pieces.iter().map(|p| json_str_len(p) - 2).sum::<usize>()
                 }
                 MetaField::Rank => self.rank_json(i).0.to_string().len(),
@@ -219,7 +220,8 @@ impl Entries {
     fn write_uri(&self, i: usize, out: &mut Vec<u8>) {
         let s = &self.samples[i];
         let hex = s.content_id.hex_bytes();
-        push_json_str(out, &self.uris.pieces(s.uri, &hex));
+        let mut scratch = [0u8; 64];
+        push_json_str(out, &self.uris.pieces(s.uri, &hex, &mut scratch));
     }
 
     /// Appends sample `i`'s `_index.jsonl` line to `out`. Keys in sorted

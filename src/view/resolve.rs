@@ -79,6 +79,7 @@ pub async fn resolve(spec: &Spec, r: &Resolver<'_>) -> Result<View> {
         s.lance_row = lance_rows.get(&s.content_id).copied();
     }
     drop(lance_rows);
+    repacked(&table, snapshot.snapshot_id(), &mut entries, r).await?;
     entries.untrusted = untrusted(&entries, r.trust);
     entries.npy_len = lance.as_ref().map_or(0, |l| {
         crate::npy::write_vector(&vec![0.0; l.dim]).len() as u64
@@ -103,6 +104,7 @@ pub async fn resolve(spec: &Spec, r: &Resolver<'_>) -> Result<View> {
         receipt_len: receipt.size(),
         receipt,
         receipt_bytes: OnceLock::new(),
+        pack_members: OnceLock::new(),
         entries,
         listing,
     })
@@ -298,14 +300,44 @@ fn entries_in_path_order(
         npy_len: 0,
         digests,
         untrusted: Vec::new(),
+        read_from: Vec::new(),
     })
+}
+
+/// Where `lakemount repack` put the view's samples, if the snapshot (or
+/// an ancestor) records pack indexes: read from there, shown as the table
+/// says.
+async fn repacked(
+    table: &iceberg::table::Table,
+    snapshot_id: i64,
+    entries: &mut Entries,
+    r: &Resolver<'_>,
+) -> Result<()> {
+    if crate::packs::index_uris(table, snapshot_id).is_empty() {
+        return Ok(());
+    }
+    let ids: std::collections::HashSet<_> = entries.samples.iter().map(|s| s.content_id).collect();
+    let found = crate::packs::repacked(table, snapshot_id, &ids, r.trust, r.storage).await?;
+    let mut from = Vec::new();
+    for (n, s) in entries.samples.iter().enumerate() {
+        if let Some(e) = found.get(&s.content_id)
+            && e.length == s.size
+        {
+            let uri = crate::packs::range_uri(&e.object, e.offset, e.length);
+            from.push((n as u32, entries.uris.intern(&uri, &s.content_id)));
+        }
+    }
+    from.shrink_to_fit();
+    entries.read_from = from;
+    entries.uris.shrink_to_fit();
+    Ok(())
 }
 
 /// Samples whose URI fails the trust rule; logged once per view.
 fn untrusted(entries: &Entries, trust: &UriTrust) -> Vec<u32> {
     let verdicts = entries.uris.verdicts(|uri| trust.allows(uri));
     let out: Vec<u32> = (0..entries.samples.len() as u32)
-        .filter(|&i| !verdicts.allows(entries.samples[i as usize].uri))
+        .filter(|&i| !verdicts.allows(entries.read_ref(i as usize)))
         .collect();
     if let Some(&first) = out.first() {
         tracing::warn!(
