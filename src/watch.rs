@@ -41,6 +41,8 @@ pub struct Resolving {
     pub table: String,
     /// `--rank`/`--world-size`.
     pub rank: Option<MountRank>,
+    /// `--resume-at`.
+    pub resume: Option<crate::spec::Resume>,
     /// The mount's `--encoder`, for queries.
     pub encoder: Arc<dyn crate::encode::Encoder>,
 }
@@ -313,14 +315,8 @@ async fn resolve(
             other.display()
         );
     }
-    let wh = &how.warehouse;
-    let resolver = crate::view::Resolver {
-        catalog: wh.catalog.as_ref(),
-        encoder: how.encoder.as_ref(),
-        trust: &wh.trust,
-        storage: &wh.storage,
-        rank: how.rank,
-    };
+    let mut resolver = crate::view::Resolver::new(&how.warehouse, how.encoder.as_ref(), how.rank);
+    resolver.resume = how.resume;
     let view = crate::view::resolve(&spec, &resolver).await?;
     let name = view.name.clone();
     fs.upsert(Arc::new(view));

@@ -550,13 +550,7 @@ async fn run_index(args: IndexArgs) -> Result<ExitCode> {
 async fn run_pin(args: PinArgs) -> Result<ExitCode> {
     let wh = Warehouse::open(&args.warehouse.config(), false).await?;
     let encoder = crate::encode::load(&args.warehouse.encoder)?;
-    let resolver = Resolver {
-        catalog: wh.catalog.as_ref(),
-        encoder: encoder.as_ref(),
-        trust: &wh.trust,
-        storage: &wh.storage,
-        rank: None,
-    };
+    let resolver = Resolver::new(&wh, encoder.as_ref(), None);
     let (pinned, view) =
         crate::spec::pin::pin(&args.spec, &args.warehouse.table, &resolver).await?;
     match &args.output {
@@ -764,6 +758,7 @@ async fn run_ls(args: LsArgs) -> Result<ExitCode> {
         &args.specs,
         &wh,
         &args.warehouse.table,
+        None,
         None,
         encoder.as_ref(),
     )

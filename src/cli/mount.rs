@@ -124,6 +124,12 @@ pub struct RankArgs {
     /// into this many equal shards; one with a different `world_size` is an error.
     #[arg(long, value_name = "W", requires = "rank", help_heading = "Training")]
     world_size: Option<u32>,
+    /// Resume views with `epochs:` at a global position a checkpoint
+    /// reached: EPOCH:POS (samples of that epoch the whole job had read).
+    /// Each rank directory of that epoch lists the samples from POS on,
+    /// dealt over the mount's --world-size, then later epochs in full.
+    #[arg(long, value_name = "EPOCH:POS", help_heading = "Training")]
+    pub(super) resume_at: Option<crate::spec::Resume>,
 }
 
 impl RankArgs {
@@ -155,16 +161,12 @@ pub(super) async fn resolve_specs(
     wh: &Warehouse,
     table: &str,
     rank: Option<MountRank>,
+    resume: Option<crate::spec::Resume>,
     encoder: &dyn crate::encode::Encoder,
 ) -> Result<Vec<std::sync::Arc<crate::view::View>>> {
     let specs = crate::spec::load_all(paths, table)?;
-    let resolver = Resolver {
-        catalog: wh.catalog.as_ref(),
-        encoder,
-        trust: &wh.trust,
-        storage: &wh.storage,
-        rank,
-    };
+    let mut resolver = Resolver::new(wh, encoder, rank);
+    resolver.resume = resume;
     let mut views = Vec::with_capacity(specs.len());
     for spec in &specs {
         views.push(std::sync::Arc::new(
@@ -198,6 +200,7 @@ pub async fn run(args: MountArgs) -> Result<ExitCode> {
         &wh,
         &args.warehouse.table,
         rank,
+        args.rank.resume_at,
         encoder.as_ref(),
     )
     .await?;
@@ -242,6 +245,7 @@ pub async fn run(args: MountArgs) -> Result<ExitCode> {
             warehouse: wh.clone(),
             table: args.warehouse.table.clone(),
             rank,
+            resume: args.rank.resume_at,
             encoder,
         },
     )?;

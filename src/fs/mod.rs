@@ -18,6 +18,7 @@ use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
 
+pub mod epochs;
 mod plan;
 mod prefetch;
 mod tree;
@@ -127,7 +128,34 @@ struct State {
     trees: foldhash::HashMap<u32, Arc<Tree>>,
     /// Ids of replaced or removed trees kept for the kernel's sake.
     retired: foldhash::HashSet<u32>,
+    /// First epoch tree id -> the view's tree id, for views with epochs.
+    epoch_ids: std::collections::BTreeMap<u32, u32>,
     next_id: u32,
+}
+
+/// Where a file is listed: what a reader walking the listing walks.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Listed {
+    /// In a view's tree (local number).
+    Static(u32),
+    /// In an epoch directory: the epoch and the entry's virtual position.
+    Epoch(u32, u64),
+}
+
+/// What an inode number names.
+enum At {
+    /// A node of a view's tree (local number).
+    Static(Arc<Tree>, u32),
+    /// A node inside an epoch directory of a view with epochs.
+    Epoch(Arc<Tree>, u32, epochs::EpochNode),
+}
+
+impl At {
+    fn tree(&self) -> &Arc<Tree> {
+        match self {
+            At::Static(t, _) | At::Epoch(t, _, _) => t,
+        }
+    }
 }
 
 /// What to tell the kernel when a root entry changes: drop its cached
@@ -162,6 +190,17 @@ pub enum DirList {
         /// Where to start.
         offset: u64,
     },
+    /// An epoch directory, or a rank directory in one.
+    Epoch {
+        /// The view's tree.
+        tree: Arc<Tree>,
+        /// The epoch.
+        e: u32,
+        /// Which directory.
+        dir: epochs::EpochNode,
+        /// Where to start.
+        offset: u64,
+    },
 }
 
 impl DirList {
@@ -185,7 +224,21 @@ impl DirList {
                 let children = tree.children(*local).unwrap_or(&[]);
                 let parent = tree.nodes[(*local - 1) as usize].parent;
                 let total = children.len() as u64 + 2;
-                Box::new((*offset..total).filter_map(move |pos| {
+                // A view with epochs lists its epoch directories after its files.
+                let epoch_dirs = tree.epochs.as_ref().filter(|_| *local == 1).map(|ep| {
+                    let start = *offset;
+                    ep.plan.shown().enumerate().filter_map(move |(k, e)| {
+                        let pos = total + k as u64;
+                        (pos >= start).then(|| {
+                            Some(DirEntry {
+                                name: FileName::inline(&ep.epoch_name(e)),
+                                attr: ep.attr(tree, e, epochs::EpochNode::Epoch).ok()?,
+                                next_offset: pos + 1,
+                            })
+                        })?
+                    })
+                });
+                let statics = (*offset..total).filter_map(move |pos| {
                     let (name, attr) = match pos {
                         0 => (FileName::plain("."), tree.attr(*local).ok()?),
                         1 if parent == 0 => (FileName::plain(".."), root_attr(SystemTime::now())),
@@ -200,9 +253,34 @@ impl DirList {
                         attr,
                         next_offset: pos + 1,
                     })
-                }))
+                });
+                Box::new(statics.chain(epoch_dirs.into_iter().flatten()))
             }
+            DirList::Epoch {
+                tree,
+                e,
+                dir,
+                offset,
+            } => match &tree.epochs {
+                Some(ep) => ep.entries(tree, *e, *dir, *offset),
+                None => Box::new(std::iter::empty()),
+            },
         }
+    }
+}
+
+/// The epoch directories of `tree`'s view (it has them: an epoch inode
+/// was resolved to it).
+fn epoch_dirs(tree: &Tree) -> Result<&epochs::EpochDirs, FsError> {
+    tree.epochs.as_ref().ok_or(FsError::NotFound)
+}
+
+/// Removes tree `id` and the epoch ids it owns.
+fn drop_tree(st: &mut State, id: u32) {
+    if let Some(tree) = st.trees.remove(&id)
+        && let Some(ep) = &tree.epochs
+    {
+        st.epoch_ids.remove(&ep.first_id);
     }
 }
 
@@ -275,14 +353,18 @@ impl ViewFs {
     pub fn upsert(&self, view: Arc<View>) -> u32 {
         let id = {
             let mut st = self.write_state();
-            st.next_id += 1;
-            st.next_id - 1
+            let id = st.next_id;
+            st.next_id += Tree::ids_for(&view);
+            id
         };
         let name: Box<str> = view.name.as_str().into();
         // Built outside the lock: a large view takes a while.
         let tree = Arc::new(Tree::build(id, view, self.prefetch.enabled()));
         let replaced = {
             let mut st = self.write_state();
+            if let Some(ep) = &tree.epochs {
+                st.epoch_ids.insert(ep.first_id, id);
+            }
             st.trees.insert(id, tree);
             let old = match st.current.binary_search_by(|(n, _)| n.cmp(&name)) {
                 Ok(k) => Some(std::mem::replace(&mut st.current[k].1, id)),
@@ -330,31 +412,43 @@ impl ViewFs {
         self.metrics().set_views(st.current.len(), samples);
     }
 
-    /// The tree `ino` belongs to, and its local number.
-    fn tree(&self, ino: u64) -> Result<(Arc<Tree>, u32), FsError> {
+    /// What `ino` names: a view tree's node or an epoch directory's.
+    fn at(&self, ino: u64) -> Result<At, FsError> {
         let id = (ino >> TREE_SHIFT) as u32;
         let local = ino as u32;
         if id == 0 || local == 0 {
             return Err(FsError::NotFound);
         }
         let st = self.read_state();
-        let tree = st.trees.get(&id).ok_or(FsError::NotFound)?.clone();
-        Ok((tree, local))
+        if let Some(tree) = st.trees.get(&id) {
+            return Ok(At::Static(tree.clone(), local));
+        }
+        let (_, owner) = st
+            .epoch_ids
+            .range(..=id)
+            .next_back()
+            .ok_or(FsError::NotFound)?;
+        let tree = st.trees.get(owner).ok_or(FsError::NotFound)?.clone();
+        let ep = tree.epochs.as_ref().ok_or(FsError::NotFound)?;
+        let e = ep.epoch_of(id).ok_or(FsError::NotFound)?;
+        let node = ep.node(local).ok_or(FsError::NotFound)?;
+        Ok(At::Epoch(tree, e, node))
     }
 
     /// Records that the kernel took a lookup on `ino` (an entry it was
     /// given in a listing with attributes).
     pub fn looked_up(&self, ino: u64) {
-        if let Ok((tree, _)) = self.tree(ino) {
-            tree.lookups.fetch_add(1, Ordering::Relaxed);
+        if let Ok(at) = self.at(ino) {
+            at.tree().lookups.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// The kernel dropped `n` lookups on `ino`; frees a retired tree with none left.
     pub fn forget(&self, ino: u64, n: u64) {
-        let Ok((tree, _)) = self.tree(ino) else {
+        let Ok(at) = self.at(ino) else {
             return;
         };
+        let tree = at.tree().clone();
         let before = tree
             .lookups
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |l| {
@@ -365,7 +459,7 @@ impl ViewFs {
             let mut st = self.write_state();
             if st.retired.contains(&tree.id) && tree.lookups.load(Ordering::Acquire) == 0 {
                 st.retired.remove(&tree.id);
-                st.trees.remove(&tree.id);
+                drop_tree(&mut st, tree.id);
             }
         }
     }
@@ -375,8 +469,10 @@ impl ViewFs {
         if ino == ROOT {
             return Ok(root_attr(self.mount_time));
         }
-        let (tree, local) = self.tree(ino)?;
-        tree.attr(local)
+        match self.at(ino)? {
+            At::Static(tree, local) => tree.attr(local),
+            At::Epoch(tree, e, node) => epoch_dirs(&tree)?.attr(&tree, e, node),
+        }
     }
 
     /// Finds `name` in directory `parent`. The kernel holds a lookup on
@@ -392,8 +488,20 @@ impl ViewFs {
             tree.lookups.fetch_add(1, Ordering::Relaxed);
             return tree.attr(1);
         } else {
-            let (tree, local) = self.tree(parent)?;
-            let attr = tree.lookup(local, name)?;
+            let (tree, attr) = match self.at(parent)? {
+                At::Static(tree, local) => {
+                    let attr = tree.lookup(local, name)?;
+                    (tree, attr)
+                }
+                At::Epoch(tree, e, dir) => {
+                    let ep = epoch_dirs(&tree)?;
+                    let node = ep
+                        .lookup(&tree.view, e, dir, name)
+                        .ok_or(FsError::NotFound)?;
+                    let attr = ep.attr(&tree, e, node)?;
+                    (tree, attr)
+                }
+            };
             tree.lookups.fetch_add(1, Ordering::Relaxed);
             attr
         };
@@ -414,13 +522,43 @@ impl ViewFs {
             }
             return Ok(DirList::Root { entries, offset });
         }
-        let (tree, local) = self.tree(ino)?;
-        tree.children(local)?;
-        Ok(DirList::Tree {
-            tree,
-            local,
-            offset,
-        })
+        match self.at(ino)? {
+            At::Static(tree, local) => {
+                tree.children(local)?;
+                Ok(DirList::Tree {
+                    tree,
+                    local,
+                    offset,
+                })
+            }
+            At::Epoch(_, _, epochs::EpochNode::File { .. }) => Err(FsError::NotDir),
+            At::Epoch(tree, e, dir) => Ok(DirList::Epoch {
+                tree,
+                e,
+                dir,
+                offset,
+            }),
+        }
+    }
+
+    /// The file `ino` names: its tree, what it holds, and where it is
+    /// listed.
+    fn file(&self, ino: u64) -> Result<(Arc<Tree>, Content, Listed), FsError> {
+        match self.at(ino)? {
+            At::Static(tree, local) => {
+                let Body::File(content) = tree.node(local)?.body else {
+                    return Err(FsError::IsDir);
+                };
+                Ok((tree, content, Listed::Static(local)))
+            }
+            At::Epoch(tree, e, epochs::EpochNode::File { v, kind }) => {
+                let content = epoch_dirs(&tree)?
+                    .content(&tree.view, e, v, kind)
+                    .ok_or(FsError::NotFound)?;
+                Ok((tree, content, Listed::Epoch(e, v)))
+            }
+            At::Epoch(..) => Err(FsError::IsDir),
+        }
     }
 
     /// Opens `ino` for reading (`write` asks for more: refused). When the
@@ -437,10 +575,7 @@ impl ViewFs {
         if ino == ROOT {
             return Err(FsError::IsDir);
         }
-        let (tree, local) = self.tree(ino)?;
-        let Body::File(content) = tree.node(local)?.body else {
-            return Err(FsError::IsDir);
-        };
+        let (tree, content, _) = self.file(ino)?;
         if mode.passthrough
             && let Content::Sample(i) = content
         {
@@ -481,10 +616,7 @@ impl ViewFs {
         if ino == ROOT {
             return Err(FsError::IsDir);
         }
-        let (tree, local) = self.tree(ino)?;
-        let Body::File(content) = tree.node(local)?.body else {
-            return Err(FsError::IsDir);
-        };
+        let (tree, content, listed) = self.file(ino)?;
         let view = &tree.view;
         let len = view.file_size(content);
         if offset >= len || size == 0 {
@@ -508,7 +640,7 @@ impl ViewFs {
             Content::Sample(i) => {
                 if offset == 0 {
                     self.cache.metrics().samples_served.inc();
-                    self.prefetch.on_first_read(self, &tree, local, i as usize);
+                    self.prefetch.on_first_read(self, &tree, listed, i as usize);
                 }
                 let i = i as usize;
                 self.plan_miss(view, i);
@@ -547,7 +679,7 @@ fn retire(st: &mut State, id: u32) {
     if held {
         st.retired.insert(id);
     } else {
-        st.trees.remove(&id);
+        drop_tree(st, id);
     }
 }
 

@@ -19,8 +19,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use super::ViewFs;
 use super::tree::{Body, Tree};
+use super::{Listed, ViewFs};
 use crate::view::{Content, View};
 
 /// How far after a reader's last read its next one may be and still count
@@ -127,22 +127,34 @@ impl Prefetch {
     /// Sample `i` (node `local`) of `tree` is being read from its first
     /// byte: count a prefetch hit, and start fetching ahead if the reads
     /// form a walk.
-    pub(super) fn on_first_read(&self, fs: &ViewFs, tree: &Arc<Tree>, local: u32, i: usize) {
+    pub(super) fn on_first_read(&self, fs: &ViewFs, tree: &Arc<Tree>, listed: Listed, i: usize) {
         if self.depth == 0 {
             return;
         }
         let bits = &tree.walks.fetched;
         let bit = 1u64 << (i % 64);
-        if bits[i / 64].fetch_and(!bit, Ordering::Relaxed) & bit != 0 {
+        if bits
+            .get(i / 64)
+            .is_some_and(|b| b.fetch_and(!bit, Ordering::Relaxed) & bit != 0)
+        {
             fs.metrics().prefetch_hits.inc();
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let mut next = self.directory_walk(tree, local);
-        if next.is_empty() {
-            next = self.listing_walk(tree, i);
-        }
+        let next = match (listed, &tree.epochs) {
+            // An epoch directory read in position order.
+            (Listed::Epoch(e, v), Some(ep)) => ep.walk_after(e, v, self.depth),
+            (Listed::Static(local), _) => {
+                let next = self.directory_walk(tree, local);
+                if next.is_empty() {
+                    self.listing_walk(tree, i)
+                } else {
+                    next
+                }
+            }
+            (Listed::Epoch(..), None) => Vec::new(),
+        };
         for i in next {
             if tree.view.packed_at(i as usize).is_some() {
                 // Fetched with its neighbours in one read of its pack.
@@ -163,8 +175,10 @@ impl Prefetch {
             let tree = tree.clone();
             runtime.spawn(async move {
                 // A failure is reported when the sample is really read.
-                if cache.sample_chunk(&loc, 0).await.is_ok() {
-                    tree.walks.fetched[i as usize / 64].fetch_or(1 << (i % 64), Ordering::Relaxed);
+                if cache.sample_chunk(&loc, 0).await.is_ok()
+                    && let Some(b) = tree.walks.fetched.get(i as usize / 64)
+                {
+                    b.fetch_or(1 << (i % 64), Ordering::Relaxed);
                 }
                 drop(permit);
             });

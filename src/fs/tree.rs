@@ -50,11 +50,22 @@ pub struct Tree {
     pub(super) walks: TreeWalks,
     /// Lookups the kernel holds on this tree's inodes (`forget` returns them).
     pub(super) lookups: AtomicU64,
+    /// The epoch directories of a view with `epochs:`.
+    pub(super) epochs: Option<super::epochs::EpochDirs>,
 }
 
 impl Tree {
-    /// Builds the tree of `view` with id `id`.
+    /// Tree ids a tree of `view` needs: its own, and one per shown epoch.
+    pub(super) fn ids_for(view: &View) -> u32 {
+        1 + view.epochs.map_or(0, |p| p.shown().len() as u32)
+    }
+
+    /// Builds the tree of `view` with id `id` (and, for a view with epochs,
+    /// the [`Tree::ids_for`] ids after it).
     pub(super) fn build(id: u32, view: Arc<View>, prefetch: bool) -> Tree {
+        let epochs = view
+            .epochs
+            .map(|plan| super::epochs::EpochDirs::new(id + 1, plan, view.len() as u64));
         let mut t = Tree {
             id,
             walks: TreeWalks::new(&view, prefetch),
@@ -62,11 +73,17 @@ impl Tree {
             nodes: Vec::new(),
             dirs: Vec::new(),
             lookups: AtomicU64::new(0),
+            epochs,
         };
         let name = t.view.name.clone();
         let root = t.add_dir(0, &name);
         for content in [Content::Index, Content::Receipt] {
             t.add(root, Body::File(content));
+        }
+        if t.epochs.is_some() {
+            // The samples are shown only in the epoch directories.
+            t.nodes.shrink_to_fit();
+            return t;
         }
         // Samples come in path order, each followed by its sidecars.
         let mut dirs: HashMap<String, u32> = HashMap::new();
@@ -160,6 +177,12 @@ impl Tree {
         }
     }
 
+    /// Every file's mtime: the commit time of the view's snapshot.
+    pub(super) fn mtime(&self) -> std::time::SystemTime {
+        std::time::UNIX_EPOCH
+            + std::time::Duration::from_millis(self.view.snapshot_ms.max(0) as u64)
+    }
+
     /// Attributes of local node `local`.
     pub(super) fn attr(&self, local: u32) -> Result<Attr, FsError> {
         let (kind, size) = match self.node(local)?.body {
@@ -170,8 +193,7 @@ impl Tree {
             ino: self.ino(local),
             kind,
             size,
-            mtime: std::time::UNIX_EPOCH
-                + std::time::Duration::from_millis(self.view.snapshot_ms.max(0) as u64),
+            mtime: self.mtime(),
         })
     }
 
@@ -184,6 +206,12 @@ impl Tree {
 
     /// Finds `name` in directory `parent` (local).
     pub(super) fn lookup(&self, parent: u32, name: &str) -> Result<Attr, FsError> {
+        if parent == 1
+            && let Some(ep) = &self.epochs
+            && let Some(e) = ep.parse_epoch(name)
+        {
+            return ep.attr(self, e, super::epochs::EpochNode::Epoch);
+        }
         let children = self.children(parent)?;
         let i = children
             .binary_search_by(|&c| self.name(c).cmp_str(name))

@@ -48,6 +48,48 @@ pub struct Diverse {
     pub seed: u64,
 }
 
+/// `epochs: N`: the view as `epoch-<e>/` directories, one per epoch, each
+/// in its own order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Epochs {
+    /// Number of epochs.
+    pub count: u32,
+    /// Where a resumed job starts (`resume:` or `--resume-at`).
+    pub resume: Resume,
+}
+
+/// A global position in the sequence of epochs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Resume {
+    /// The epoch.
+    pub epoch: u32,
+    /// Samples of it already read by the whole job (all ranks).
+    pub pos: u64,
+}
+
+impl std::str::FromStr for Resume {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (e, p) = s
+            .split_once(':')
+            .ok_or_else(|| format!("expected EPOCH:POS, as 3:12000, got {s:?}"))?;
+        Ok(Resume {
+            epoch: e
+                .trim()
+                .parse()
+                .map_err(|_| format!("the epoch in {s:?} is not a number"))?,
+            pos: p
+                .trim()
+                .parse()
+                .map_err(|_| format!("the position in {s:?} is not a number"))?,
+        })
+    }
+}
+
+/// Most epoch directories a spec may ask for.
+pub const MAX_EPOCHS: u32 = 1_000_000;
+
 /// Most ranks a spec may ask for.
 pub const MAX_WORLD_SIZE: u32 = 65_536;
 
@@ -67,6 +109,13 @@ pub(super) struct RawShard {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub(super) struct RawResume {
+    epoch: u64,
+    pos: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct RawSelect {
     diverse: RawDiverse,
 }
@@ -80,6 +129,41 @@ pub(super) struct RawDiverse {
 }
 
 type KeyError = (&'static str, String);
+
+pub(super) fn epochs(
+    count: Option<u64>,
+    resume: Option<RawResume>,
+) -> Result<Option<Epochs>, KeyError> {
+    let Some(count) = count else {
+        if resume.is_some() {
+            return Err((
+                "resume",
+                "needs `epochs`: a position is one of an epoch".into(),
+            ));
+        }
+        return Ok(None);
+    };
+    if count == 0 || count > u64::from(MAX_EPOCHS) {
+        return Err(("epochs", format!("must be 1 to {MAX_EPOCHS}")));
+    }
+    let resume = match resume {
+        None => Resume::default(),
+        Some(r) if r.epoch >= count => {
+            return Err((
+                "resume.epoch",
+                format!("is {}, but the view has epochs 0 to {}", r.epoch, count - 1),
+            ));
+        }
+        Some(r) => Resume {
+            epoch: r.epoch as u32,
+            pos: r.pos,
+        },
+    };
+    Ok(Some(Epochs {
+        count: count as u32,
+        resume,
+    }))
+}
 
 pub(super) fn order(raw: RawOrder) -> Result<Order, KeyError> {
     match (raw.shuffle, raw.by) {

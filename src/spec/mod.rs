@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 pub mod arrange;
 pub mod pin;
 
-pub use arrange::{Diverse, Order, Shard, SortKey};
+pub use arrange::{Diverse, Epochs, Order, Resume, Shard, SortKey};
 
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
@@ -232,6 +232,8 @@ pub struct Spec {
     pub order: Option<Order>,
     /// Data-parallel ranks, if any.
     pub shard: Option<Shard>,
+    /// Epoch directories, if any.
+    pub epochs: Option<Epochs>,
     /// What `lakemount pin` recorded.
     pub pinned: Option<Pinned>,
     /// Where each key is in the file, for messages.
@@ -264,6 +266,8 @@ struct RawSpec {
     select: Option<arrange::RawSelect>,
     order: Option<arrange::RawOrder>,
     shard: Option<arrange::RawShard>,
+    epochs: Option<u64>,
+    resume: Option<arrange::RawResume>,
     pinned: Option<RawPinned>,
 }
 
@@ -380,7 +384,7 @@ pub fn parse(text: &str, file: &Path, default_table: &str) -> Result<Spec, SpecE
             key: None,
             line: None,
             message: format!(
-                "{message} (keys: name, table, snapshot, filter, limit, layout, sidecars, similar, select, order, shard, pinned)"
+                "{message} (keys: name, table, snapshot, filter, limit, layout, sidecars, similar, select, order, shard, epochs, resume, pinned)"
             ),
         }
     })?;
@@ -449,6 +453,14 @@ pub fn parse(text: &str, file: &Path, default_table: &str) -> Result<Spec, SpecE
         .shard
         .map(|r| arrange::shard(r).map_err(|(key, m)| err(key, m)))
         .transpose()?;
+    let epochs = arrange::epochs(raw.epochs, raw.resume).map_err(|(key, m)| err(key, m))?;
+    if epochs.is_some() && (similar.is_some() || diverse.is_some()) {
+        return Err(err(
+            "epochs",
+            "cannot be combined with `similar` or `select`: epochs reorder the whole selection"
+                .into(),
+        ));
+    }
     let pinned = raw.pinned.map(|p| Pinned {
         lance_version: p.lance_version,
         query_sha256: p.query_sha256,
@@ -467,6 +479,7 @@ pub fn parse(text: &str, file: &Path, default_table: &str) -> Result<Spec, SpecE
         diverse,
         order,
         shard,
+        epochs,
         pinned,
         lines,
     })

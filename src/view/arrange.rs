@@ -132,6 +132,18 @@ pub fn effective_shard(spec: &Spec, mount: Option<MountRank>) -> Result<Option<S
     }
 }
 
+/// `a` sorted by `keys` (an epoch view's base order with `order.by`).
+pub fn sort_by_keys(
+    spec: &Spec,
+    rows: &Rows,
+    mut a: Arranged,
+    keys: &[SortKey],
+) -> Result<Arranged> {
+    let idx = sorted_by(spec, rows, &a.rows, keys)?;
+    a.permute(&idx);
+    Ok(a)
+}
+
 /// Orders and shards `a` as the spec says; `mount` keeps one rank only.
 pub fn arrange(
     spec: &Spec,

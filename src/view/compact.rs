@@ -102,9 +102,11 @@ impl PathArena {
     }
 }
 
-/// A file name in pieces: `head`, the content id in hex, `tail`, `suffix`.
+/// A file name in pieces: a short `lead` kept inline (an epoch entry's
+/// position, say), `head`, the content id in hex, `tail`, `suffix`.
 #[derive(Debug, Clone, Copy)]
 pub struct FileName<'a> {
+    lead: ([u8; 32], u8),
     head: &'a str,
     id: Option<[u8; 64]>,
     tail: &'a str,
@@ -115,6 +117,7 @@ impl<'a> FileName<'a> {
     /// A name with no content id in it.
     pub fn plain(name: &'a str) -> Self {
         Self {
+            lead: ([0; 32], 0),
             head: name,
             id: None,
             tail: "",
@@ -122,16 +125,31 @@ impl<'a> FileName<'a> {
         }
     }
 
+    /// A short name held inline (at most 32 bytes: longer is cut).
+    pub fn inline(text: &str) -> FileName<'static> {
+        FileName::plain("").with_lead(text)
+    }
+
+    /// This name with `lead` (at most 32 bytes) in front.
+    pub fn with_lead(mut self, lead: &str) -> Self {
+        let n = lead.len().min(32);
+        self.lead.0[..n].copy_from_slice(&lead.as_bytes()[..n]);
+        self.lead.1 = n as u8;
+        self
+    }
+
     /// A stored file name (mark = `id`) with `suffix` appended.
     pub fn stored(name: &'a str, id: &ContentId, suffix: &'static str) -> Self {
         match name.split_once(ID_MARK) {
             Some((head, tail)) => Self {
+                lead: ([0; 32], 0),
                 head,
                 id: Some(id.hex_bytes()),
                 tail,
                 suffix,
             },
             None => Self {
+                lead: ([0; 32], 0),
                 head: name,
                 id: None,
                 tail: "",
@@ -141,9 +159,10 @@ impl<'a> FileName<'a> {
     }
 
     /// The name's pieces in order, as bytes.
-    pub fn parts(&self) -> [&[u8]; 4] {
+    pub fn parts(&self) -> [&[u8]; 5] {
         let id: &[u8] = self.id.as_ref().map_or(&[], |id| &id[..]);
         [
+            &self.lead.0[..self.lead.1 as usize],
             self.head.as_bytes(),
             id,
             self.tail.as_bytes(),
@@ -153,8 +172,10 @@ impl<'a> FileName<'a> {
 
     fn bytes(&self) -> impl Iterator<Item = u8> + '_ {
         let id: &[u8] = self.id.as_ref().map_or(&[], |id| &id[..]);
-        self.head
-            .bytes()
+        self.lead.0[..self.lead.1 as usize]
+            .iter()
+            .copied()
+            .chain(self.head.bytes())
             .chain(id.iter().copied())
             .chain(self.tail.bytes())
             .chain(self.suffix.bytes())

@@ -26,6 +26,7 @@
 
 pub mod arrange;
 pub mod compact;
+pub mod epochs;
 pub mod place;
 pub mod rank;
 pub mod render;
@@ -184,6 +185,8 @@ pub struct View {
     pub lance: Option<LanceAt>,
     /// What a similarity view searched with.
     pub search: Option<SearchInfo>,
+    /// How a view with `epochs:` lists its epoch directories.
+    pub epochs: Option<epochs::EpochPlan>,
     entries: Entries,
     listing: Listing,
     /// `_receipt.json` without the listing digest, which is rendered on

@@ -269,8 +269,8 @@ impl Entries {
         key(out, "path");
         let (dir, _) = self.paths.split(s.path);
         let name = self.file_name(super::Content::Sample(i as u32));
-        let [a, b, c, d] = name.parts();
-        push_json_str(out, &[dir.as_bytes(), a, b, c, d]);
+        let [l, a, b, c, d] = name.parts();
+        push_json_str(out, &[dir.as_bytes(), l, a, b, c, d]);
         number(out, "pos", &x.pos, i);
         if let Some((rank, _)) = &ranked {
             key(out, "rank");
@@ -500,6 +500,10 @@ pub struct Receipt {
     /// mount shows when it shows one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shard: Option<Json>,
+    /// Epochs, if any: count, seed, where the job resumes, world size,
+    /// pad, and the rank a mount shows when it shows one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epochs: Option<Json>,
     /// Samples in the view.
     pub row_count: usize,
 }

@@ -32,6 +32,28 @@ pub struct Resolver<'a> {
     pub storage: &'a crate::storage::Storage,
     /// Show only this rank of every view (`--rank`, `--world-size`).
     pub rank: Option<MountRank>,
+    /// Where a resumed job starts, over the specs' own `resume:`
+    /// (`--resume-at`).
+    pub resume: Option<crate::spec::Resume>,
+}
+
+impl<'a> Resolver<'a> {
+    /// Resolves against `wh` (its catalog, trust rule and storage), with
+    /// `encoder` for queries, showing `rank` only if given.
+    pub fn new(
+        wh: &'a crate::warehouse::Warehouse,
+        encoder: &'a dyn Encoder,
+        rank: Option<MountRank>,
+    ) -> Self {
+        Self {
+            catalog: wh.catalog.as_ref(),
+            encoder,
+            trust: &wh.trust,
+            storage: &wh.storage,
+            rank,
+            resume: None,
+        }
+    }
 }
 
 /// Resolves `spec`. Every error names the spec file and key.
@@ -86,14 +108,15 @@ pub async fn resolve(spec: &Spec, r: &Resolver<'_>) -> Result<View> {
     });
     let listing = measure(spec, &mut entries, order)?;
     phase.done("measure");
+    let epochs = epoch_plan(spec, r)?;
     let receipt = receipt(
         spec,
         &snapshot,
         lance.as_ref(),
         chosen.search.as_ref(),
         entries.samples.len(),
-        r.rank,
-        r.encoder,
+        r,
+        epochs.as_ref(),
     )?;
     Ok(View {
         name: spec.name.clone(),
@@ -101,6 +124,7 @@ pub async fn resolve(spec: &Spec, r: &Resolver<'_>) -> Result<View> {
         snapshot_ms: snapshot.timestamp_ms(),
         lance,
         search: chosen.search,
+        epochs,
         receipt_len: receipt.size(),
         receipt,
         receipt_bytes: OnceLock::new(),
@@ -108,6 +132,40 @@ pub async fn resolve(spec: &Spec, r: &Resolver<'_>) -> Result<View> {
         entries,
         listing,
     })
+}
+
+/// How a spec with `epochs:` lists: the mount's world size and rank over
+/// the spec's `shard` (epochs are elastic), `--resume-at` over `resume:`.
+fn epoch_plan(spec: &Spec, r: &Resolver<'_>) -> Result<Option<super::epochs::EpochPlan>> {
+    let Some(e) = spec.epochs else {
+        return Ok(None);
+    };
+    let resume = r.resume.unwrap_or(e.resume);
+    if resume.epoch >= e.count {
+        bail!(
+            "{}: resuming at epoch {}, but the view has epochs 0 to {}",
+            at(spec, "epochs"),
+            resume.epoch,
+            e.count - 1
+        );
+    }
+    let world_size = r
+        .rank
+        .map(|m| m.world_size)
+        .or(spec.shard.map(|s| s.world_size))
+        .unwrap_or(1);
+    Ok(Some(super::epochs::EpochPlan {
+        count: e.count,
+        seed: match spec.order {
+            Some(crate::spec::Order::Shuffle(s)) => Some(s),
+            _ => None,
+        },
+        resume,
+        world_size,
+        ranked: r.rank.is_some() || spec.shard.is_some(),
+        rank: r.rank.map(|m| m.rank),
+        pad: spec.shard.is_some_and(|s| s.pad),
+    }))
 }
 
 /// The rows a view shows, in placement order.
@@ -169,8 +227,19 @@ async fn select(
         a.ranks.truncate(limit);
         a.extra.clusters.truncate(limit);
     }
-    let ordered = super::arrange::is_ordered(spec, r.rank.is_some());
-    if ordered {
+    // Epoch views are ordered and dealt per epoch, when listed; their
+    // base order is the selection's, or the `order.by` sort.
+    let ordered = if spec.epochs.is_some() {
+        if let Some(crate::spec::Order::By(keys)) = &spec.order {
+            a = super::arrange::sort_by_keys(spec, rows, a, keys)?;
+            true
+        } else {
+            false
+        }
+    } else {
+        super::arrange::is_ordered(spec, r.rank.is_some())
+    };
+    if ordered && spec.epochs.is_none() {
         a = super::arrange::arrange(spec, rows, a, r.rank)?;
     }
     Ok(Chosen {
@@ -386,11 +455,27 @@ fn receipt(
     lance: Option<&LanceAt>,
     search: Option<&SearchInfo>,
     row_count: usize,
-    rank: Option<MountRank>,
-    encoder: &dyn crate::encode::Encoder,
+    r: &Resolver<'_>,
+    epochs: Option<&super::epochs::EpochPlan>,
 ) -> Result<Receipt> {
     use serde_json::json;
-    let shard = super::arrange::effective_shard(spec, rank)?.map(|s| {
+    let (rank, encoder) = (r.rank, r.encoder);
+    let epochs_record = epochs.map(|p| {
+        json!({
+            "count": p.count,
+            "seed": p.seed,
+            "resume": {"epoch": p.resume.epoch, "pos": p.resume.pos},
+            "world_size": p.world_size,
+            "pad": p.pad,
+            "rank": p.rank,
+        })
+    });
+    let shard = if epochs.is_some() {
+        None
+    } else {
+        super::arrange::effective_shard(spec, rank)?
+    };
+    let shard = shard.map(|s| {
         let shown = rank.map_or(s.world_size as usize, |_| 1);
         json!({
             "world_size": s.world_size,
@@ -455,6 +540,7 @@ fn receipt(
             }),
         }),
         shard,
+        epochs: epochs_record,
         row_count,
     })
 }

@@ -510,13 +510,8 @@ pub async fn resolve(
     wh: &Warehouse,
     spec: &lakemount::spec::Spec,
 ) -> anyhow::Result<lakemount::view::View> {
-    let resolver = lakemount::view::Resolver {
-        catalog: wh.catalog.as_ref(),
-        encoder: &lakemount::encode::builtin::BuiltinEncoder,
-        trust: &wh.trust,
-        storage: &wh.storage,
-        rank: None,
-    };
+    let resolver =
+        lakemount::view::Resolver::new(wh, &lakemount::encode::builtin::BuiltinEncoder, None);
     lakemount::view::resolve(spec, &resolver).await
 }
 
