@@ -61,15 +61,19 @@ fn digits(n: u64) -> usize {
 }
 
 impl EpochDirs {
-    pub(super) fn new(first_id: u32, plan: EpochPlan, n: u64) -> Self {
+    /// The epoch directories of `plan` for a view of `view_len` samples,
+    /// with tree ids from `first_id` on.
+    pub(super) fn new(first_id: u32, plan: EpochPlan, view_len: u64) -> Self {
         let w = u64::from(plan.world_size.max(1));
+        let n = plan.epoch_len(view_len);
+        let epoch_width = digits(u64::from(plan.count.saturating_sub(1)));
         Self {
             first_id,
             plan,
             n,
             pos_width: digits(n + w - 1),
             rank_width: digits(w - 1),
-            epoch_width: digits(u64::from(plan.count.saturating_sub(1))),
+            epoch_width,
             cursors: Default::default(),
         }
     }
@@ -142,8 +146,8 @@ impl EpochDirs {
     }
 
     /// The sample (view index) at position `pos` of epoch `e`.
-    fn sample(&self, order: Option<&EpochOrder>, pos: u64) -> usize {
-        order.map_or(pos, |o| o.at(pos)) as usize
+    fn sample(&self, order: Option<&EpochOrder>, e: u32, pos: u64) -> usize {
+        self.plan.sample_at(order, e, pos) as usize
     }
 
     /// The view's file for entry `v`, `kind`, of epoch `e`, if it exists.
@@ -153,7 +157,7 @@ impl EpochDirs {
             return None;
         }
         let dealt = self.plan.entry(self.n, e, r, k)?;
-        let i = self.sample(self.plan.order(self.n, e).as_ref(), dealt.pos) as u32;
+        let i = self.sample(self.plan.order(self.n, e).as_ref(), e, dealt.pos) as u32;
         let content = match kind {
             0 => Content::Sample(i),
             1 => Content::Embedding(i),
@@ -301,7 +305,7 @@ impl EpochDirs {
                     return None;
                 }
                 let d = dealt?;
-                let i = self.sample(order.as_ref(), d.pos) as u32;
+                let i = self.sample(order.as_ref(), e, d.pos) as u32;
                 let content = match kind {
                     0 => Content::Sample(i),
                     1 => Content::Embedding(i),
@@ -353,7 +357,7 @@ impl EpochDirs {
         (k + 1..self.plan.per_rank(self.n, e))
             .take(depth)
             .filter_map(|k| self.plan.entry(self.n, e, r, k))
-            .map(|d| self.sample(order.as_ref(), d.pos) as u32)
+            .map(|d| self.sample(order.as_ref(), e, d.pos) as u32)
             .collect()
     }
 }

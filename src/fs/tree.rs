@@ -57,7 +57,7 @@ pub struct Tree {
 impl Tree {
     /// Tree ids a tree of `view` needs: its own, and one per shown epoch.
     pub(super) fn ids_for(view: &View) -> u32 {
-        1 + view.epochs.map_or(0, |p| p.shown().len() as u32)
+        1 + view.epochs.as_ref().map_or(0, |p| p.shown().len() as u32)
     }
 
     /// Builds the tree of `view` with id `id` (and, for a view with epochs,
@@ -65,6 +65,7 @@ impl Tree {
     pub(super) fn build(id: u32, view: Arc<View>, prefetch: bool) -> Tree {
         let epochs = view
             .epochs
+            .clone()
             .map(|plan| super::epochs::EpochDirs::new(id + 1, plan, view.len() as u64));
         let mut t = Tree {
             id,

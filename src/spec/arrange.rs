@@ -87,6 +87,144 @@ impl std::str::FromStr for Resume {
     }
 }
 
+/// One source of a mixture: the samples of the spec's table (at its
+/// snapshot) that pass the spec's filter and this one, and how many of
+/// them each epoch draws.
+#[derive(Debug, Clone)]
+pub struct MixSource {
+    /// Its name (the `{source}` layout field).
+    pub name: String,
+    /// Its filter, with the spec's.
+    pub filter: Option<crate::catalog::filter::Filter>,
+    /// How many samples an epoch draws from it.
+    pub draw: Draw,
+}
+
+/// How many samples an epoch draws from a source.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Draw {
+    /// This share of the epoch (`proportion`).
+    Proportion(f64),
+    /// Every sample this many times (`repeat`, may be fractional).
+    Repeat(f64),
+    /// Exactly this many (`choose`).
+    Choose(u64),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSource {
+    name: String,
+    filter: Option<String>,
+    proportion: Option<f64>,
+    repeat: Option<f64>,
+    choose: Option<u64>,
+    table: Option<String>,
+    spec: Option<String>,
+    snapshot: Option<serde_yaml::Value>,
+}
+
+/// Most sources a mixture may have.
+pub const MAX_SOURCES: usize = 1024;
+
+pub(super) fn sources(list: Vec<RawSource>) -> Result<Vec<MixSource>, (String, String)> {
+    if list.is_empty() || list.len() > MAX_SOURCES {
+        return Err((
+            "sources".into(),
+            format!(
+                "give 1 to {MAX_SOURCES} sources, each {{name, filter, proportion|repeat|choose}}"
+            ),
+        ));
+    }
+    let mut out: Vec<MixSource> = Vec::with_capacity(list.len());
+    for (k, raw) in list.into_iter().enumerate() {
+        let key = |field: &str| format!("sources.{field}");
+        if raw.table.is_some() || raw.spec.is_some() || raw.snapshot.is_some() {
+            return Err((
+                key("name"),
+                format!(
+                    "source {k}: `table`, `spec` and `snapshot` are not supported in a source yet; \
+                     every source is a filter on the spec's table at its snapshot"
+                ),
+            ));
+        }
+        let name_ok = !raw.name.is_empty()
+            && raw.name.len() <= 64
+            && raw
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+        if !name_ok {
+            return Err((
+                key("name"),
+                format!(
+                    "source {k}: name {} must be 1 to 64 letters, digits, `_`, `-` or `.`",
+                    crate::files::quoted(&raw.name)
+                ),
+            ));
+        }
+        if out.iter().any(|s| s.name == raw.name) {
+            return Err((
+                key("name"),
+                format!("source name {:?} is used twice", raw.name),
+            ));
+        }
+        let draw = match (raw.proportion, raw.repeat, raw.choose) {
+            (Some(p), None, None) if p > 0.0 && p <= 1.0 => Draw::Proportion(p),
+            (Some(_), None, None) => {
+                return Err((
+                    key("proportion"),
+                    format!("source {:?}: must be in (0, 1]", raw.name),
+                ));
+            }
+            (None, Some(r), None) if r > 0.0 && r <= 1e6 => Draw::Repeat(r),
+            (None, Some(_), None) => {
+                return Err((
+                    key("repeat"),
+                    format!("source {:?}: must be above 0", raw.name),
+                ));
+            }
+            (None, None, Some(c)) => Draw::Choose(c),
+            _ => {
+                return Err((
+                    key("name"),
+                    format!(
+                        "source {:?}: give exactly one of proportion (a share of each epoch), \
+                         repeat (times each sample is shown) or choose (samples per epoch)",
+                        raw.name
+                    ),
+                ));
+            }
+        };
+        let filter = match raw.filter {
+            Some(f) => Some(
+                crate::catalog::filter::Filter::parse(&f)
+                    .map_err(|e| (key("filter"), format!("source {:?}: {e}", raw.name)))?,
+            ),
+            None => None,
+        };
+        out.push(MixSource {
+            name: raw.name,
+            filter,
+            draw,
+        });
+    }
+    let total: f64 = out
+        .iter()
+        .filter_map(|s| match s.draw {
+            Draw::Proportion(p) => Some(p),
+            _ => None,
+        })
+        .sum();
+    if total > 1.0 + 1e-9 {
+        return Err((
+            "sources".into(),
+            format!("the proportions add up to {total}, more than 1"),
+        ));
+    }
+    Ok(out)
+}
+
 /// Most epoch directories a spec may ask for.
 pub const MAX_EPOCHS: u32 = 1_000_000;
 

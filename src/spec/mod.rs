@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 pub mod arrange;
 pub mod pin;
 
-pub use arrange::{Diverse, Epochs, Order, Resume, Shard, SortKey};
+pub use arrange::{Diverse, Draw, Epochs, MixSource, Order, Resume, Shard, SortKey};
 
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
@@ -234,6 +234,10 @@ pub struct Spec {
     pub shard: Option<Shard>,
     /// Epoch directories, if any.
     pub epochs: Option<Epochs>,
+    /// A mixture of sources drawn from each epoch; empty: the selection.
+    pub sources: Vec<MixSource>,
+    /// Samples per epoch of a mixture (`epoch_size`), if given.
+    pub epoch_size: Option<u64>,
     /// What `lakemount pin` recorded.
     pub pinned: Option<Pinned>,
     /// Where each key is in the file, for messages.
@@ -268,6 +272,8 @@ struct RawSpec {
     shard: Option<arrange::RawShard>,
     epochs: Option<u64>,
     resume: Option<arrange::RawResume>,
+    sources: Option<Vec<arrange::RawSource>>,
+    epoch_size: Option<u64>,
     pinned: Option<RawPinned>,
 }
 
@@ -384,7 +390,7 @@ pub fn parse(text: &str, file: &Path, default_table: &str) -> Result<Spec, SpecE
             key: None,
             line: None,
             message: format!(
-                "{message} (keys: name, table, snapshot, filter, limit, layout, sidecars, similar, select, order, shard, epochs, resume, pinned)"
+                "{message} (keys: name, table, snapshot, filter, limit, layout, sidecars, similar, select, order, shard, epochs, resume, sources, epoch_size, pinned)"
             ),
         }
     })?;
@@ -453,7 +459,25 @@ pub fn parse(text: &str, file: &Path, default_table: &str) -> Result<Spec, SpecE
         .shard
         .map(|r| arrange::shard(r).map_err(|(key, m)| err(key, m)))
         .transpose()?;
-    let epochs = arrange::epochs(raw.epochs, raw.resume).map_err(|(key, m)| err(key, m))?;
+    let sources = match raw.sources {
+        None => Vec::new(),
+        Some(list) => arrange::sources(list).map_err(|(key, m)| err(&key, m))?,
+    };
+    if raw.epoch_size == Some(0) {
+        return Err(err("epoch_size", "must be at least 1".into()));
+    }
+    if raw.epoch_size.is_some() && sources.is_empty() {
+        return Err(err(
+            "epoch_size",
+            "is the size of a mixture's epoch: it needs `sources`".into(),
+        ));
+    }
+    // A mixture is drawn per epoch: one epoch unless the spec says more.
+    let raw_epochs = match (raw.epochs, sources.is_empty()) {
+        (None, false) => Some(1),
+        (e, _) => e,
+    };
+    let epochs = arrange::epochs(raw_epochs, raw.resume).map_err(|(key, m)| err(key, m))?;
     if epochs.is_some() && (similar.is_some() || diverse.is_some()) {
         return Err(err(
             "epochs",
@@ -480,6 +504,8 @@ pub fn parse(text: &str, file: &Path, default_table: &str) -> Result<Spec, SpecE
         order,
         shard,
         epochs,
+        sources,
+        epoch_size: raw.epoch_size,
         pinned,
         lines,
     })

@@ -40,6 +40,8 @@ pub struct Extra {
     pub shards: Vec<u32>,
     /// Cluster in a diverse view.
     pub clusters: Vec<u32>,
+    /// Mixture source (an index into the spec's `sources`).
+    pub sources: Vec<u32>,
     /// Digits of `{pos}`.
     pub pos_width: usize,
     /// Digits of the rank in `rank-<r>/`.
@@ -62,6 +64,7 @@ impl Extra {
             pos: pick(&self.pos),
             shards: pick(&self.shards),
             clusters: pick(&self.clusters),
+            sources: pick(&self.sources),
             ..*self
         }
     }
@@ -99,6 +102,9 @@ impl Arranged {
         }
         if !self.extra.clusters.is_empty() {
             self.extra.clusters = idx.iter().map(|&i| self.extra.clusters[i]).collect();
+        }
+        if !self.extra.sources.is_empty() {
+            self.extra.sources = idx.iter().map(|&i| self.extra.sources[i]).collect();
         }
     }
 }

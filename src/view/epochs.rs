@@ -79,6 +79,122 @@ impl EpochOrder {
     }
 }
 
+/// A mixture: the sources of a view and what each epoch draws from them.
+///
+/// Each epoch holds `counts[s]` draws from source `s` (a proportion of
+/// the epoch, every sample `repeat` times, or `choose` of them), as slots
+/// `0..len()` grouped by source; the epoch's order permutes the slots.
+/// Draw `j` of source `s` in epoch `e` is the source's sample at place
+/// `j mod |s|` of the source's own permutation for that epoch (keyed by
+/// the seed, the source and the epoch): so `choose` takes a different
+/// subset each epoch, and `repeat: 2` shows every sample exactly twice.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mix {
+    /// Source names.
+    pub names: Vec<String>,
+    /// The view's samples of each source.
+    pub members: Vec<Vec<u32>>,
+    /// Draws per epoch from each source.
+    pub counts: Vec<u64>,
+    /// First slot of each source.
+    starts: Vec<u64>,
+    seed: u64,
+}
+
+impl Mix {
+    /// The mixture of `members` (per source) drawn as `draws` says, in
+    /// epochs of `epoch_size` samples (default: all sources' sizes added).
+    /// Proportions are of the whole epoch, rounded by largest remainder so
+    /// they add up.
+    pub fn new(
+        names: Vec<String>,
+        members: Vec<Vec<u32>>,
+        draws: &[crate::spec::Draw],
+        epoch_size: Option<u64>,
+        seed: u64,
+    ) -> Self {
+        use crate::spec::Draw;
+        let sizes: Vec<u64> = members.iter().map(|m| m.len() as u64).collect();
+        let total = epoch_size.unwrap_or(sizes.iter().sum());
+        let mut counts: Vec<u64> = draws
+            .iter()
+            .zip(&sizes)
+            .map(|(d, &size)| match *d {
+                Draw::Choose(c) => c,
+                Draw::Repeat(r) => (r * size as f64).round() as u64,
+                Draw::Proportion(_) => 0,
+            })
+            .collect();
+        let shares: Vec<(usize, f64)> = draws
+            .iter()
+            .enumerate()
+            .filter_map(|(s, d)| match *d {
+                Draw::Proportion(p) => Some((s, p * total as f64)),
+                _ => None,
+            })
+            .collect();
+        let target = shares.iter().map(|(_, x)| x).sum::<f64>().round() as u64;
+        let mut given = 0;
+        for &(s, x) in &shares {
+            counts[s] = x.floor() as u64;
+            given += counts[s];
+        }
+        let mut by_remainder: Vec<(usize, f64)> =
+            shares.iter().map(|&(s, x)| (s, x - x.floor())).collect();
+        by_remainder.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        for (s, _) in by_remainder
+            .into_iter()
+            .take(target.saturating_sub(given) as usize)
+        {
+            counts[s] += 1;
+        }
+        // An empty source has nothing to draw.
+        for (c, &size) in counts.iter_mut().zip(&sizes) {
+            if size == 0 {
+                *c = 0;
+            }
+        }
+        let mut starts = Vec::with_capacity(counts.len());
+        let mut acc = 0;
+        for &c in &counts {
+            starts.push(acc);
+            acc += c;
+        }
+        Self {
+            names,
+            members,
+            counts,
+            starts,
+            seed,
+        }
+    }
+
+    /// Samples per epoch.
+    pub fn len(&self) -> u64 {
+        self.starts.last().copied().unwrap_or(0) + self.counts.last().copied().unwrap_or(0)
+    }
+
+    /// Whether epochs are empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The source of slot `t`.
+    pub fn source_of(&self, t: u64) -> usize {
+        self.starts.partition_point(|&s| s <= t) - 1
+    }
+
+    /// The view's sample in slot `t` of epoch `e`.
+    pub fn sample(&self, e: u32, t: u64) -> u32 {
+        let s = self.source_of(t);
+        let j = t - self.starts[s];
+        let members = &self.members[s];
+        let m = members.len() as u64;
+        let order = EpochOrder::new(m, mix(self.seed ^ mix(s as u64 + 1)), u64::from(e));
+        members[order.at(j % m) as usize]
+    }
+}
+
 /// How a view with `epochs:` lists: which epochs, how positions are dealt
 /// to ranks, where a resumed job starts.
 ///
@@ -91,7 +207,7 @@ impl EpochOrder {
 /// counts: `floor(m / W)`, the rest dropped, or with `pad` `ceil(m / W)`, a
 /// rank short of one given the earliest position it lacks again, named
 /// with the virtual position `n + r` so it sorts last.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EpochPlan {
     /// Number of epochs.
     pub count: u32,
@@ -107,6 +223,8 @@ pub struct EpochPlan {
     pub rank: Option<u32>,
     /// Whether short ranks are padded (else the remainder is dropped).
     pub pad: bool,
+    /// The mixture each epoch draws, for a spec with `sources`.
+    pub mix: Option<std::sync::Arc<Mix>>,
 }
 
 /// Where an entry of an epoch directory lies.
@@ -180,9 +298,24 @@ impl EpochPlan {
         (self.entry(n, e, r, k)?.virtual_pos == v).then_some((r, k))
     }
 
-    /// The order of epoch `e` of `n`: the sample (view index) at each position.
+    /// The order of epoch `e` of `n`: the slot at each position.
     pub fn order(&self, n: u64, e: u32) -> Option<EpochOrder> {
         self.seed.map(|s| EpochOrder::new(n, s, u64::from(e)))
+    }
+
+    /// Samples per epoch, for a view of `view_len` samples.
+    pub fn epoch_len(&self, view_len: u64) -> u64 {
+        self.mix.as_ref().map_or(view_len, |m| m.len())
+    }
+
+    /// The view's sample at position `pos` of epoch `e` (`order`: the
+    /// epoch's, [`EpochPlan::order`]).
+    pub fn sample_at(&self, order: Option<&EpochOrder>, e: u32, pos: u64) -> u32 {
+        let slot = order.map_or(pos, |o| o.at(pos));
+        match &self.mix {
+            Some(m) => m.sample(e, slot),
+            None => slot as u32,
+        }
     }
 }
 
@@ -235,7 +368,57 @@ mod tests {
             ranked: true,
             rank: None,
             pad,
+            mix: None,
         }
+    }
+
+    #[test]
+    fn mixtures_draw_their_counts_and_repeat_exactly() {
+        use crate::spec::Draw;
+        let members = vec![
+            (0..100).collect(),
+            (100..160).collect(),
+            (160..170).collect(),
+        ];
+        let m = Mix::new(
+            vec!["a".into(), "b".into(), "c".into()],
+            members,
+            &[
+                Draw::Proportion(0.5),
+                Draw::Proportion(0.3),
+                Draw::Repeat(2.0),
+            ],
+            Some(100),
+            9,
+        );
+        assert_eq!(m.counts, vec![50, 30, 20]);
+        assert_eq!(m.len(), 100);
+        for e in 0..3 {
+            let drawn: Vec<u32> = (0..m.len()).map(|t| m.sample(e, t)).collect();
+            let mut from_c: Vec<u32> = drawn.iter().copied().filter(|&i| i >= 160).collect();
+            from_c.sort_unstable();
+            let twice: Vec<u32> = (160..170).flat_map(|i| [i, i]).collect();
+            assert_eq!(from_c, twice, "repeat: 2 shows each sample twice");
+            let mut a: Vec<u32> = drawn[..50].to_vec();
+            a.sort_unstable();
+            a.dedup();
+            assert_eq!(a.len(), 50, "a proportion draws distinct samples");
+            assert!(a.iter().all(|&i| i < 100));
+        }
+        assert_ne!(m.sample(0, 0), m.sample(1, 0));
+        // Largest remainder: 0.5/0.3/0.2 of 7 is 4 + 2 + 1.
+        let m = Mix::new(
+            vec!["a".into(), "b".into(), "c".into()],
+            vec![(0..10).collect(), (10..20).collect(), (20..30).collect()],
+            &[
+                Draw::Proportion(0.5),
+                Draw::Proportion(0.3),
+                Draw::Proportion(0.2),
+            ],
+            Some(7),
+            1,
+        );
+        assert_eq!(m.counts, vec![4, 2, 1]);
     }
 
     #[test]

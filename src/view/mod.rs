@@ -153,6 +153,8 @@ struct Entries {
     digests: Vec<(u32, Arc<[[u8; 32]]>)>,
     /// Samples whose URI failed the trust rule (sorted); usually empty.
     untrusted: Vec<u32>,
+    /// A mixture's source names (its samples' sources are in `extra`).
+    source_names: Vec<String>,
     /// Samples read from elsewhere than their table `uri` says (a pack
     /// `lakemount repack` wrote), by sample (sorted); usually empty.
     read_from: Vec<(u32, UriRef)>,

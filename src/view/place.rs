@@ -163,6 +163,11 @@ fn render_range(spec: &Spec, input: &LayoutInput<'_>, range: Range<usize>) -> Pl
                     out.push_str(&format!("{:0w$}", x.pos[k], w = x.pos_width));
                     true
                 }
+                // A mixture's layout names the source a sample came from.
+                "source" if !x.sources.is_empty() => {
+                    out.push_str(&spec.sources[x.sources[k] as usize].name);
+                    true
+                }
                 "cluster" if !x.clusters.is_empty() => {
                     out.push_str(&format!("{:0w$}", x.clusters[k], w = x.cluster_width));
                     true

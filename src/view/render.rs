@@ -279,6 +279,11 @@ impl Entries {
         number(out, "shard", &x.shards, i);
         key(out, "size_bytes");
         cols.write_value(cols.index_cols[2], i, out);
+        if let Some(&s) = x.sources.get(i) {
+            key(out, "source");
+            let name = self.source_names.get(s as usize).map_or("", String::as_str);
+            push_json_str(out, &[name.as_bytes()]);
+        }
         key(out, "split");
         cols.write_value(cols.index_cols[3], i, out);
         key(out, "uri");

@@ -2,7 +2,7 @@
 //! in its own module; this one only sequences them and assembles the view.
 
 use std::ops::Range;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use anyhow::{Context, Result, anyhow, bail};
 use arrow_array::{Array, Int64Array};
@@ -108,7 +108,7 @@ pub async fn resolve(spec: &Spec, r: &Resolver<'_>) -> Result<View> {
     });
     let listing = measure(spec, &mut entries, order)?;
     phase.done("measure");
-    let epochs = epoch_plan(spec, r)?;
+    let epochs = epoch_plan(spec, r, &entries)?;
     let receipt = receipt(
         spec,
         &snapshot,
@@ -136,7 +136,11 @@ pub async fn resolve(spec: &Spec, r: &Resolver<'_>) -> Result<View> {
 
 /// How a spec with `epochs:` lists: the mount's world size and rank over
 /// the spec's `shard` (epochs are elastic), `--resume-at` over `resume:`.
-fn epoch_plan(spec: &Spec, r: &Resolver<'_>) -> Result<Option<super::epochs::EpochPlan>> {
+fn epoch_plan(
+    spec: &Spec,
+    r: &Resolver<'_>,
+    entries: &Entries,
+) -> Result<Option<super::epochs::EpochPlan>> {
     let Some(e) = spec.epochs else {
         return Ok(None);
     };
@@ -165,7 +169,30 @@ fn epoch_plan(spec: &Spec, r: &Resolver<'_>) -> Result<Option<super::epochs::Epo
         ranked: r.rank.is_some() || spec.shard.is_some(),
         rank: r.rank.map(|m| m.rank),
         pad: spec.shard.is_some_and(|s| s.pad),
+        mix: mixture(spec, entries),
     }))
+}
+
+/// The mixture a spec with `sources` draws from the view's samples.
+fn mixture(spec: &Spec, entries: &Entries) -> Option<Arc<super::epochs::Mix>> {
+    if spec.sources.is_empty() {
+        return None;
+    }
+    let mut members: Vec<Vec<u32>> = vec![Vec::new(); spec.sources.len()];
+    for (i, &s) in entries.extra.sources.iter().enumerate() {
+        members[s as usize].push(i as u32);
+    }
+    let seed = match spec.order {
+        Some(crate::spec::Order::Shuffle(s)) => s,
+        _ => 0,
+    };
+    Some(Arc::new(super::epochs::Mix::new(
+        spec.sources.iter().map(|s| s.name.clone()).collect(),
+        members,
+        &spec.sources.iter().map(|s| s.draw).collect::<Vec<_>>(),
+        spec.epoch_size,
+        seed,
+    )))
 }
 
 /// The rows a view shows, in placement order.
@@ -215,10 +242,17 @@ async fn select(
         let a = super::arrange::diverse(spec, d, l, lance_rows, rows, &by_id).await?;
         (a, None)
     } else {
+        let mut extra = Extra::default();
+        if !rows.sources.is_empty() {
+            extra.sources = by_id
+                .iter()
+                .map(|&r| u32::from(rows.sources[r as usize]))
+                .collect();
+        }
         let a = Arranged {
             rows: by_id,
             ranks: Vec::new(),
-            extra: Extra::default(),
+            extra,
         };
         (a, None)
     };
@@ -369,6 +403,7 @@ fn entries_in_path_order(
         npy_len: 0,
         digests,
         untrusted: Vec::new(),
+        source_names: spec.sources.iter().map(|s| s.name.clone()).collect(),
         read_from: Vec::new(),
     })
 }
@@ -461,6 +496,27 @@ fn receipt(
     use serde_json::json;
     let (rank, encoder) = (r.rank, r.encoder);
     let epochs_record = epochs.map(|p| {
+        let sources: Option<Vec<serde_json::Value>> = p.mix.as_ref().map(|m| {
+            spec.sources
+                .iter()
+                .enumerate()
+                .map(|(s, src)| {
+                    let draw = match src.draw {
+                        crate::spec::Draw::Proportion(x) => json!({"proportion": x}),
+                        crate::spec::Draw::Repeat(x) => json!({"repeat": x}),
+                        crate::spec::Draw::Choose(x) => json!({"choose": x}),
+                    };
+                    json!({
+                        "name": src.name,
+                        "filter": src.filter.as_ref().map(|f| f.text().to_string()),
+                        "draw": draw,
+                        "samples": m.members[s].len(),
+                        "per_epoch": m.counts[s],
+                        "snapshot_id": snapshot.snapshot_id(),
+                    })
+                })
+                .collect()
+        });
         json!({
             "count": p.count,
             "seed": p.seed,
@@ -468,6 +524,8 @@ fn receipt(
             "world_size": p.world_size,
             "pad": p.pad,
             "rank": p.rank,
+            "per_epoch": p.mix.as_ref().map_or(row_count as u64, |m| m.len()),
+            "sources": sources,
         })
     });
     let shard = if epochs.is_some() {

@@ -119,10 +119,8 @@ pub async fn rows(
     snapshot_id: i64,
     schema: &iceberg::spec::Schema,
 ) -> Result<Rows> {
-    let mut scan = table.scan().snapshot_id(snapshot_id);
-    if spec.sidecars.metadata {
-        scan = scan.select_all();
-    } else {
+    let mut columns: Option<Vec<String>> = None;
+    if !spec.sidecars.metadata {
         let mut wanted: Vec<&str> = vec!["content_id", "uri", "size_bytes", CHUNK_DIGESTS_COLUMN];
         wanted.extend(INDEX_COLUMNS);
         wanted.extend(spec.layout.fields());
@@ -132,35 +130,74 @@ pub async fn rows(
         if spec.similar.is_some() {
             wanted.push("embedding_model");
         }
-        let columns: Vec<String> = schema
+        let picked: Vec<String> = schema
             .as_struct()
             .fields()
             .iter()
             .map(|f| f.name.clone())
             .filter(|name| wanted.contains(&name.as_str()))
             .collect();
-        scan = scan.select(columns);
+        columns = Some(picked);
     }
-    if let Some(filter) = &spec.filter {
-        let pred = filter
-            .bind(schema)
-            .map_err(|e| anyhow!("{}: {e}", at(spec, "filter")))?;
-        scan = scan.with_filter(pred);
+    let spec_filter = match &spec.filter {
+        Some(filter) => Some(
+            filter
+                .bind(schema)
+                .map_err(|e| anyhow!("{}: {e}", at(spec, "filter")))?,
+        ),
+        None => None,
+    };
+    // A mixture scans once per source (a row may belong to several).
+    let mut predicates = Vec::new();
+    if spec.sources.is_empty() {
+        predicates.push(spec_filter);
+    } else {
+        for s in &spec.sources {
+            let own = match &s.filter {
+                Some(f) => Some(f.bind(schema).map_err(|e| {
+                    anyhow!("{}: source {:?}: {e}", at(spec, "sources.filter"), s.name)
+                })?),
+                None => None,
+            };
+            predicates.push(match (spec_filter.clone(), own) {
+                (Some(a), Some(b)) => Some(a.and(b)),
+                (a, b) => a.or(b),
+            });
+        }
     }
-    let batches: Vec<RecordBatch> = scan
-        .build()?
-        .to_arrow()
-        .await?
-        .try_collect()
-        .await
-        .with_context(|| {
-            format!(
-                "spec {}: scanning table {} failed",
-                spec.file.display(),
-                spec.table
-            )
-        })?;
-    Rows::new(&batches)
+    let mut batches: Vec<RecordBatch> = Vec::new();
+    let mut row_sources: Vec<u16> = Vec::new();
+    for (k, pred) in predicates.into_iter().enumerate() {
+        let mut scan = table.scan().snapshot_id(snapshot_id);
+        scan = match &columns {
+            Some(c) => scan.select(c.clone()),
+            None => scan.select_all(),
+        };
+        if let Some(p) = pred {
+            scan = scan.with_filter(p);
+        }
+        let part: Vec<RecordBatch> = scan
+            .build()?
+            .to_arrow()
+            .await?
+            .try_collect()
+            .await
+            .with_context(|| {
+                format!(
+                    "spec {}: scanning table {} failed",
+                    spec.file.display(),
+                    spec.table
+                )
+            })?;
+        if !spec.sources.is_empty() {
+            let n: usize = part.iter().map(RecordBatch::num_rows).sum();
+            row_sources.extend(std::iter::repeat_n(k as u16, n));
+        }
+        batches.extend(part);
+    }
+    let mut rows = Rows::new(&batches)?;
+    rows.sources = row_sources;
+    Ok(rows)
 }
 
 /// The scanned rows, column by column.
@@ -173,6 +210,8 @@ pub struct Rows {
     pub uris: BlobUris,
     /// Chunk digests of the rows that have them, by row (sorted).
     pub digests: Vec<(u32, Arc<[[u8; 32]]>)>,
+    /// The mixture source of each row; empty when the spec has none.
+    pub sources: Vec<u16>,
     /// Every other column, in schema order.
     columns: Vec<(String, ArrayRef)>,
 }
@@ -252,6 +291,7 @@ impl Rows {
                 uri_refs: Vec::new(),
                 uris: BlobUris::default(),
                 digests: Vec::new(),
+                sources: Vec::new(),
                 columns: Vec::new(),
             });
         };
@@ -295,6 +335,7 @@ impl Rows {
             uri_refs: decoded.uri_refs,
             uris: decoded.uris,
             digests: decoded.digests,
+            sources: Vec::new(),
             columns,
         })
     }
@@ -321,7 +362,14 @@ impl Rows {
         let mut rows = super::compact::sort_by_prefix16(keys, |a, b| {
             self.ids[a as usize].cmp(&self.ids[b as usize])
         });
-        rows.dedup_by_key(|r| self.ids[*r as usize]);
+        if self.sources.is_empty() {
+            rows.dedup_by_key(|r| self.ids[*r as usize]);
+        } else {
+            // A mixture keeps a sample once per source that has it, sources
+            // in order.
+            rows.sort_by_key(|&r| (self.sources[r as usize], self.ids[r as usize]));
+            rows.dedup_by_key(|r| (self.sources[*r as usize], self.ids[*r as usize]));
+        }
         rows
     }
 

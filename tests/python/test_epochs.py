@@ -140,3 +140,85 @@ def test_two_nodes_list_identical_epochs(tmp_path, lakemount_bin):
                 for r in range(3):
                     assert len(rank_files(m.mnt / "s" / f"epoch-{e}" / f"rank-{r}")) == 17
     assert listings[0] == listings[1]
+
+
+def labelled_pngs(root: Path, counts: dict[str, int], salt: int = 0) -> None:
+    for label, n in counts.items():
+        d = root / label
+        d.mkdir(parents=True, exist_ok=True)
+        for k in range(n):
+            Image.new("RGB", (5, 5), (ord(label[0]), k % 256, (k // 256) * 16 + salt)).save(d / f"{salt}-{k}.png")
+
+
+MIX = """name: m
+epochs: 10
+epoch_size: 100
+order: {shuffle: 3}
+layout: "{source}-{content_id}{ext}"
+sidecars: []
+sources:
+  - {name: web, filter: "label = 'a'", proportion: 0.5}
+  - {name: books, filter: "label = 'b'", proportion: 0.3}
+  - {name: code, filter: "label = 'c'", proportion: 0.2}
+  - {name: rare, filter: "label = 'd'", repeat: 2}
+"""
+
+
+def epoch_listing(root: Path) -> dict[int, list[str]]:
+    return {int(e.name.split("-")[1]): sorted(os.listdir(e)) for e in root.iterdir() if e.name.startswith("epoch-")}
+
+
+def test_mixtures_draw_their_weights_every_epoch_and_replay_when_pinned(tmp_path, lakemount_bin):
+    labelled_pngs(tmp_path / "in", {"a": 100, "b": 100, "c": 100, "d": 10})
+    wh = tmp_path / "wh"
+    assert run(lakemount_bin, "ingest", "--quiet", "--warehouse", str(wh), str(tmp_path / "in")).returncode == 0
+    spec = tmp_path / "m.yaml"
+    spec.write_text(MIX)
+    # No read-ahead: the fetches counted below are the reads' own.
+    with Mount(lakemount_bin, wh, [spec], tmp_path / "mnt", extra=["--prefetch", "0"]) as m:
+        root = m.mnt / "m"
+        listing = epoch_listing(root)
+        assert sorted(listing) == list(range(10))
+        firsts = set()
+        for e, names in listing.items():
+            count = {s: sum(f"-{s}-" in n for n in names) for s in ("web", "books", "code", "rare")}
+            # 0.5/0.3/0.2 of 100, and each of the 10 rare samples twice.
+            assert count == {"web": 50, "books": 30, "code": 20, "rare": 20}, (e, count)
+            rare = [n.split("-", 1)[1] for n in names if "-rare-" in n]
+            assert len(set(rare)) == 10 and all(rare.count(r) == 2 for r in set(rare))
+            firsts.add(names[0])
+        assert len(firsts) > 1, "every epoch drew the same order"
+        receipt = json.loads((root / "_receipt.json").read_text())
+        per = {s["name"]: s["per_epoch"] for s in receipt["epochs"]["sources"]}
+        assert per == {"web": 50, "books": 30, "code": 20, "rare": 20}
+        # The two copies of a rare sample: distinct names, the same bytes,
+        # one cache entry (one fetch).
+        before = json.loads(run(lakemount_bin, "status", "--json", str(m.mnt)).stdout)["metrics"]
+        rare = sorted(p for p in (root / "epoch-0").iterdir() if "-rare-" in p.name)
+        by_id: dict[str, list[bytes]] = {}
+        for p in rare:
+            by_id.setdefault(p.name.split("-", 2)[2], []).append(p.read_bytes())
+        assert all(len(v) == 2 and v[0] == v[1] for v in by_id.values())
+        after = json.loads(run(lakemount_bin, "status", "--json", str(m.mnt)).stdout)["metrics"]
+
+        def fetches(text):
+            return float(next(line.split()[-1] for line in text.splitlines()
+                              if line.startswith("lakemount_fetch_seconds_count")))
+        assert fetches(after) - fetches(before) == 10
+        first = {p.name: p.read_bytes() for p in sorted((root / "epoch-3").iterdir())}
+
+    # Pinned, then more samples land in every source: the pinned mixture
+    # replays exactly.
+    pinned = tmp_path / "m.pinned.yaml"
+    res = run(lakemount_bin, "pin", "--warehouse", str(wh), str(spec), "-o", str(pinned))
+    assert res.returncode == 0, res.stderr
+    with Mount(lakemount_bin, wh, [pinned], tmp_path / "mnt2") as m:
+        before_ingest = epoch_listing(m.mnt / "m")
+    labelled_pngs(tmp_path / "more", {"a": 40, "b": 40, "c": 40, "d": 5}, salt=1)
+    assert run(lakemount_bin, "ingest", "--quiet", "--warehouse", str(wh), str(tmp_path / "more")).returncode == 0
+    for mnt, the_spec, same in ((tmp_path / "mnt3", pinned, True), (tmp_path / "mnt4", spec, False)):
+        with Mount(lakemount_bin, wh, [the_spec], mnt) as m:
+            root = m.mnt / "m"
+            assert (epoch_listing(root) == before_ingest) == same
+            if same:
+                assert {p.name: p.read_bytes() for p in sorted((root / "epoch-3").iterdir())} == first
