@@ -275,6 +275,63 @@ def meta_section(args, binary, work, out):
     }
 
 
+def epochs_section(args, binary, work, out):
+    """A 1M-row view as a mixture of 3 sources over 100 epochs against the
+    plain view of the same rows: mount-ready time and RSS above an empty
+    mount (medians), and `find` over one epoch of one rank (of 8)."""
+    wh = work / "meta-wh"
+    if not wh.exists():
+        here = Path(__file__).resolve().parent
+        subprocess.run([sys.executable, str(here / "gen_meta.py"), str(wh), "--rows", str(args.meta_rows),
+                        "--bin", binary], check=True)
+    plain = work / "plain.yaml"
+    plain.write_text("name: v\ntable: bench.meta\nsidecars: []\n")
+    mix = work / "mix.yaml"
+    mix.write_text(
+        "name: v\ntable: bench.meta\nsidecars: []\nepochs: 100\norder: {shuffle: 1}\n"
+        "sources:\n"
+        "  - {name: a, filter: \"label < 'class0333'\", proportion: 0.5}\n"
+        "  - {name: b, filter: \"label >= 'class0333' AND label < 'class0666'\", proportion: 0.3}\n"
+        "  - {name: c, filter: \"label >= 'class0666'\", proportion: 0.2}\n")
+    empty = work / "empty.yaml"
+    empty.write_text("name: v\ntable: bench.meta\nfilter: \"split = 'none'\"\nsidecars: []\n")
+    mnt = work / "mnt-epochs"
+    res = {"plain": {"ready": [], "rss": []}, "mix": {"ready": [], "rss": [], "rss_ready": []}}
+    base, finds = [], []
+    entries = 0
+    for _ in range(args.runs):
+        with Mount(binary, wh, [empty], mnt) as m:
+            time.sleep(0.5)
+            base.append(rss_kb(m.proc.pid))
+        for name, spec, extra in (("plain", plain, []), ("mix", mix, ["--rank", "0", "--world-size", "8"])):
+            with Mount(binary, wh, [spec], mnt, extra=extra) as m:
+                res[name]["ready"].append(m.ready_s)
+                time.sleep(0.5)
+                if name == "mix":
+                    res[name]["rss_ready"].append(rss_kb(m.proc.pid))
+                    start = time.perf_counter()
+                    r = subprocess.run(["find", str(mnt / "v" / "epoch-42" / "rank-0")], stdout=subprocess.PIPE,
+                                       check=True)
+                    finds.append(time.perf_counter() - start)
+                    entries = r.stdout.count(b"\n")
+                res[name]["rss"].append(rss_kb(m.proc.pid))
+    b = median(base)
+    plain_rss, mix_rss = median(res["plain"]["rss"]) - b, median(res["mix"]["rss"]) - b
+    out["epochs"] = {
+        "rows": args.meta_rows,
+        "plain_ready_s": round(median(res["plain"]["ready"]), 2),
+        "mix_ready_s": round(median(res["mix"]["ready"]), 2),
+        "ready_ratio": round(median(res["mix"]["ready"]) / median(res["plain"]["ready"]), 2),
+        "plain_mb_above_empty": round(plain_rss / 1024, 1),
+        "mix_mb_above_empty_ready": round((median(res["mix"]["rss_ready"]) - b) / 1024, 1),
+        "mix_mb_above_empty_after_find": round(mix_rss / 1024, 1),
+        "memory_ratio_ready": round((median(res["mix"]["rss_ready"]) - b) / plain_rss, 2),
+        "memory_ratio_after_find": round(mix_rss / plain_rss, 2),
+        "find_one_epoch_one_rank_s": round(median(finds), 2),
+        "find_entries": entries,
+    }
+
+
 SLACK_MB = 16
 
 
@@ -314,7 +371,7 @@ def main():
     ap.add_argument("--bin", help="lakemount binary (default: the release build)")
     ap.add_argument("--work", type=Path, help="keep generated data here and reuse it")
     ap.add_argument("--json", type=Path, default=Path("scripts/out/bench.json"))
-    ap.add_argument("--only", choices=["read", "prefetch", "meta", "memory"], action="append",
+    ap.add_argument("--only", choices=["read", "prefetch", "meta", "memory", "epochs"], action="append",
                     help="run only these sections (repeatable)")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -371,6 +428,9 @@ def main():
     if "memory" in sections:
         print("memory bound ...", flush=True)
         memory_section(args, binary, work, paths, wh, out)
+    if "epochs" in sections:
+        print(f"{args.meta_rows} rows as 3 sources over 100 epochs ...", flush=True)
+        epochs_section(args, binary, work, out)
     out["suite_s"] = round(time.perf_counter() - started)
 
     print_report(out)
@@ -394,7 +454,7 @@ def print_report(out):
         print("  ".join(k.ljust(w) for k, w in zip(keys, widths)))
         for r in rows:
             print("  ".join(str(r[k]).ljust(w) for k, w in zip(keys, widths)))
-    for section in ("meta", "memory"):
+    for section in ("meta", "memory", "epochs"):
         if section in out:
             print(f"\n{section}: " + ", ".join(f"{k}={v}" for k, v in out[section].items()))
     print(f"\nsuite took {out['suite_s']} s")

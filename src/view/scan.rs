@@ -165,30 +165,38 @@ pub async fn rows(
             });
         }
     }
+    // The scans of a mixture's sources run at once.
+    let parts = futures::future::try_join_all(predicates.into_iter().map(|pred| {
+        let columns = &columns;
+        async move {
+            let mut scan = table.scan().snapshot_id(snapshot_id);
+            scan = match columns {
+                Some(c) => scan.select(c.clone()),
+                None => scan.select_all(),
+            };
+            if let Some(p) = pred {
+                scan = scan.with_filter(p);
+            }
+            let part: Vec<RecordBatch> = scan
+                .build()?
+                .to_arrow()
+                .await?
+                .try_collect()
+                .await
+                .with_context(|| {
+                    format!(
+                        "spec {}: scanning table {} failed",
+                        spec.file.display(),
+                        spec.table
+                    )
+                })?;
+            Ok::<_, anyhow::Error>(part)
+        }
+    }))
+    .await?;
     let mut batches: Vec<RecordBatch> = Vec::new();
     let mut row_sources: Vec<u16> = Vec::new();
-    for (k, pred) in predicates.into_iter().enumerate() {
-        let mut scan = table.scan().snapshot_id(snapshot_id);
-        scan = match &columns {
-            Some(c) => scan.select(c.clone()),
-            None => scan.select_all(),
-        };
-        if let Some(p) = pred {
-            scan = scan.with_filter(p);
-        }
-        let part: Vec<RecordBatch> = scan
-            .build()?
-            .to_arrow()
-            .await?
-            .try_collect()
-            .await
-            .with_context(|| {
-                format!(
-                    "spec {}: scanning table {} failed",
-                    spec.file.display(),
-                    spec.table
-                )
-            })?;
+    for (k, part) in parts.into_iter().enumerate() {
         if !spec.sources.is_empty() {
             let n: usize = part.iter().map(RecordBatch::num_rows).sum();
             row_sources.extend(std::iter::repeat_n(k as u16, n));
