@@ -28,8 +28,7 @@ use serde::Deserialize;
 use crate::catalog::filter::Filter;
 use crate::layout::Layout;
 
-/// Longest directory name a spec may have (most filesystems' `NAME_MAX`).
-pub const NAME_MAX: usize = 255;
+pub use crate::layout::NAME_MAX;
 
 /// A spec that is wrong: which file, which key (dotted, as in
 /// `similar.to.vector`), the YAML line where that key is, and why.
