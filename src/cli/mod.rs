@@ -80,6 +80,11 @@ enum Command {
     /// Writes the pinned spec (comments kept) to OUT or standard output.
     /// Mounting it later, after any number of ingests or index builds, shows
     /// the identical listing, bytes and receipt.
+    ///
+    /// With --materialize the resolved view is also written whole to
+    /// <warehouse>/views/<sha256>.parquet and the pinned spec names it: a
+    /// mount then reads only its own rank's rows from that file (two ranged
+    /// reads) instead of scanning the table.
     Pin(PinArgs),
     /// Print the files a spec's directory would show, without mounting.
     ///
@@ -318,6 +323,15 @@ struct PinArgs {
     /// Where to write the pinned spec [default: standard output].
     #[arg(short, long)]
     output: Option<PathBuf>,
+    /// Also write the resolved view to the warehouse and name it in the
+    /// pinned spec, so mounts read it instead of resolving.
+    #[arg(long)]
+    materialize: bool,
+    /// The world size the mounts will use (--world-size), for a spec
+    /// without `shard`: the view is written cut into this many ranks, one
+    /// row group each [default: the spec's shard.world_size, else none].
+    #[arg(long, requires = "materialize", value_name = "W")]
+    world_size: Option<u32>,
     #[command(flatten)]
     warehouse: WarehouseArgs,
 }
@@ -364,6 +378,8 @@ struct LsArgs {
     /// Spec files or directories of *.yaml specs.
     #[arg(required = true)]
     specs: Vec<PathBuf>,
+    #[command(flatten)]
+    rank: mount::RankArgs,
     #[command(flatten)]
     warehouse: WarehouseArgs,
 }
@@ -550,9 +566,36 @@ async fn run_index(args: IndexArgs) -> Result<ExitCode> {
 async fn run_pin(args: PinArgs) -> Result<ExitCode> {
     let wh = Warehouse::open(&args.warehouse.config(), false).await?;
     let encoder = crate::encode::load(&args.warehouse.encoder)?;
-    let resolver = Resolver::new(&wh, encoder.as_ref(), None);
-    let (pinned, view) =
-        crate::spec::pin::pin(&args.spec, &args.warehouse.table, &resolver).await?;
+    let rank = match args.world_size {
+        None => None,
+        Some(w) if w == 0 || w > crate::spec::arrange::MAX_WORLD_SIZE => anyhow::bail!(
+            "--world-size {w} is out of range (1 to {})",
+            crate::spec::arrange::MAX_WORLD_SIZE
+        ),
+        Some(w) => Some(crate::view::arrange::MountRank {
+            rank: 0,
+            world_size: w,
+        }),
+    };
+    let mut resolver = Resolver::new(&wh, encoder.as_ref(), rank);
+    resolver.every_rank = true;
+    let (pinned, view, written) = crate::spec::pin::pin(
+        &args.spec,
+        &args.warehouse.table,
+        &resolver,
+        args.materialize.then_some(&wh),
+    )
+    .await?;
+    if let Some(m) = &written {
+        eprintln!(
+            "materialized {} ({} samples, {} row groups, {:.1} MB) at {}",
+            view.name,
+            view.len(),
+            m.groups,
+            m.bytes as f64 / 1e6,
+            crate::trust::redact(&m.uri)
+        );
+    }
     match &args.output {
         Some(out) => {
             std::fs::write(out, &pinned)
@@ -758,8 +801,8 @@ async fn run_ls(args: LsArgs) -> Result<ExitCode> {
         &args.specs,
         &wh,
         &args.warehouse.table,
-        None,
-        None,
+        args.rank.get()?,
+        args.rank.resume_at,
         encoder.as_ref(),
     )
     .await?;

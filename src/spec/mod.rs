@@ -202,6 +202,20 @@ pub struct Pinned {
     /// Lance version holding the vector index used at pin time; `None`
     /// pins exact search.
     pub index_version: Option<u64>,
+    /// The view's materialized index (`lakemount pin --materialize`).
+    pub materialized: Option<MaterializedPin>,
+}
+
+/// `pinned.materialized`: where the view was written whole, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MaterializedPin {
+    /// SHA-256 (hex) of the index's footer, which holds the digest of
+    /// every row group: names `<warehouse>/views/<index>.parquet`.
+    pub index: String,
+    /// Samples in the whole view (all ranks).
+    pub rows: u64,
+    /// Ranks it is cut into, if it was materialized for a world size.
+    pub world_size: Option<u32>,
 }
 
 /// A validated spec.
@@ -301,6 +315,15 @@ struct RawPinned {
     lance_version: Option<u64>,
     query_sha256: Option<String>,
     index_version: Option<u64>,
+    materialized: Option<RawMaterialized>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMaterialized {
+    index: String,
+    rows: u64,
+    world_size: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -484,11 +507,44 @@ pub fn parse(text: &str, file: &Path, default_table: &str) -> Result<Spec, SpecE
                 .into(),
         ));
     }
-    let pinned = raw.pinned.map(|p| Pinned {
-        lance_version: p.lance_version,
-        query_sha256: p.query_sha256,
-        index_version: p.index_version,
-    });
+    let pinned = match raw.pinned {
+        None => None,
+        Some(p) => {
+            let materialized = match p.materialized {
+                None => None,
+                Some(m) => {
+                    if m.index.len() != 64
+                        || !m
+                            .index
+                            .bytes()
+                            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+                    {
+                        return Err(err(
+                            "pinned.materialized.index",
+                            "expected the index's SHA-256: 64 lowercase hex digits".into(),
+                        ));
+                    }
+                    if m.world_size == Some(0) {
+                        return Err(err(
+                            "pinned.materialized.world_size",
+                            "must be at least 1".into(),
+                        ));
+                    }
+                    Some(MaterializedPin {
+                        index: m.index,
+                        rows: m.rows,
+                        world_size: m.world_size,
+                    })
+                }
+            };
+            Some(Pinned {
+                lance_version: p.lance_version,
+                query_sha256: p.query_sha256,
+                index_version: p.index_version,
+                materialized,
+            })
+        }
+    };
     Ok(Spec {
         file: file.to_path_buf(),
         name,

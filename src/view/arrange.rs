@@ -150,12 +150,14 @@ pub fn sort_by_keys(
     Ok(a)
 }
 
-/// Orders and shards `a` as the spec says; `mount` keeps one rank only.
+/// Orders and shards `a` as the spec says (`mount` gives the world size a
+/// spec without `shard` is cut into); `keep` keeps one rank only.
 pub fn arrange(
     spec: &Spec,
     rows: &Rows,
     mut a: Arranged,
     mount: Option<MountRank>,
+    keep: Option<u32>,
 ) -> Result<Arranged> {
     match &spec.order {
         Some(Order::Shuffle(seed)) => {
@@ -183,7 +185,7 @@ pub fn arrange(
     let mut shards = Vec::new();
     let mut pos = Vec::new();
     for (r, members) in per_rank.iter().enumerate() {
-        if mount.is_some_and(|m| m.rank as usize != r) {
+        if keep.is_some_and(|k| k as usize != r) {
             continue;
         }
         for (p, &i) in members.iter().enumerate() {

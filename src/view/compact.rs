@@ -219,6 +219,21 @@ const FANNED: u32 = 1 << 30;
 const PACKED: u32 = FULL | FANNED;
 const INDEX: u32 = FANNED - 1;
 
+/// How a sample's URI is stored, as a materialized index writes it
+/// (`uri_shape`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum UriShape {
+    /// The text is the whole URI.
+    Whole = 0,
+    /// The URI is the text, the id's first two hex digits, `/`, the id.
+    Fanned = 1,
+    /// The URI is the text then the id.
+    Inline = 2,
+    /// The URI is `<text>#offset=<offset>&length=<length>`.
+    Packed = 3,
+}
+
 /// A packed sample's URI: the object, by number, and the range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PackedAt {
@@ -334,6 +349,27 @@ impl BlobUris {
             }
         };
         UriRef(n as u32 | (r.0 & FANNED))
+    }
+
+    /// How `r` is stored: its shape and text (the whole URI, a prefix, or
+    /// a pack's object URI), and a packed sample's range.
+    pub fn parts(&self, r: UriRef) -> (UriShape, &str, Option<PackedAt>) {
+        if let Some(at) = self.packed_at(r) {
+            return (
+                UriShape::Packed,
+                &self.objects[at.object as usize],
+                Some(at),
+            );
+        }
+        if r.0 & FULL != 0 {
+            return (UriShape::Whole, &self.full[(r.0 & !FULL) as usize], None);
+        }
+        let prefix = &self.prefixes[(r.0 & INDEX) as usize];
+        if r.0 & FANNED != 0 {
+            (UriShape::Fanned, prefix, None)
+        } else {
+            (UriShape::Inline, prefix, None)
+        }
     }
 
     /// Where `r` lies when it names a range of an object (a packed sample).

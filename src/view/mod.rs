@@ -27,6 +27,7 @@
 pub mod arrange;
 pub mod compact;
 pub mod epochs;
+pub mod materialize;
 pub mod place;
 pub mod rank;
 pub mod render;
@@ -43,8 +44,8 @@ use lance::Dataset;
 use crate::content_id::ContentId;
 pub use compact::FileName;
 use compact::{BlobUris, PathArena, PathSpan, UriRef};
-use render::{Columns, Receipt};
-pub use resolve::{Resolver, resolve};
+use render::Columns;
+pub use resolve::{Resolver, resolve, resolve_from_table};
 
 /// Name of the listing file at the root of each spec directory.
 pub const INDEX_FILE: &str = "_index.jsonl";
@@ -193,7 +194,7 @@ pub struct View {
     listing: Listing,
     /// `_receipt.json` without the listing digest, which is rendered on
     /// first use: its length is fixed, so the file's size is known now.
-    receipt: Receipt,
+    receipt: serde_json::Value,
     receipt_len: u64,
     receipt_bytes: OnceLock<Bytes>,
     /// Packed samples by pack, sorted by offset, built on first use.
@@ -365,7 +366,9 @@ impl View {
     /// The `_receipt.json` bytes.
     pub fn receipt(&self) -> Bytes {
         self.receipt_bytes
-            .get_or_init(|| Bytes::from(self.receipt.render(self.listing_sha256())))
+            .get_or_init(|| {
+                Bytes::from(render::render_receipt(&self.receipt, self.listing_sha256()))
+            })
             .clone()
     }
 

@@ -80,6 +80,11 @@ impl Columns {
         }
     }
 
+    /// The columns, by name.
+    pub fn arrays(&self) -> &[(String, ArrayRef)] {
+        &self.cols
+    }
+
     /// Writes column `col` of row `i` as JSON.
     fn write_value(&self, col: Option<usize>, i: usize, out: &mut Vec<u8>) {
         let Some(col) = col.map(|c| self.cols[c].1.as_ref()) else {
@@ -514,21 +519,28 @@ pub struct Receipt {
 }
 
 impl Receipt {
-    /// The receipt with `listing_sha256` set to `digest`, pretty-printed.
-    pub fn render(&self, digest: &str) -> Vec<u8> {
-        let mut value = serde_json::to_value(self).unwrap_or(Json::Null);
-        if let Json::Object(map) = &mut value {
-            map.insert("listing_sha256".into(), Json::from(digest));
-        }
-        let mut out = serde_json::to_vec_pretty(&value).unwrap_or_default();
-        out.push(b'\n');
-        out
+    /// The receipt as a JSON object (keys sorted), without the listing digest.
+    pub fn to_json(&self) -> Json {
+        serde_json::to_value(self).unwrap_or(Json::Null)
     }
+}
 
-    /// Its size: the digest is 64 hex digits whatever it is.
-    pub fn size(&self) -> u64 {
-        self.render(&"0".repeat(64)).len() as u64
+/// `receipt` (a [`Receipt::to_json`] object) with `listing_sha256` set to
+/// `digest`, pretty-printed.
+pub fn render_receipt(receipt: &Json, digest: &str) -> Vec<u8> {
+    let mut value = receipt.clone();
+    if let Json::Object(map) = &mut value {
+        map.insert("listing_sha256".into(), Json::from(digest));
     }
+    let mut out = serde_json::to_vec_pretty(&value).unwrap_or_default();
+    out.push(b'\n');
+    out
+}
+
+/// Size of [`render_receipt`]'s output: the digest is 64 hex digits
+/// whatever it is.
+pub fn receipt_size(receipt: &Json) -> u64 {
+    render_receipt(receipt, &"0".repeat(64)).len() as u64
 }
 
 #[cfg(test)]

@@ -32,6 +32,11 @@ pub struct Resolver<'a> {
     pub storage: &'a crate::storage::Storage,
     /// Show only this rank of every view (`--rank`, `--world-size`).
     pub rank: Option<MountRank>,
+    /// Cut views into `rank.world_size` ranks but show every rank (what
+    /// `lakemount pin --materialize --world-size` writes).
+    pub every_rank: bool,
+    /// The warehouse root, under which materialized views are stored.
+    pub root: &'a url::Url,
     /// Where a resumed job starts, over the specs' own `resume:`
     /// (`--resume-at`).
     pub resume: Option<crate::spec::Resume>,
@@ -51,13 +56,24 @@ impl<'a> Resolver<'a> {
             trust: &wh.trust,
             storage: &wh.storage,
             rank,
+            every_rank: false,
+            root: &wh.root_url,
             resume: None,
         }
     }
 }
 
-/// Resolves `spec`. Every error names the spec file and key.
+/// Resolves `spec`: from its materialized index when it is pinned with
+/// one, else from the table. Every error names the spec file and key.
 pub async fn resolve(spec: &Spec, r: &Resolver<'_>) -> Result<View> {
+    if let Some(m) = spec.pinned.as_ref().and_then(|p| p.materialized.as_ref()) {
+        return super::materialize::load(spec, m, r).await;
+    }
+    resolve_from_table(spec, r).await
+}
+
+/// Resolves `spec` from its table, ignoring any materialized index.
+pub async fn resolve_from_table(spec: &Spec, r: &Resolver<'_>) -> Result<View> {
     let mut phase = Phases::new(&spec.name);
     let table = load_table(spec, r.catalog).await?;
     let (snapshot, schema) = super::scan::snapshot(spec, &table)?;
@@ -117,7 +133,8 @@ pub async fn resolve(spec: &Spec, r: &Resolver<'_>) -> Result<View> {
         entries.samples.len(),
         r,
         epochs.as_ref(),
-    )?;
+    )?
+    .to_json();
     Ok(View {
         name: spec.name.clone(),
         snapshot_id: snapshot.snapshot_id(),
@@ -125,7 +142,7 @@ pub async fn resolve(spec: &Spec, r: &Resolver<'_>) -> Result<View> {
         lance,
         search: chosen.search,
         epochs,
-        receipt_len: receipt.size(),
+        receipt_len: super::render::receipt_size(&receipt),
         receipt,
         receipt_bytes: OnceLock::new(),
         pack_members: OnceLock::new(),
@@ -136,7 +153,7 @@ pub async fn resolve(spec: &Spec, r: &Resolver<'_>) -> Result<View> {
 
 /// How a spec with `epochs:` lists: the mount's world size and rank over
 /// the spec's `shard` (epochs are elastic), `--resume-at` over `resume:`.
-fn epoch_plan(
+pub(super) fn epoch_plan(
     spec: &Spec,
     r: &Resolver<'_>,
     entries: &Entries,
@@ -274,7 +291,8 @@ async fn select(
         super::arrange::is_ordered(spec, r.rank.is_some())
     };
     if ordered && spec.epochs.is_none() {
-        a = super::arrange::arrange(spec, rows, a, r.rank)?;
+        let keep = r.rank.filter(|_| !r.every_rank).map(|m| m.rank);
+        a = super::arrange::arrange(spec, rows, a, r.rank, keep)?;
     }
     Ok(Chosen {
         rows: a.rows,
@@ -287,7 +305,11 @@ async fn select(
 
 /// The sizes of the generated files: the listing's (rendered once, for its
 /// line offsets too) and each `.json` sidecar's (computed, not rendered).
-fn measure(spec: &Spec, entries: &mut Entries, order: Option<Vec<u32>>) -> Result<Listing> {
+pub(super) fn measure(
+    spec: &Spec,
+    entries: &mut Entries,
+    order: Option<Vec<u32>>,
+) -> Result<Listing> {
     let listing = measure_listing(entries, order);
     if spec.sidecars.metadata {
         let lens = par_chunks(entries.samples.len(), |range| {
@@ -438,7 +460,7 @@ async fn repacked(
 }
 
 /// Samples whose URI fails the trust rule; logged once per view.
-fn untrusted(entries: &Entries, trust: &UriTrust) -> Vec<u32> {
+pub(super) fn untrusted(entries: &Entries, trust: &UriTrust) -> Vec<u32> {
     let verdicts = entries.uris.verdicts(|uri| trust.allows(uri));
     let out: Vec<u32> = (0..entries.samples.len() as u32)
         .filter(|&i| !verdicts.allows(entries.read_ref(i as usize)))
@@ -495,51 +517,20 @@ fn receipt(
 ) -> Result<Receipt> {
     use serde_json::json;
     let (rank, encoder) = (r.rank, r.encoder);
-    let epochs_record = epochs.map(|p| {
-        let sources: Option<Vec<serde_json::Value>> = p.mix.as_ref().map(|m| {
-            spec.sources
-                .iter()
-                .enumerate()
-                .map(|(s, src)| {
-                    let draw = match src.draw {
-                        crate::spec::Draw::Proportion(x) => json!({"proportion": x}),
-                        crate::spec::Draw::Repeat(x) => json!({"repeat": x}),
-                        crate::spec::Draw::Choose(x) => json!({"choose": x}),
-                    };
-                    json!({
-                        "name": src.name,
-                        "filter": src.filter.as_ref().map(|f| f.text().to_string()),
-                        "draw": draw,
-                        "samples": m.members[s].len(),
-                        "per_epoch": m.counts[s],
-                        "snapshot_id": snapshot.snapshot_id(),
-                    })
-                })
-                .collect()
-        });
-        json!({
-            "count": p.count,
-            "seed": p.seed,
-            "resume": {"epoch": p.resume.epoch, "pos": p.resume.pos},
-            "world_size": p.world_size,
-            "pad": p.pad,
-            "rank": p.rank,
-            "per_epoch": p.mix.as_ref().map_or(row_count as u64, |m| m.len()),
-            "sources": sources,
-        })
-    });
+    let epochs_record = epochs.map(|p| epochs_record(spec, p, snapshot.snapshot_id(), row_count));
     let shard = if epochs.is_some() {
         None
     } else {
         super::arrange::effective_shard(spec, rank)?
     };
+    let shown_rank = rank.filter(|_| !r.every_rank).map(|r| r.rank);
     let shard = shard.map(|s| {
-        let shown = rank.map_or(s.world_size as usize, |_| 1);
+        let shown = shown_rank.map_or(s.world_size as usize, |_| 1);
         json!({
             "world_size": s.world_size,
             "pad": s.pad,
             "per_rank": row_count / shown.max(1),
-            "rank": rank.map(|r| r.rank),
+            "rank": shown_rank,
         })
     });
     Ok(Receipt {
@@ -600,6 +591,48 @@ fn receipt(
         shard,
         epochs: epochs_record,
         row_count,
+    })
+}
+
+/// The receipt's `epochs` block: count, seed, where the job resumes, world
+/// size, pad, the rank shown, and a mixture's sources.
+pub(super) fn epochs_record(
+    spec: &Spec,
+    p: &super::epochs::EpochPlan,
+    snapshot_id: i64,
+    row_count: usize,
+) -> serde_json::Value {
+    use serde_json::json;
+    let sources: Option<Vec<serde_json::Value>> = p.mix.as_ref().map(|m| {
+        spec.sources
+            .iter()
+            .enumerate()
+            .map(|(s, src)| {
+                let draw = match src.draw {
+                    crate::spec::Draw::Proportion(x) => json!({"proportion": x}),
+                    crate::spec::Draw::Repeat(x) => json!({"repeat": x}),
+                    crate::spec::Draw::Choose(x) => json!({"choose": x}),
+                };
+                json!({
+                    "name": src.name,
+                    "filter": src.filter.as_ref().map(|f| f.text().to_string()),
+                    "draw": draw,
+                    "samples": m.members[s].len(),
+                    "per_epoch": m.counts[s],
+                    "snapshot_id": snapshot_id,
+                })
+            })
+            .collect()
+    });
+    json!({
+        "count": p.count,
+        "seed": p.seed,
+        "resume": {"epoch": p.resume.epoch, "pos": p.resume.pos},
+        "world_size": p.world_size,
+        "pad": p.pad,
+        "rank": p.rank,
+        "per_epoch": p.mix.as_ref().map_or(row_count as u64, |m| m.len()),
+        "sources": sources,
     })
 }
 

@@ -391,23 +391,26 @@ impl Rows {
             if !all && !INDEX_COLUMNS.contains(&name.as_str()) {
                 continue;
             }
-            let mut col = arrow_select::take::take(col.as_ref(), &take, None)?;
-            if col.data_type() == &DataType::Utf8 {
-                let dict_type =
-                    DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
-                let dict = arrow_cast::cast(col.as_ref(), &dict_type)?;
-                let distinct = dict
-                    .as_any()
-                    .downcast_ref::<DictionaryArray<Int32Type>>()
-                    .map_or(usize::MAX, |d| d.values().len());
-                if distinct * 4 <= col.len() {
-                    col = dict;
-                }
-            }
-            out.push((name.clone(), col));
+            let col = arrow_select::take::take(col.as_ref(), &take, None)?;
+            out.push((name.clone(), compact_column(col)?));
         }
         Ok(out)
     }
+}
+
+/// `col` as a view keeps it: a string column with few distinct values
+/// (at most one per four rows) as a dictionary.
+pub fn compact_column(col: ArrayRef) -> Result<ArrayRef> {
+    if col.data_type() != &DataType::Utf8 {
+        return Ok(col);
+    }
+    let dict_type = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
+    let dict = arrow_cast::cast(col.as_ref(), &dict_type)?;
+    let distinct = dict
+        .as_any()
+        .downcast_ref::<DictionaryArray<Int32Type>>()
+        .map_or(usize::MAX, |d| d.values().len());
+    Ok(if distinct * 4 <= col.len() { dict } else { col })
 }
 
 /// The Lance dataset a snapshot goes with, if the table has one: at the
