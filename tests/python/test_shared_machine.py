@@ -9,6 +9,7 @@ starts a PostgreSQL of its own."""
 
 import os
 import pwd
+import re
 import shutil
 import signal
 import subprocess
@@ -116,6 +117,7 @@ def test_a_users_daemon_keeps_its_log_and_socket_private(users, shared_tmp, lake
     try:
         res = as_user(victim, lakemount_bin, "mount", "--daemon", "--warehouse", str(wh), str(spec), str(mnt))
         assert res.returncode == 0, res.stdout + res.stderr
+        daemon_pid = int(re.search(r"daemon pid (\d+)", res.stdout + res.stderr).group(1))
         st = os.lstat(rt)
         assert st.st_uid == victim.pw_uid and st.st_mode & 0o777 == 0o700, oct(st.st_mode)
         logs = list(rt.glob("*.log"))
@@ -130,6 +132,12 @@ def test_a_users_daemon_keeps_its_log_and_socket_private(users, shared_tmp, lake
         assert res.returncode != 0
         res = as_user(victim, lakemount_bin, "umount", str(mnt))
         assert res.returncode == 0, res.stderr
+        # Unmounted by its user (through fusermount3), the daemon exits.
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{daemon_pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not Path(f"/proc/{daemon_pid}").exists(), "the daemon outlived its mount"
+        assert not os.path.ismount(mnt)
     finally:
         os.chmod("/dev/fuse", fuse_mode)
         if os.path.ismount(mnt):
