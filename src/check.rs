@@ -4,7 +4,7 @@
 //! - no content id is listed twice;
 //! - every row has its Lance row at the Lance version the snapshot goes
 //!   with (recorded, or for other engines' snapshots the one a view would
-//!   use, see [`crate::view::scan::open_lance`]);
+//!   use, see [`crate::snapshot::open_lance`]);
 //! - every row's `uri` passes the trust rule ([`crate::trust`]).
 
 use std::collections::{HashMap, HashSet};
@@ -88,8 +88,7 @@ async fn check_one(
         snapshot_id,
         ..Default::default()
     };
-    let lance =
-        crate::view::scan::open_lance(table, snapshot_id, &UriTrust::any(), storage).await?;
+    let lance = crate::snapshot::open_lance(table, snapshot_id, &UriTrust::any(), storage).await?;
     let known = match &lance {
         Some(l) => {
             report.lance_version = Some(l.version);

@@ -1,4 +1,6 @@
-//! The fuser adapter: the only module that knows fuser's types.
+//! The fuser adapter: the only module that translates between fuser's
+//! request and reply types and the filesystem core ([`crate::fs`]);
+//! [`crate::mount`] uses fuser only to start and end the session.
 //!
 //! Callbacks never wait on the network. Lookups, attributes and listings
 //! are answered from the in-memory tree right away; a read is polled once
@@ -28,7 +30,7 @@ use fuser::{
 };
 
 use crate::fs::{Attr, FsError, Kind, OpenMode, Opened, ViewFs};
-use crate::metrics::Metrics;
+use crate::metrics::{FuseOp, Metrics};
 
 /// Entry and attribute TTL inside a view: a view's tree never changes.
 const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -219,7 +221,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.metrics.op(0);
+        self.metrics.op(FuseOp::Lookup);
         let Some(name) = name.to_str() else {
             return reply.error(errno(&FsError::NotFound));
         };
@@ -234,7 +236,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        self.metrics.op(1);
+        self.metrics.op(FuseOp::Getattr);
         match self.fs.getattr(ino.0) {
             Ok(a) => reply.attr(ttl(ino.0 == crate::fs::ROOT), &self.attr(&a)),
             Err(e) => reply.error(errno(&e)),
@@ -242,7 +244,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        self.metrics.op(2);
+        self.metrics.op(FuseOp::Open);
         let write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
         let mode = OpenMode {
             no_open: self.no_open.load(Ordering::Relaxed),
@@ -283,7 +285,7 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.metrics.op(7);
+        self.metrics.op(FuseOp::Release);
         if let Ok(mut map) = self.backings.lock()
             && let Some((_, n)) = map.get_mut(&ino.0)
         {
@@ -296,7 +298,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        self.metrics.op(3);
+        self.metrics.op(FuseOp::Opendir);
         match self.fs.getattr(ino.0) {
             // The root's listing changes with the specs: not cached.
             Ok(a) if a.kind == Kind::Dir && ino.0 == crate::fs::ROOT => {
@@ -322,7 +324,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.metrics.op(4);
+        self.metrics.op(FuseOp::Read);
         let fs = self.fs.clone();
         let mut read = Box::pin(async move { fs.read(ino.0, offset, size).await });
         // Poll once on this thread: a cached chunk or a local blob file is
@@ -350,7 +352,7 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        self.metrics.op(5);
+        self.metrics.op(FuseOp::Readdir);
         match self.fs.readdir(ino.0, offset) {
             Ok(entries) => {
                 let mut name = Vec::with_capacity(256);
@@ -383,7 +385,7 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        self.metrics.op(6);
+        self.metrics.op(FuseOp::Readdirplus);
         match self.fs.readdir(ino.0, offset) {
             Ok(entries) => {
                 let mut name = Vec::with_capacity(256);
@@ -554,12 +556,12 @@ impl Filesystem for FuseAdapter {
         _size: u32,
         reply: ReplyXattr,
     ) {
-        self.metrics.op(8);
+        self.metrics.op(FuseOp::Getxattr);
         reply.error(errno(&FsError::NoData));
     }
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
-        self.metrics.op(9);
+        self.metrics.op(FuseOp::Other);
         if size == 0 {
             reply.size(0);
         } else {

@@ -1,14 +1,17 @@
 //! lakemount: mount Iceberg + Lance training data as plain read-only files.
 //!
 //! The modules follow the data flow: [`warehouse`] opens storage and the
-//! catalog; [`ingest`] reads inputs, stores [`blobs`], computes embeddings
-//! with an [`encode::Encoder`], appends to the Lance table ([`vectors`]) and
-//! publishes through the Iceberg table ([`catalog`]). A [`spec`] resolves
-//! to a [`view`] (what one spec directory shows); the [`fs`] core serves
-//! views through the [`cache`] in front of a [`source`], and [`fuse`] is the
-//! kernel adapter, [`mount`] the session. [`check`] tests the tables'
-//! invariants; [`trust`] is the boundary between table contents and the
-//! machine.
+//! catalog; [`ingest`] reads inputs, stores [`blobs`] (small ones in
+//! [`packs`]), computes embeddings with an [`encode::Encoder`], appends to
+//! the Lance table ([`vectors`]) and publishes through the Iceberg table
+//! ([`catalog`]); [`repack`] rewrites old samples into packs. A [`spec`]
+//! resolves to a [`view`] (what one spec directory shows) at an Iceberg
+//! snapshot and the Lance version [`snapshot`] pairs with it; the [`fs`]
+//! core serves views through the [`cache`] in front of a [`source`], and
+//! [`fuse`] is the kernel adapter, [`mount`] the session. [`check`] tests
+//! the tables' invariants; [`trust`] is the boundary between table
+//! contents and the machine, [`files`] and [`runtime`] between the user's
+//! files and other users; [`par`] runs the data-parallel loops.
 
 pub mod blobs;
 pub mod cache;
@@ -27,9 +30,11 @@ pub mod metrics;
 pub mod mount;
 pub mod npy;
 pub mod packs;
+pub mod par;
 pub mod repack;
 pub mod runtime;
 pub mod similar;
+pub mod snapshot;
 pub mod source;
 pub mod spec;
 pub mod status;

@@ -15,19 +15,54 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-/// The FUSE operations counted one by one.
-pub const OPS: [&str; 10] = [
-    "lookup",
-    "getattr",
-    "open",
-    "opendir",
-    "read",
-    "readdir",
-    "readdirplus",
-    "release",
-    "getxattr",
-    "other",
-];
+/// The FUSE operations counted one by one (`op` label of
+/// `lakemount_fuse_requests`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FuseOp {
+    Lookup,
+    Getattr,
+    Open,
+    Opendir,
+    Read,
+    Readdir,
+    Readdirplus,
+    Release,
+    Getxattr,
+    /// Everything else (`listxattr`, ...).
+    Other,
+}
+
+impl FuseOp {
+    /// Every operation, in label order.
+    pub const ALL: [FuseOp; 10] = [
+        FuseOp::Lookup,
+        FuseOp::Getattr,
+        FuseOp::Open,
+        FuseOp::Opendir,
+        FuseOp::Read,
+        FuseOp::Readdir,
+        FuseOp::Readdirplus,
+        FuseOp::Release,
+        FuseOp::Getxattr,
+        FuseOp::Other,
+    ];
+
+    /// The `op` label.
+    pub fn name(self) -> &'static str {
+        match self {
+            FuseOp::Lookup => "lookup",
+            FuseOp::Getattr => "getattr",
+            FuseOp::Open => "open",
+            FuseOp::Opendir => "opendir",
+            FuseOp::Read => "read",
+            FuseOp::Readdir => "readdir",
+            FuseOp::Readdirplus => "readdirplus",
+            FuseOp::Release => "release",
+            FuseOp::Getxattr => "getxattr",
+            FuseOp::Other => "other",
+        }
+    }
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OpLabel {
@@ -94,9 +129,9 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("lakemount");
         let ops_family = Family::<OpLabel, Counter>::default();
-        let ops = OPS
+        let ops = FuseOp::ALL
             .iter()
-            .map(|op| ops_family.get_or_create(&OpLabel { op }).clone())
+            .map(|op| ops_family.get_or_create(&OpLabel { op: op.name() }).clone())
             .collect();
         registry.register(
             "fuse_requests",
@@ -223,11 +258,9 @@ impl Metrics {
         Self { registry, ..m }
     }
 
-    /// Counts one FUSE request of operation `op` (one of [`OPS`]).
-    pub fn op(&self, op: usize) {
-        if let Some(c) = self.ops.get(op) {
-            c.inc();
-        }
+    /// Counts one FUSE request of operation `op`.
+    pub fn op(&self, op: FuseOp) {
+        self.ops[op as usize].inc();
     }
 
     /// Records the mounted views: how many, and their samples.

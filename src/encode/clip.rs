@@ -220,7 +220,7 @@ impl ClipEncoder {
     pub fn encode_images(&self, images: &[&[u8]]) -> Vec<Result<Vec<f32>>> {
         // Decoding and resizing are per image: spread them over the cores
         // (the forward pass uses them all anyway).
-        let pixels = super::par_map(images, |b| self.prep.pixels(b, self.image_size));
+        let pixels = crate::par::map(images, |b| self.prep.pixels(b, self.image_size));
         super::batched(pixels, |ok| {
             super::split_forward(ok, super::MIN_PER_WORKER, |part| self.image_forward(part))
         })

@@ -1,8 +1,11 @@
 //! Encoders turn a sample's bytes into an embedding vector.
 //!
 //! The [`Encoder`] trait is the seam between ingest and whatever computes
-//! embeddings: the built-in, weight-free [`builtin::BuiltinEncoder`] today,
-//! model-backed encoders later. Every row records the encoder's
+//! embeddings: the built-in, weight-free [`builtin::BuiltinEncoder`], and
+//! candle models read from a local checkpoint folder ([`Checkpoint`]): a
+//! sentence encoder ([`text`]), CLIP's image and text towers ([`clip`],
+//! preprocessing in [`pixels`]) and Whisper's audio encoder ([`whisper`],
+//! decoding and log-mel in [`audio`]). Every row records the encoder's
 //! [`Encoder::model_id`] in `embedding_model`, so a reader can tell which
 //! vectors are comparable. Media type detection lives here too because an
 //! encoder dispatches on it.
@@ -148,17 +151,13 @@ pub(crate) fn token_tensor(
 }
 
 /// Cores to use.
-fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |c| c.get())
-}
-
 /// Fewest texts or images a concurrent forward pass gets.
 pub(crate) const MIN_PER_WORKER: usize = 8;
 
 /// How many forward passes run at once over `n` samples: one per core,
 /// each with at least `min` samples.
 fn workers(n: usize, min: usize) -> usize {
-    cores().min(n / min.max(1)).max(1)
+    crate::par::cores().min(n / min.max(1)).max(1)
 }
 
 /// Threads each matrix product should use in commands that embed batches
@@ -169,7 +168,7 @@ fn workers(n: usize, min: usize) -> usize {
 /// cores, whose per-operation fork/join and single-threaded element-wise
 /// operations leave a core idle much of the time.
 pub fn threads_for_batches() -> Option<usize> {
-    let cores = cores();
+    let cores = crate::par::cores();
     (cores > 1).then(|| (cores / workers(32, MIN_PER_WORKER)).max(1))
 }
 
@@ -186,29 +185,10 @@ pub(crate) fn split_forward<T: Sync>(
     }
     let parts: Vec<&[T]> = items.chunks(items.len().div_ceil(w)).collect();
     let mut all = Vec::with_capacity(items.len());
-    for part in par_map(&parts, |p| forward(p)) {
+    for part in crate::par::map(&parts, |p| forward(p)) {
         all.extend(part?);
     }
     Ok(all)
-}
-
-/// `f` over `items` on one thread per core, in order.
-pub fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    let threads = cores();
-    if items.len() < 2 || threads < 2 {
-        return items.iter().map(&f).collect();
-    }
-    let per = items.len().div_ceil(threads);
-    std::thread::scope(|s| {
-        let parts: Vec<_> = items
-            .chunks(per)
-            .map(|part| s.spawn(|| part.iter().map(&f).collect::<Vec<R>>()))
-            .collect();
-        parts
-            .into_iter()
-            .flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-            .collect()
-    })
 }
 
 /// Runs `forward` once over the items that were prepared and gives every

@@ -113,7 +113,7 @@ impl WhisperEncoder {
         if clips.is_empty() {
             return Ok(Vec::new());
         }
-        let flat: Vec<f32> = super::par_map(clips, |c| self.mel.features(c))
+        let flat: Vec<f32> = crate::par::map(clips, |c| self.mel.features(c))
             .into_iter()
             .flatten()
             .collect();
@@ -153,7 +153,7 @@ impl super::Encoder for WhisperEncoder {
     }
 
     fn encode_batch(&self, items: &[(&[u8], &str)]) -> Vec<Result<Vec<f32>>> {
-        let decoded = super::par_map(items, |(bytes, media)| {
+        let decoded = crate::par::map(items, |(bytes, media)| {
             if media.starts_with("audio/") {
                 Self::samples(bytes, media)
             } else {

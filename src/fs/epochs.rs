@@ -19,7 +19,6 @@
 
 use std::sync::Arc;
 
-use super::tree::Tree;
 use super::{Attr, DirEntry, FsError, Kind};
 use crate::view::epochs::{EpochOrder, EpochPlan};
 use crate::view::{Content, FileName, View};
@@ -35,8 +34,7 @@ pub(super) struct EpochDirs {
     rank_width: usize,
     epoch_width: usize,
     /// Readers walking each (epoch, rank), for prefetch.
-    pub(super) cursors:
-        std::sync::Mutex<foldhash::HashMap<(u32, u32), Arc<super::prefetch::Cursors>>>,
+    pub(super) cursors: std::sync::Mutex<foldhash::HashMap<(u32, u32), Arc<super::walks::Cursors>>>,
 }
 
 /// A node inside an epoch directory.
@@ -127,7 +125,7 @@ impl EpochDirs {
 
     /// The inode of `node` of epoch `e`.
     pub(super) fn ino(&self, e: u32, node: EpochNode) -> u64 {
-        (u64::from(self.id_of(e)) << super::tree::TREE_SHIFT) | u64::from(self.local(node))
+        (u64::from(self.id_of(e)) << super::TREE_SHIFT) | u64::from(self.local(node))
     }
 
     /// `epoch-<e>`.
@@ -224,17 +222,15 @@ impl EpochDirs {
     }
 
     /// The attributes of `node` of epoch `e`.
-    pub(super) fn attr(&self, tree: &Tree, e: u32, node: EpochNode) -> Result<Attr, FsError> {
-        let mtime = tree.mtime();
+    pub(super) fn attr(&self, view: &View, e: u32, node: EpochNode) -> Result<Attr, FsError> {
+        let mtime = super::mtime(view);
         let (kind, size) = match node {
             EpochNode::Epoch => (Kind::Dir, 0),
             EpochNode::Rank(r) if self.shows_rank(r) => (Kind::Dir, 0),
             EpochNode::Rank(_) => return Err(FsError::NotFound),
             EpochNode::File { v, kind } => {
-                let c = self
-                    .content(&tree.view, e, v, kind)
-                    .ok_or(FsError::NotFound)?;
-                (Kind::File, tree.view.file_size(c))
+                let c = self.content(view, e, v, kind).ok_or(FsError::NotFound)?;
+                (Kind::File, view.file_size(c))
             }
         };
         Ok(Attr {
@@ -250,15 +246,16 @@ impl EpochDirs {
     /// directories or the files in position order.
     pub(super) fn entries<'a>(
         &'a self,
-        tree: &'a Tree,
+        view: &'a View,
+        root: Option<Attr>,
         e: u32,
         dir: EpochNode,
         offset: u64,
     ) -> Box<dyn Iterator<Item = DirEntry<'a>> + 'a> {
-        let dot = self.attr(tree, e, dir).ok();
+        let dot = self.attr(view, e, dir).ok();
         let dotdot = match dir {
-            EpochNode::Rank(_) => self.attr(tree, e, EpochNode::Epoch).ok(),
-            _ => tree.attr(1).ok(),
+            EpochNode::Rank(_) => self.attr(view, e, EpochNode::Epoch).ok(),
+            _ => root,
         };
         let head = [(FileName::plain("."), dot), (FileName::plain(".."), dotdot)]
             .into_iter()
@@ -281,7 +278,7 @@ impl EpochDirs {
                     (o >= offset).then(|| {
                         Some(DirEntry {
                             name: FileName::inline(&format!("rank-{r:0w$}", w = self.rank_width)),
-                            attr: self.attr(tree, e, EpochNode::Rank(r)).ok()?,
+                            attr: self.attr(view, e, EpochNode::Rank(r)).ok()?,
                             next_offset: o + 1,
                         })
                     })?
@@ -294,7 +291,7 @@ impl EpochDirs {
         };
         let per = self.plan.per_rank(self.n, e);
         let order = self.plan.order(self.n, e);
-        let view = &tree.view;
+        let mtime = super::mtime(view);
         let first = offset.saturating_sub(2);
         let files = (first / 3..per).flat_map(move |k| {
             let dealt = self.plan.entry(self.n, e, r, k);
@@ -326,7 +323,7 @@ impl EpochDirs {
                         ),
                         kind: Kind::File,
                         size: view.file_size(content),
-                        mtime: tree.mtime(),
+                        mtime,
                     },
                     next_offset: o + 1,
                 })
@@ -336,7 +333,7 @@ impl EpochDirs {
     }
 
     /// The cursors of the readers of (epoch, rank).
-    pub(super) fn cursors(&self, e: u32, r: u32) -> Arc<super::prefetch::Cursors> {
+    pub(super) fn cursors(&self, e: u32, r: u32) -> Arc<super::walks::Cursors> {
         let mut map = self.cursors.lock().unwrap_or_else(|p| p.into_inner());
         map.entry((e, r)).or_default().clone()
     }

@@ -22,14 +22,23 @@ pub mod epochs;
 mod plan;
 mod prefetch;
 mod tree;
+mod walks;
 
 use prefetch::Prefetch;
-use tree::{Body, TREE_SHIFT, Tree};
+use tree::{Body, Tree};
 
 use crate::cache::ChunkCache;
 use crate::content_id::CHUNK;
 use crate::source::FetchError;
 use crate::view::{Content, FileName, View};
+
+/// Bits of an inode number that number nodes within a tree.
+const TREE_SHIFT: u32 = 32;
+
+/// The modification time every node of `view` shows: its snapshot's commit.
+fn mtime(view: &View) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + std::time::Duration::from_millis(view.snapshot_ms.max(0) as u64)
+}
 
 /// Inode number of the mount's root directory.
 pub const ROOT: u64 = 1;
@@ -232,7 +241,7 @@ impl DirList {
                         (pos >= start).then(|| {
                             Some(DirEntry {
                                 name: FileName::inline(&ep.epoch_name(e)),
-                                attr: ep.attr(tree, e, epochs::EpochNode::Epoch).ok()?,
+                                attr: ep.attr(&tree.view, e, epochs::EpochNode::Epoch).ok()?,
                                 next_offset: pos + 1,
                             })
                         })?
@@ -262,7 +271,7 @@ impl DirList {
                 dir,
                 offset,
             } => match &tree.epochs {
-                Some(ep) => ep.entries(tree, *e, *dir, *offset),
+                Some(ep) => ep.entries(&tree.view, tree.attr(1).ok(), *e, *dir, *offset),
                 None => Box::new(std::iter::empty()),
             },
         }
@@ -471,7 +480,7 @@ impl ViewFs {
         }
         match self.at(ino)? {
             At::Static(tree, local) => tree.attr(local),
-            At::Epoch(tree, e, node) => epoch_dirs(&tree)?.attr(&tree, e, node),
+            At::Epoch(tree, e, node) => epoch_dirs(&tree)?.attr(&tree.view, e, node),
         }
     }
 
@@ -498,7 +507,7 @@ impl ViewFs {
                     let node = ep
                         .lookup(&tree.view, e, dir, name)
                         .ok_or(FsError::NotFound)?;
-                    let attr = ep.attr(&tree, e, node)?;
+                    let attr = ep.attr(&tree.view, e, node)?;
                     (tree, attr)
                 }
             };

@@ -1,7 +1,7 @@
 //! Reading ahead of a reader, and `--warm`.
 //!
 //! Two walks are recognised, each when a first read comes at most
-//! [`SEQUENTIAL_GAP`] places after one of the last [`CURSORS`] reads that
+//! `SEQUENTIAL_GAP` places after one of the last `CURSORS` reads that
 //! formed or started a walk: a sequential reader, or DataLoader workers
 //! that share an epoch, each taking a batch (so reading `batch_size`
 //! places apart):
@@ -17,99 +17,16 @@
 //! as the cache holds.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use super::tree::{Body, Tree};
 use super::{Listed, ViewFs};
-use crate::view::{Content, View};
-
-/// How far after a reader's last read its next one may be and still count
-/// as a walk.
-const SEQUENTIAL_GAP: u32 = 8;
-
-/// Readers tracked per walk: DataLoader workers (each a cursor, a batch
-/// apart), up to this many.
-pub(super) const CURSORS: usize = 8;
-
-/// The last read of up to [`CURSORS`] readers of one walk, each with how
-/// many steps in a row it has walked (position in the high half of the
-/// word, steps in the low half; `u64::MAX`: free). A read counts as a walk
-/// from a reader's second step on, so a random read that happens to land
-/// just after some cursor starts nothing. Updated without locks: two
-/// readers racing may miss a walk once, which costs a prefetch, never a
-/// wrong byte.
-pub(super) struct Cursors {
-    at: [AtomicU64; CURSORS],
-    next: AtomicU32,
-}
-
-impl Default for Cursors {
-    fn default() -> Self {
-        Self {
-            at: std::array::from_fn(|_| AtomicU64::new(u64::MAX)),
-            next: AtomicU32::new(0),
-        }
-    }
-}
-
-impl Cursors {
-    /// Records a read at `pos`; whether it continues a reader's walk.
-    pub(super) fn advance(&self, pos: u32) -> bool {
-        for c in &self.at {
-            let word = c.load(Ordering::Relaxed);
-            let (prev, steps) = ((word >> 32) as u32, word as u32);
-            if word != u64::MAX && pos > prev && pos - prev <= SEQUENTIAL_GAP {
-                let steps = steps.saturating_add(1);
-                c.store((u64::from(pos) << 32) | u64::from(steps), Ordering::Relaxed);
-                return steps >= 2;
-            }
-        }
-        // A new reader, or a random read: it takes the oldest cursor.
-        let k = self.next.fetch_add(1, Ordering::Relaxed) as usize % CURSORS;
-        self.at[k].store(u64::from(pos) << 32, Ordering::Relaxed);
-        false
-    }
-}
+use crate::view::Content;
 
 /// Read-ahead settings of a mount.
 pub(super) struct Prefetch {
     depth: usize,
     permits: Arc<tokio::sync::Semaphore>,
-}
-
-/// Read-ahead state of one view's tree.
-pub(super) struct TreeWalks {
-    /// The readers of each rank's walk of the listing; empty for views in
-    /// path order.
-    walks: Vec<Cursors>,
-    /// One bit per sample, set while a prefetched sample has not been read
-    /// yet (for the prefetch-hit counter).
-    fetched: Arc<[AtomicU64]>,
-}
-
-impl TreeWalks {
-    pub(super) fn new(view: &View, enabled: bool) -> Self {
-        if !enabled {
-            return Self {
-                walks: Vec::new(),
-                fetched: Arc::new([]),
-            };
-        }
-        let streams = if view.is_ordered() {
-            (0..view.len())
-                .map(|i| view.shard_of(i))
-                .max()
-                .map_or(0, |m| m + 1)
-        } else {
-            0
-        };
-        Self {
-            walks: (0..streams).map(|_| Cursors::default()).collect(),
-            fetched: (0..view.len().div_ceil(64))
-                .map(|_| AtomicU64::new(0))
-                .collect(),
-        }
-    }
 }
 
 impl Prefetch {

@@ -13,12 +13,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
-use super::prefetch::TreeWalks;
-use super::{Attr, FsError, Kind};
+use super::walks::{Cursors, TreeWalks};
+use super::{Attr, FsError, Kind, TREE_SHIFT};
 use crate::view::{Content, FileName, View};
-
-/// Bits of an inode number that number nodes within a tree.
-pub(super) const TREE_SHIFT: u32 = 32;
 
 pub(super) struct Node {
     /// Local number of the parent; 0 for the spec directory (its parent is the root).
@@ -38,7 +35,7 @@ pub(super) struct Dir {
     pub(super) children: Vec<u32>,
     /// Where the readers walking this directory are: what tells them from
     /// random reads.
-    pub(super) cursors: super::prefetch::Cursors,
+    pub(super) cursors: Cursors,
 }
 
 /// A view's nodes.
@@ -140,7 +137,7 @@ impl Tree {
         self.dirs.push(Dir {
             name: name.into(),
             children: Vec::new(),
-            cursors: super::prefetch::Cursors::default(),
+            cursors: Cursors::default(),
         });
         self.add(parent, Body::Dir((self.dirs.len() - 1) as u32))
     }
@@ -180,8 +177,7 @@ impl Tree {
 
     /// Every file's mtime: the commit time of the view's snapshot.
     pub(super) fn mtime(&self) -> std::time::SystemTime {
-        std::time::UNIX_EPOCH
-            + std::time::Duration::from_millis(self.view.snapshot_ms.max(0) as u64)
+        super::mtime(&self.view)
     }
 
     /// Attributes of local node `local`.
@@ -211,7 +207,7 @@ impl Tree {
             && let Some(ep) = &self.epochs
             && let Some(e) = ep.parse_epoch(name)
         {
-            return ep.attr(self, e, super::epochs::EpochNode::Epoch);
+            return ep.attr(&self.view, e, super::epochs::EpochNode::Epoch);
         }
         let children = self.children(parent)?;
         let i = children

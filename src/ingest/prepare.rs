@@ -58,7 +58,7 @@ pub fn prepare(
         _ => None,
     };
     let embed_now = batch_encoder.is_none();
-    let results = crate::encode::par_map(chunk, |&i| {
+    let results = crate::par::map(chunk, |&i| {
         let item = &items[i];
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             prepare_one(i, item, max_bytes, embeddings, &skip, embed_now)

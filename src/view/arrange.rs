@@ -109,17 +109,6 @@ impl Arranged {
     }
 }
 
-/// Whether a view has an arranged order (listing, `{pos}`): a similarity
-/// or diverse selection, `order`, `shard`, or a mount that shards every
-/// view. Other views list in path order.
-pub fn is_ordered(spec: &Spec, mount_sharded: bool) -> bool {
-    mount_sharded
-        || spec.similar.is_some()
-        || spec.diverse.is_some()
-        || spec.order.is_some()
-        || spec.shard.is_some()
-}
-
 /// The shard a view is cut into: the spec's, or the mount's world size.
 pub fn effective_shard(spec: &Spec, mount: Option<MountRank>) -> Result<Option<Shard>> {
     match (spec.shard, mount) {

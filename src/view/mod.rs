@@ -7,17 +7,27 @@
 //! pinned the result never changes: the fs layer numbers inodes
 //! deterministically and lets the kernel cache everything.
 //!
-//! The steps, one file each:
+//! The steps, one file each, each importing only the ones above it:
 //!
+//! - [`compact`]: how a million samples fit in memory;
+//! - [`epochs`]: the arithmetic of epoch views (permutations, dealing to
+//!   ranks, mixtures), no rows needed;
 //! - [`scan`]: which snapshot, which columns, the filter, the rows decoded
-//!   into content ids, URIs and Arrow columns; the Lance table at the
-//!   snapshot's version;
-//! - [`rank`]: a similarity view's k nearest rows;
-//! - [`place`]: the layout rendered per row, name clashes resolved, paths
-//!   sorted;
+//!   into content ids, URIs and Arrow columns (the Lance table at the
+//!   snapshot's version is [`crate::snapshot`]'s rule);
+//! - [`arrange`]: diverse selection, `order`, `shard`: the order a view
+//!   lists in and each sample's position, shard and cluster;
+//! - [`nearest`]: a similarity view's k nearest rows;
 //! - [`render`]: the bytes of `.json` sidecars, `_index.jsonl` lines and
 //!   `_receipt.json`, rendered on read;
-//! - [`compact`]: how a million samples fit in memory.
+//! - [`place`]: the layout rendered per row, name clashes resolved, paths
+//!   sorted;
+//! - [`finish`]: the [`Resolver`] and the steps every view ends with
+//!   (trust verdicts, sizes, the epoch plan);
+//! - [`materialize`]: a resolved view written to and read from a Parquet
+//!   index (`lakemount pin --materialize`);
+//! - [`resolve`]: the whole resolution from the table, or the
+//!   materialized index when the pinned spec names one.
 //!
 //! Order and names are deterministic: samples are taken in content-id order
 //! (that is what `limit` keeps the first N of), or rank order in a
@@ -27,9 +37,10 @@
 pub mod arrange;
 pub mod compact;
 pub mod epochs;
+pub mod finish;
 pub mod materialize;
+pub mod nearest;
 pub mod place;
-pub mod rank;
 pub mod render;
 pub mod resolve;
 pub mod scan;
@@ -42,10 +53,12 @@ use bytes::Bytes;
 use lance::Dataset;
 
 use crate::content_id::ContentId;
+pub use crate::snapshot::LanceAt;
 pub use compact::FileName;
 use compact::{BlobUris, PathArena, PathSpan, UriRef};
+pub use finish::Resolver;
 use render::Columns;
-pub use resolve::{Resolver, resolve, resolve_from_table};
+pub use resolve::{resolve, resolve_from_table};
 
 /// Name of the listing file at the root of each spec directory.
 pub const INDEX_FILE: &str = "_index.jsonl";
@@ -53,19 +66,6 @@ pub const INDEX_FILE: &str = "_index.jsonl";
 pub const RECEIPT_FILE: &str = "_receipt.json";
 /// `_index.jsonl` keeps the byte offset of every this many lines.
 pub const INDEX_STRIDE: usize = 64;
-
-/// The Lance dataset a view reads, checked out at the snapshot's version.
-#[derive(Debug, Clone)]
-pub struct LanceAt {
-    /// Dataset location.
-    pub uri: String,
-    /// Version recorded by the snapshot (or its nearest ancestor).
-    pub version: u64,
-    /// The dataset at that version.
-    pub dataset: Arc<Dataset>,
-    /// Embedding dimension.
-    pub dim: usize,
-}
 
 /// One sample of a view: a fixed-size record; its strings live in the view.
 #[derive(Debug, Clone)]

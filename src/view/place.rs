@@ -87,7 +87,7 @@ pub struct LayoutInput<'a> {
 
 /// Every selected row's path, clashes resolved.
 pub fn place(spec: &Spec, input: &LayoutInput<'_>) -> Result<Placed> {
-    let placed = Placed::concat(super::resolve::par_ranges(input.selected.len(), |range| {
+    let placed = Placed::concat(crate::par::ranges(input.selected.len(), |range| {
         render_range(spec, input, range)
     }));
     if first_choices_are_clean(&placed, spec.sidecars.metadata) {
@@ -179,7 +179,7 @@ fn render_range(spec: &Spec, input: &LayoutInput<'_>, range: Range<usize>) -> Pl
                             true
                         }
                         Some(_) => false,
-                        None => super::render::text_value(*c, r)
+                        None => super::scan::text_value(*c, r)
                             .map(|t| out.push_str(&t))
                             .is_some(),
                     },

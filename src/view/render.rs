@@ -9,18 +9,15 @@
 
 use arrow_array::types::Int32Type;
 use arrow_array::{
-    Array, ArrayRef, BooleanArray, DictionaryArray, Float32Array, Float64Array, Int32Array,
-    Int64Array, StringArray, TimestampMicrosecondArray,
+    Array, ArrayRef, BooleanArray, DictionaryArray, Int32Array, Int64Array, StringArray,
+    TimestampMicrosecondArray,
 };
-use arrow_cast::display::ArrayFormatter;
 use serde::Serialize;
 use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
 
 use super::Entries;
-
-/// Columns every `_index.jsonl` line shows.
-pub const INDEX_COLUMNS: [&str; 4] = ["label", "media_type", "size_bytes", "split"];
+use super::scan::{INDEX_COLUMNS, json_value};
 
 /// Where a `.json` sidecar key's value comes from.
 #[derive(Debug, Clone, Copy)]
@@ -298,7 +295,7 @@ impl Entries {
 
     /// Length of every `_index.jsonl` line, in listing order.
     pub(super) fn index_line_lens(&self, order: Option<&[u32]>) -> Vec<u32> {
-        super::resolve::par_chunks(self.samples.len(), |range| {
+        crate::par::chunks(self.samples.len(), |range| {
             let mut line = Vec::with_capacity(512);
             range
                 .map(|n| {
@@ -367,51 +364,6 @@ fn push_json_str(out: &mut Vec<u8>, parts: &[&[u8]]) {
     } else {
         let text: Vec<u8> = parts.concat();
         serde_json::to_writer(&mut *out, &String::from_utf8_lossy(&text)).ok();
-    }
-}
-
-/// A value as layout text: strings as they are, null as `None`, anything
-/// else as its JSON or Arrow rendering.
-pub fn text_value(col: &dyn Array, i: usize) -> Option<String> {
-    if let Some(a) = col.as_any().downcast_ref::<StringArray>() {
-        return (!a.is_null(i)).then(|| a.value(i).to_string());
-    }
-    match json_value(col, i) {
-        Json::Null => None,
-        Json::String(s) => Some(s),
-        _ => ArrayFormatter::try_new(col, &Default::default())
-            .ok()
-            .map(|f| f.value(i).to_string()),
-    }
-}
-
-/// Row `i` of `col` as a JSON value.
-pub fn json_value(col: &dyn Array, i: usize) -> Json {
-    if col.is_null(i) {
-        return Json::Null;
-    }
-    let any = col.as_any();
-    if let Some(a) = any.downcast_ref::<StringArray>() {
-        Json::from(a.value(i))
-    } else if let Some(d) = any.downcast_ref::<DictionaryArray<Int32Type>>() {
-        json_value(d.values().as_ref(), d.keys().value(i) as usize)
-    } else if let Some(a) = any.downcast_ref::<Int64Array>() {
-        Json::from(a.value(i))
-    } else if let Some(a) = any.downcast_ref::<Int32Array>() {
-        Json::from(a.value(i))
-    } else if let Some(a) = any.downcast_ref::<Float64Array>() {
-        serde_json::Number::from_f64(a.value(i)).map_or(Json::Null, Json::Number)
-    } else if let Some(a) = any.downcast_ref::<Float32Array>() {
-        serde_json::Number::from_f64(f64::from(a.value(i))).map_or(Json::Null, Json::Number)
-    } else if let Some(a) = any.downcast_ref::<BooleanArray>() {
-        Json::from(a.value(i))
-    } else if let Some(a) = any.downcast_ref::<TimestampMicrosecondArray>() {
-        chrono::DateTime::from_timestamp_micros(a.value(i)).map_or(Json::Null, |t| {
-            Json::from(t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string())
-        })
-    } else {
-        ArrayFormatter::try_new(col, &Default::default())
-            .map_or(Json::Null, |f| Json::from(f.value(i).to_string()))
     }
 }
 
@@ -546,6 +498,7 @@ pub fn receipt_size(receipt: &Json) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arrow_array::Float64Array;
     use proptest::prelude::*;
 
     proptest! {

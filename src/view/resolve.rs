@@ -1,67 +1,22 @@
 //! [`resolve()`]: a spec to a [`View`], as a list of steps. Each step is
 //! in its own module; this one only sequences them and assembles the view.
 
-use std::ops::Range;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use anyhow::{Context, Result, anyhow, bail};
 use arrow_array::{Array, Int64Array};
 use iceberg::Catalog;
 
-use super::arrange::{Arranged, Extra, MountRank};
+use super::arrange::{Arranged, Extra};
 use super::compact::{BlobUris, PathArena};
+use super::finish::{Resolver, epoch_plan, epochs_record, measure, untrusted};
 use super::place::{LayoutInput, sort_by_path};
 use super::render::{Columns, QueryRecord, Receipt, Requested, SidecarsRecord, SimilarRecord};
 use super::scan::{Rows, at};
-use super::{Entries, INDEX_STRIDE, LanceAt, Listing, Sample, SearchInfo, View};
-use crate::encode::Encoder;
+use super::{Entries, LanceAt, Sample, SearchInfo, View};
 use crate::similar;
 use crate::spec::{Query, SnapshotSel, Spec};
-use crate::trust::UriTrust;
 use crate::warehouse::parse_table_ident;
-
-/// What resolving a spec needs besides the spec.
-pub struct Resolver<'a> {
-    /// The catalog holding the spec's table.
-    pub catalog: &'a dyn Catalog,
-    /// Encoder for `similar.to.file` queries.
-    pub encoder: &'a dyn Encoder,
-    /// Which URIs samples may be read from.
-    pub trust: &'a UriTrust,
-    /// How to reach the Lance dataset.
-    pub storage: &'a crate::storage::Storage,
-    /// Show only this rank of every view (`--rank`, `--world-size`).
-    pub rank: Option<MountRank>,
-    /// Cut views into `rank.world_size` ranks but show every rank (what
-    /// `lakemount pin --materialize --world-size` writes).
-    pub every_rank: bool,
-    /// The warehouse root, under which materialized views are stored.
-    pub root: &'a url::Url,
-    /// Where a resumed job starts, over the specs' own `resume:`
-    /// (`--resume-at`).
-    pub resume: Option<crate::spec::Resume>,
-}
-
-impl<'a> Resolver<'a> {
-    /// Resolves against `wh` (its catalog, trust rule and storage), with
-    /// `encoder` for queries, showing `rank` only if given.
-    pub fn new(
-        wh: &'a crate::warehouse::Warehouse,
-        encoder: &'a dyn Encoder,
-        rank: Option<MountRank>,
-    ) -> Self {
-        Self {
-            catalog: wh.catalog.as_ref(),
-            encoder,
-            trust: &wh.trust,
-            storage: &wh.storage,
-            rank,
-            every_rank: false,
-            root: &wh.root_url,
-            resume: None,
-        }
-    }
-}
 
 /// Resolves `spec`: from its materialized index when it is pinned with
 /// one, else from the table. Every error names the spec file and key.
@@ -151,67 +106,6 @@ pub async fn resolve_from_table(spec: &Spec, r: &Resolver<'_>) -> Result<View> {
     })
 }
 
-/// How a spec with `epochs:` lists: the mount's world size and rank over
-/// the spec's `shard` (epochs are elastic), `--resume-at` over `resume:`.
-pub(super) fn epoch_plan(
-    spec: &Spec,
-    r: &Resolver<'_>,
-    entries: &Entries,
-) -> Result<Option<super::epochs::EpochPlan>> {
-    let Some(e) = spec.epochs else {
-        return Ok(None);
-    };
-    let resume = r.resume.unwrap_or(e.resume);
-    if resume.epoch >= e.count {
-        bail!(
-            "{}: resuming at epoch {}, but the view has epochs 0 to {}",
-            at(spec, "epochs"),
-            resume.epoch,
-            e.count - 1
-        );
-    }
-    let world_size = r
-        .rank
-        .map(|m| m.world_size)
-        .or(spec.shard.map(|s| s.world_size))
-        .unwrap_or(1);
-    Ok(Some(super::epochs::EpochPlan {
-        count: e.count,
-        seed: match spec.order {
-            Some(crate::spec::Order::Shuffle(s)) => Some(s),
-            _ => None,
-        },
-        resume,
-        world_size,
-        ranked: r.rank.is_some() || spec.shard.is_some(),
-        rank: r.rank.map(|m| m.rank),
-        pad: spec.shard.is_some_and(|s| s.pad),
-        mix: mixture(spec, entries),
-    }))
-}
-
-/// The mixture a spec with `sources` draws from the view's samples.
-fn mixture(spec: &Spec, entries: &Entries) -> Option<Arc<super::epochs::Mix>> {
-    if spec.sources.is_empty() {
-        return None;
-    }
-    let mut members: Vec<Vec<u32>> = vec![Vec::new(); spec.sources.len()];
-    for (i, &s) in entries.extra.sources.iter().enumerate() {
-        members[s as usize].push(i as u32);
-    }
-    let seed = match spec.order {
-        Some(crate::spec::Order::Shuffle(s)) => s,
-        _ => 0,
-    };
-    Some(Arc::new(super::epochs::Mix::new(
-        spec.sources.iter().map(|s| s.name.clone()).collect(),
-        members,
-        &spec.sources.iter().map(|s| s.draw).collect::<Vec<_>>(),
-        spec.epoch_size,
-        seed,
-    )))
-}
-
 /// The rows a view shows, in placement order.
 struct Chosen {
     /// Scan rows: content-id order, rank order in a similarity view,
@@ -247,7 +141,7 @@ async fn select(
     };
     let (mut a, search) = if let Some(sim) = &spec.similar {
         let l = needs_lance("similar")?;
-        let ranked = super::rank::rank(spec, sim, l, lance_rows, rows, &by_id, r).await?;
+        let ranked = super::nearest::nearest(spec, sim, l, lance_rows, rows, &by_id, r).await?;
         let a = Arranged {
             rows: ranked.rows,
             ranks: ranked.ranks,
@@ -288,7 +182,7 @@ async fn select(
             false
         }
     } else {
-        super::arrange::is_ordered(spec, r.rank.is_some())
+        spec.is_ordered(r.rank.is_some())
     };
     if ordered && spec.epochs.is_none() {
         let keep = r.rank.filter(|_| !r.every_rank).map(|m| m.rank);
@@ -301,25 +195,6 @@ async fn select(
         search,
         ordered,
     })
-}
-
-/// The sizes of the generated files: the listing's (rendered once, for its
-/// line offsets too) and each `.json` sidecar's (computed, not rendered).
-pub(super) fn measure(
-    spec: &Spec,
-    entries: &mut Entries,
-    order: Option<Vec<u32>>,
-) -> Result<Listing> {
-    let listing = measure_listing(entries, order);
-    if spec.sidecars.metadata {
-        let lens = par_chunks(entries.samples.len(), |range| {
-            range.map(|i| entries.metadata_len(i)).collect()
-        });
-        for (s, n) in entries.samples.iter_mut().zip(lens) {
-            s.json_len = u32::try_from(n).context("a metadata sidecar exceeds 4 GiB")?;
-        }
-    }
-    Ok(listing)
 }
 
 async fn load_table(spec: &Spec, catalog: &dyn Catalog) -> Result<iceberg::table::Table> {
@@ -346,7 +221,7 @@ async fn open_lance(
     snapshot_id: i64,
     r: &Resolver<'_>,
 ) -> Result<Option<LanceAt>> {
-    let lance = super::scan::open_lance(table, snapshot_id, r.trust, r.storage).await?;
+    let lance = crate::snapshot::open_lance(table, snapshot_id, r.trust, r.storage).await?;
     if let (Some(pinned), Some(l)) = (spec.pinned.as_ref().and_then(|p| p.lance_version), &lance)
         && pinned != l.version
     {
@@ -459,53 +334,6 @@ async fn repacked(
     Ok(())
 }
 
-/// Samples whose URI fails the trust rule; logged once per view.
-pub(super) fn untrusted(entries: &Entries, trust: &UriTrust) -> Vec<u32> {
-    let verdicts = entries.uris.verdicts(|uri| trust.allows(uri));
-    let out: Vec<u32> = (0..entries.samples.len() as u32)
-        .filter(|&i| !verdicts.allows(entries.read_ref(i as usize)))
-        .collect();
-    if let Some(&first) = out.first() {
-        tracing::warn!(
-            samples = out.len(),
-            example = %entries.uri(first as usize),
-            "rows point outside the warehouse and the allowed prefixes; reading them gives EIO"
-        );
-    }
-    out
-}
-
-/// Renders the listing once, in parallel, for its size and the offset of
-/// every [`INDEX_STRIDE`]th line.
-fn measure_listing(entries: &Entries, order: Option<Vec<u32>>) -> Listing {
-    let lens = entries.index_line_lens(order.as_deref());
-    let mut marks = Vec::with_capacity(lens.len() / INDEX_STRIDE + 1);
-    let mut len = 0u64;
-    for (n, l) in lens.iter().enumerate() {
-        if n % INDEX_STRIDE == 0 {
-            marks.push(len);
-        }
-        len += u64::from(*l);
-    }
-    if marks.is_empty() {
-        marks.push(0);
-    }
-    let lines = order.as_ref().map(|o| {
-        let mut lines = vec![0u32; o.len()];
-        for (line, &i) in o.iter().enumerate() {
-            lines[i as usize] = line as u32;
-        }
-        lines
-    });
-    Listing {
-        order,
-        lines,
-        len,
-        marks,
-        sha256: OnceLock::new(),
-    }
-}
-
 fn receipt(
     spec: &Spec,
     snapshot: &iceberg::spec::Snapshot,
@@ -594,48 +422,6 @@ fn receipt(
     })
 }
 
-/// The receipt's `epochs` block: count, seed, where the job resumes, world
-/// size, pad, the rank shown, and a mixture's sources.
-pub(super) fn epochs_record(
-    spec: &Spec,
-    p: &super::epochs::EpochPlan,
-    snapshot_id: i64,
-    row_count: usize,
-) -> serde_json::Value {
-    use serde_json::json;
-    let sources: Option<Vec<serde_json::Value>> = p.mix.as_ref().map(|m| {
-        spec.sources
-            .iter()
-            .enumerate()
-            .map(|(s, src)| {
-                let draw = match src.draw {
-                    crate::spec::Draw::Proportion(x) => json!({"proportion": x}),
-                    crate::spec::Draw::Repeat(x) => json!({"repeat": x}),
-                    crate::spec::Draw::Choose(x) => json!({"choose": x}),
-                };
-                json!({
-                    "name": src.name,
-                    "filter": src.filter.as_ref().map(|f| f.text().to_string()),
-                    "draw": draw,
-                    "samples": m.members[s].len(),
-                    "per_epoch": m.counts[s],
-                    "snapshot_id": snapshot_id,
-                })
-            })
-            .collect()
-    });
-    json!({
-        "count": p.count,
-        "seed": p.seed,
-        "resume": {"epoch": p.resume.epoch, "pos": p.resume.pos},
-        "world_size": p.world_size,
-        "pad": p.pad,
-        "rank": p.rank,
-        "per_epoch": p.mix.as_ref().map_or(row_count as u64, |m| m.len()),
-        "sources": sources,
-    })
-}
-
 /// Debug log of how long each step of a resolution took (`LAKEMOUNT_LOG=debug`).
 struct Phases<'a> {
     spec: &'a str,
@@ -660,38 +446,4 @@ impl<'a> Phases<'a> {
         );
         self.last = now;
     }
-}
-
-/// `f` over `0..n` split in one contiguous range per core: one result per range, in order.
-pub fn par_ranges<R: Send>(n: usize, f: impl Fn(Range<usize>) -> R + Sync) -> Vec<R> {
-    par_ranges_if(n >= 10_000, n, f)
-}
-
-/// [`par_ranges`] when `worth_it`, else one range on this thread.
-pub fn par_ranges_if<R: Send>(
-    worth_it: bool,
-    n: usize,
-    f: impl Fn(Range<usize>) -> R + Sync,
-) -> Vec<R> {
-    let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
-    if threads < 2 || !worth_it || n < threads {
-        return vec![f(0..n)];
-    }
-    let step = n.div_ceil(threads);
-    let f = &f;
-    std::thread::scope(|scope| {
-        let parts: Vec<_> = (0..n)
-            .step_by(step)
-            .map(|start| scope.spawn(move || f(start..(start + step).min(n))))
-            .collect();
-        parts
-            .into_iter()
-            .map(|p| p.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-            .collect()
-    })
-}
-
-/// `f` over `0..n` in parallel ranges, results concatenated in order.
-pub fn par_chunks<T: Send>(n: usize, f: impl Fn(Range<usize>) -> Vec<T> + Sync) -> Vec<T> {
-    par_ranges(n, f).into_iter().flatten().collect()
 }

@@ -12,18 +12,19 @@ use std::sync::Arc;
 use anyhow::{Context, Result, anyhow, bail};
 use arrow_array::types::Int32Type;
 use arrow_array::{
-    Array, ArrayRef, BinaryArray, DictionaryArray, LargeBinaryArray, RecordBatch, UInt32Array,
+    Array, ArrayRef, BinaryArray, BooleanArray, DictionaryArray, Float32Array, Float64Array,
+    Int32Array, Int64Array, LargeBinaryArray, RecordBatch, StringArray, TimestampMicrosecondArray,
+    UInt32Array,
 };
+use arrow_cast::display::ArrayFormatter;
 use arrow_schema::DataType;
 use futures::TryStreamExt;
 use iceberg::spec::{SchemaRef, SnapshotRef};
 use iceberg::table::Table;
+use serde_json::Value as Json;
 
-use super::LanceAt;
 use super::compact::{BlobUris, UriRef};
-use super::render::{INDEX_COLUMNS, text_value};
-use super::resolve::par_ranges_if;
-use crate::catalog::{CHUNK_DIGESTS_COLUMN, PROP_LANCE_URI, PROP_LANCE_VERSION};
+use crate::catalog::CHUNK_DIGESTS_COLUMN;
 use crate::content_id::ContentId;
 use crate::spec::{SnapshotSel, Spec};
 
@@ -67,7 +68,7 @@ pub fn check_layout(
     schema: &iceberg::spec::Schema,
     mount_sharded: bool,
 ) -> Result<()> {
-    let ordered = super::arrange::is_ordered(spec, mount_sharded);
+    let ordered = spec.is_ordered(mount_sharded);
     for field in spec.layout.fields() {
         let computed = match field {
             "ext" => true,
@@ -304,7 +305,7 @@ impl Rows {
             });
         };
         let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-        let parts = par_ranges_if(rows >= 10_000, batches.len(), |range| {
+        let parts = crate::par::ranges_if(rows >= 10_000, batches.len(), |range| {
             let mut d = Decoded::default();
             for b in &batches[range] {
                 d.batch(b)?;
@@ -413,87 +414,50 @@ pub fn compact_column(col: ArrayRef) -> Result<ArrayRef> {
     Ok(if distinct * 4 <= col.len() { dict } else { col })
 }
 
-/// The Lance dataset a snapshot goes with, if the table has one: at the
-/// version the snapshot records; for a snapshot another engine committed
-/// (none recorded), at the newest Lance version committed no later than
-/// the snapshot (and no older than the nearest ancestor's record), which
-/// holds the Lance rows a writer appended before its Iceberg commit.
-pub async fn open_lance(
-    table: &Table,
-    snapshot_id: i64,
-    trust: &crate::trust::UriTrust,
-    storage: &crate::storage::Storage,
-) -> Result<Option<LanceAt>> {
-    let meta = table.metadata();
-    let Some(snapshot) = meta.snapshot_by_id(snapshot_id) else {
-        bail!("table {} has no snapshot {snapshot_id}", table.identifier());
-    };
-    let mut cursor = Some(snapshot);
-    let mut recorded: Option<(u64, Option<String>, bool)> = None;
-    while let Some(s) = cursor {
-        let props = &s.summary().additional_properties;
-        if let Some(v) = props.get(PROP_LANCE_VERSION).and_then(|v| v.parse().ok()) {
-            let own = s.snapshot_id() == snapshot_id;
-            recorded = Some((v, props.get(PROP_LANCE_URI).cloned(), own));
-            break;
-        }
-        cursor = s.parent_snapshot_id().and_then(|p| meta.snapshot_by_id(p));
+/// Columns every `_index.jsonl` line shows.
+pub const INDEX_COLUMNS: [&str; 4] = ["label", "media_type", "size_bytes", "split"];
+
+/// Row `i` of `col` as a JSON value.
+pub fn json_value(col: &dyn Array, i: usize) -> Json {
+    if col.is_null(i) {
+        return Json::Null;
     }
-    let uri = recorded
-        .as_ref()
-        .and_then(|(_, u, _)| u.clone())
-        .or_else(|| meta.properties().get(PROP_LANCE_URI).cloned());
-    let Some(uri) = uri else {
-        return Ok(None);
-    };
-    if !trust.allows_dataset(&uri) {
-        bail!(
-            "table {} belongs to another warehouse: its Lance dataset is {}, outside this warehouse ({}) \
-             and the allowed prefixes; mount with the table's own --warehouse (or its own --table name \
-             in a shared catalog), or pass --allow-uri-prefix if that location is meant to be read",
-            table.identifier(),
-            crate::trust::redact(&uri),
-            trust
-                .warehouse()
-                .map_or("-".to_string(), |u| crate::trust::redact(u.as_str()))
-        );
+    let any = col.as_any();
+    if let Some(a) = any.downcast_ref::<StringArray>() {
+        Json::from(a.value(i))
+    } else if let Some(d) = any.downcast_ref::<DictionaryArray<Int32Type>>() {
+        json_value(d.values().as_ref(), d.keys().value(i) as usize)
+    } else if let Some(a) = any.downcast_ref::<Int64Array>() {
+        Json::from(a.value(i))
+    } else if let Some(a) = any.downcast_ref::<Int32Array>() {
+        Json::from(a.value(i))
+    } else if let Some(a) = any.downcast_ref::<Float64Array>() {
+        serde_json::Number::from_f64(a.value(i)).map_or(Json::Null, Json::Number)
+    } else if let Some(a) = any.downcast_ref::<Float32Array>() {
+        serde_json::Number::from_f64(f64::from(a.value(i))).map_or(Json::Null, Json::Number)
+    } else if let Some(a) = any.downcast_ref::<BooleanArray>() {
+        Json::from(a.value(i))
+    } else if let Some(a) = any.downcast_ref::<TimestampMicrosecondArray>() {
+        chrono::DateTime::from_timestamp_micros(a.value(i)).map_or(Json::Null, |t| {
+            Json::from(t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string())
+        })
+    } else {
+        ArrayFormatter::try_new(col, &Default::default())
+            .map_or(Json::Null, |f| Json::from(f.value(i).to_string()))
     }
-    let ds = match crate::vectors::open(&uri, storage).await? {
-        Some(ds) => ds,
-        // Another engine's table may name a Lance dataset never written.
-        None if recorded.is_none() => return Ok(None),
-        None => bail!(
-            "Lance dataset {uri}, which table {} records, does not exist",
-            table.identifier()
-        ),
-    };
-    let version = match recorded {
-        Some((v, _, true)) => v,
-        other => {
-            let ancestor = other.map(|(v, _, _)| v);
-            let floor = ancestor.unwrap_or(0);
-            let by_time = ds
-                .versions()
-                .await?
-                .into_iter()
-                .filter(|v| v.timestamp.timestamp_millis() <= snapshot.timestamp_ms())
-                .map(|v| v.version)
-                .max();
-            match by_time.map(|t| t.max(floor)).or(ancestor) {
-                Some(v) => v,
-                None => return Ok(None),
-            }
-        }
-    };
-    let ds = ds
-        .checkout_version(version)
-        .await
-        .with_context(|| format!("Lance dataset {uri} has no version {version}"))?;
-    let dim = crate::vectors::dim_of(&ds)?;
-    Ok(Some(LanceAt {
-        uri,
-        version,
-        dataset: Arc::new(ds),
-        dim,
-    }))
+}
+
+/// A value as layout text: strings as they are, null as `None`, anything
+/// else as its JSON or Arrow rendering.
+pub fn text_value(col: &dyn Array, i: usize) -> Option<String> {
+    if let Some(a) = col.as_any().downcast_ref::<StringArray>() {
+        return (!a.is_null(i)).then(|| a.value(i).to_string());
+    }
+    match json_value(col, i) {
+        Json::Null => None,
+        Json::String(s) => Some(s),
+        _ => ArrayFormatter::try_new(col, &Default::default())
+            .ok()
+            .map(|f| f.value(i).to_string()),
+    }
 }

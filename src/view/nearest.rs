@@ -27,7 +27,7 @@ pub struct Ranked {
 }
 
 /// Ranks `candidates` (scan rows in content-id order) against the query.
-pub async fn rank(
+pub async fn nearest(
     spec: &Spec,
     sim: &Similar,
     lance: &LanceAt,
