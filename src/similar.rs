@@ -165,7 +165,7 @@ pub struct SearchParams {
 
 /// Candidate sets at most this large are scored by fetching every
 /// embedding; larger ones use Lance's brute-force kernel first.
-const TAKE_ALL_LIMIT: usize = 4096;
+pub const TAKE_ALL_LIMIT: usize = 4096;
 /// Extra exact candidates fetched past k so ties at the boundary still
 /// break by content id.
 const TIE_MARGIN: usize = 16;

@@ -117,7 +117,7 @@ impl Drop for Proxy {
 #[test]
 fn a_flaky_network_never_serves_wrong_bytes_or_half_publishes() {
     if is_local() {
-        eprintln!("not run on local: the faults are injected in front of an S3 endpoint");
+        common::skipped("the faults are injected in front of an S3 endpoint");
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

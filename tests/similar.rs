@@ -369,7 +369,7 @@ async fn large_candidate_sets_use_the_flat_kernel_and_stay_exact() {
         x ^= x << 17;
         (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5
     };
-    let rows: Vec<lakemount::vectors::VectorRow> = (0..6000)
+    let rows: Vec<lakemount::vectors::VectorRow> = (0..10_000)
         .map(|i| lakemount::vectors::VectorRow {
             content_id: format!("{i:064x}"),
             embedding: (0..8).map(|_| next()).collect(),
@@ -394,6 +394,9 @@ async fn large_candidate_sets_use_the_flat_kernel_and_stay_exact() {
         .step_by(2)
         .map(|r| (r.content_id.clone(), ids[&r.content_id]))
         .collect();
+    // More candidates than rank() scores by fetching them all: the flat
+    // kernel (k + margin from Lance, then exact re-scoring) decides.
+    assert!(candidates.len() > lakemount::similar::TAKE_ALL_LIMIT);
     let q: Vec<f32> = (0..8).map(|_| next()).collect();
     for metric in [Metric::Cosine, Metric::L2, Metric::Dot] {
         let p = SearchParams {

@@ -70,8 +70,30 @@ pub fn local_only(why: &str) -> bool {
     if is_local() {
         return false;
     }
-    eprintln!("not run on {}: {why}", backend());
+    skipped(why);
     true
+}
+
+/// Records that the calling test does not run on this backend, and why:
+/// on stderr, and as a line of `$LAKEMOUNT_SKIP_LOG` (backend, test, why),
+/// which `scripts/test.sh` counts and prints, so a skip never reads as a
+/// pass.
+pub fn skipped(why: &str) {
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("unnamed test")
+        .to_string();
+    eprintln!("not run on {}: {why}", backend());
+    if let Ok(log) = std::env::var("LAKEMOUNT_SKIP_LOG") {
+        use std::io::Write;
+        let line = format!("{}\t{test}\t{why}\n", backend());
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log);
+        let wrote = file.and_then(|mut f| f.write_all(line.as_bytes()));
+        wrote.unwrap_or_else(|e| panic!("cannot append to LAKEMOUNT_SKIP_LOG {log}: {e}"));
+    }
 }
 
 fn env(name: &str) -> String {
