@@ -464,7 +464,7 @@ impl ViewFs {
                 Some(l.saturating_sub(n))
             })
             .unwrap_or(0);
-        if before < n {
+        if before <= n {
             let mut st = self.write_state();
             if st.retired.contains(&tree.id) && tree.lookups.load(Ordering::Acquire) == 0 {
                 st.retired.remove(&tree.id);
