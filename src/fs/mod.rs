@@ -663,9 +663,7 @@ impl ViewFs {
                 .map_err(|e| fetch_failed(view, i, e))?;
                 if chunks.len() == 1 {
                     let base = first * CHUNK;
-                    return Ok(chunks[0].slice(
-                        (offset - base) as usize..((end - base) as usize).min(CHUNK as usize - 1),
-                    ));
+                    return Ok(chunks[0].slice((offset - base) as usize..(end - base) as usize));
                 }
                 let mut out = BytesMut::with_capacity((end - offset) as usize);
                 for (k, chunk) in chunks.iter().enumerate() {
