@@ -60,6 +60,15 @@ pub struct PathArena {
     text: String,
 }
 
+/// Where `needle` first occurs in `hay`, for a file name (at most 255
+/// bytes) and an id's hex: a plain scan, which beats building a Two-Way
+/// searcher (`str::find`) per name by far.
+fn find_short(hay: &str, needle: &str) -> Option<usize> {
+    let (h, n) = (hay.as_bytes(), needle.as_bytes());
+    let first = *n.first()?;
+    (0..(h.len() + 1).checked_sub(n.len())?).find(|&k| h[k] == first && h[k..].starts_with(n))
+}
+
 /// The arena outgrew its 32-bit offsets.
 #[derive(Debug, thiserror::Error)]
 #[error("the view's paths exceed 4 GiB")]
@@ -73,7 +82,7 @@ impl PathArena {
         let hex = std::str::from_utf8(&hex).unwrap_or_default();
         let start = self.text.len();
         let cut = path.rfind('/').map_or(0, |k| k + 1);
-        match path[cut..].find(hex) {
+        match find_short(&path[cut..], hex) {
             Some(pos) => {
                 self.text.push_str(&path[..cut + pos]);
                 self.text.push(ID_MARK);
@@ -81,6 +90,20 @@ impl PathArena {
             }
             None => self.text.push_str(path),
         }
+        let end = u32::try_from(self.text.len()).map_err(|_| ArenaFull)?;
+        Ok(PathSpan {
+            start: start as u32,
+            len: end - start as u32,
+        })
+    }
+
+    /// Stores a path given as its directory part (with the trailing `/`)
+    /// and a file name in which `\0` already stands for the content id (as
+    /// a materialized index keeps names), without searching for the id.
+    pub fn push_marked(&mut self, dir: &str, name: &str) -> Result<PathSpan, ArenaFull> {
+        let start = self.text.len();
+        self.text.push_str(dir);
+        self.text.push_str(name);
         let end = u32::try_from(self.text.len()).map_err(|_| ArenaFull)?;
         Ok(PathSpan {
             start: start as u32,
@@ -291,21 +314,30 @@ impl BlobUris {
             None => None,
         };
         match shared {
-            Some((prefix, shape)) => {
-                let n = match self.prefixes.iter().position(|p| p == prefix) {
-                    Some(n) => n,
-                    None => {
-                        self.prefixes.push(prefix.to_string());
-                        self.prefixes.len() - 1
-                    }
-                };
-                UriRef(n as u32 | shape)
-            }
+            Some((prefix, shape)) => self.prefixed(prefix, shape),
             None => {
                 self.full.push(uri.into());
                 UriRef((self.full.len() - 1) as u32 | FULL)
             }
         }
+    }
+
+    /// Stores the URI `prefix` + the id (`fanned`: + its first two hex
+    /// digits, `/`, the id), as [`BlobUris::intern`] stores such a URI,
+    /// without building it.
+    pub fn intern_prefix(&mut self, prefix: &str, fanned: bool) -> UriRef {
+        self.prefixed(prefix, if fanned { FANNED } else { 0 })
+    }
+
+    fn prefixed(&mut self, prefix: &str, shape: u32) -> UriRef {
+        let n = match self.prefixes.iter().rposition(|p| p == prefix) {
+            Some(n) => n,
+            None => {
+                self.prefixes.push(prefix.to_string());
+                self.prefixes.len() - 1
+            }
+        };
+        UriRef(n as u32 | shape)
     }
 
     /// The number of object `uri`, added if new.
@@ -480,6 +512,24 @@ impl Verdicts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn find_short_agrees_with_find() {
+        for (hay, needle) in [
+            ("abcabd", "abd"),
+            ("ab", "abc"),
+            ("", "a"),
+            ("xaa", "aa"),
+            ("aaa", "a"),
+            ("q", "q"),
+        ] {
+            assert_eq!(
+                find_short(hay, needle),
+                hay.find(needle),
+                "{hay:?} {needle:?}"
+            );
+        }
+    }
     use proptest::prelude::*;
 
     fn id(seed: u8) -> ContentId {

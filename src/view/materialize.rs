@@ -51,8 +51,8 @@ use sha2::{Digest, Sha256};
 
 use super::arrange::Extra;
 use super::compact::{BlobUris, PathArena};
+use super::finish::Resolver;
 use super::render::Columns;
-use super::resolve::Resolver;
 use super::scan::at;
 use super::{Entries, LanceAt, Sample, SearchInfo, View};
 use crate::content_id::ContentId;
@@ -771,7 +771,7 @@ async fn finish(
             })
         }
     };
-    entries.untrusted = super::resolve::untrusted(&entries, r.trust);
+    entries.untrusted = super::finish::untrusted(&entries, r.trust);
     entries.npy_len = lance.as_ref().map_or(0, |l| {
         crate::npy::write_vector(&vec![0.0; l.dim]).len() as u64
     });
@@ -781,8 +781,8 @@ async fn finish(
         order
     });
     drop(lines);
-    let listing = super::resolve::measure(spec, &mut entries, order)?;
-    let epochs = super::resolve::epoch_plan(spec, r, &entries)?;
+    let listing = super::finish::measure(spec, &mut entries, order)?;
+    let epochs = super::finish::epoch_plan(spec, r, &entries)?;
     // The whole view's receipt, as this mount shows it.
     let mut receipt = header.receipt;
     let rows = entries.samples.len();
@@ -797,7 +797,7 @@ async fn finish(
         if let Some(p) = &epochs {
             map.insert(
                 "epochs".into(),
-                super::resolve::epochs_record(spec, p, header.snapshot_id, rows),
+                super::finish::epochs_record(spec, p, header.snapshot_id, rows),
             );
         }
     }
@@ -900,27 +900,30 @@ fn entries(
                     .try_into()
                     .map_err(|_| anyhow!("a content_id is not 32 bytes"))?,
             );
-            let hex = id.hex();
-            let name = names.value(k).replacen('\0', &hex, 1);
-            let path = format!("{}{name}", dirs.value(k));
             let uri = match shapes.value(k) {
-                0 => uri_text.value(k).to_string(),
-                1 => format!("{}{}/{hex}", uri_text.value(k), &hex[..2]),
-                2 => format!("{}{hex}", uri_text.value(k)),
-                3 if !offs.is_null(k) && !lens.is_null(k) => crate::packs::range_uri(
-                    uri_text.value(k),
-                    offs.value(k),
-                    u64::from(lens.value(k)),
+                0 => uris.intern(uri_text.value(k), &id),
+                1 => uris.intern_prefix(uri_text.value(k), true),
+                2 => uris.intern_prefix(uri_text.value(k), false),
+                3 if !offs.is_null(k) && !lens.is_null(k) => uris.intern(
+                    &crate::packs::range_uri(
+                        uri_text.value(k),
+                        offs.value(k),
+                        u64::from(lens.value(k)),
+                    ),
+                    &id,
                 ),
-                other => bail!("uri_shape {other} of {hex} is not one this lakemount reads"),
+                other => bail!(
+                    "uri_shape {other} of {} is not one this lakemount reads",
+                    id.hex()
+                ),
             };
             let i = samples.len() as u32;
             samples.push(Sample {
                 content_id: id,
                 size: sizes.value(k),
                 lance_row: (!lance.is_null(k)).then(|| lance.value(k)),
-                path: paths.push(&path, &id)?,
-                uri: uris.intern(&uri, &id),
+                path: paths.push_marked(dirs.value(k), names.value(k))?,
+                uri,
                 json_len: 0,
                 npy: npy.value(k),
             });
