@@ -375,8 +375,15 @@ impl Rows {
             rows.dedup_by_key(|r| self.ids[*r as usize]);
         } else {
             // A mixture keeps a sample once per source that has it, sources
-            // in order.
-            rows.sort_by_key(|&r| (self.sources[r as usize], self.ids[r as usize]));
+            // in order: the rows are in id order already (ties in scan
+            // order), so a stable split by source orders them by (source,
+            // id), and the first in scan order of each pair wins.
+            let n = self.sources.iter().max().map_or(0, |&m| usize::from(m) + 1);
+            let mut split: Vec<Vec<u32>> = vec![Vec::new(); n];
+            for r in rows {
+                split[usize::from(self.sources[r as usize])].push(r);
+            }
+            rows = split.concat();
             rows.dedup_by_key(|r| (self.sources[*r as usize], self.ids[*r as usize]));
         }
         rows
