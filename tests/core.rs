@@ -28,20 +28,9 @@ struct Fixture {
 /// A warehouse with nine images and a 2.5 MB sample, resolved with the default spec.
 async fn fixture() -> Fixture {
     let tmp = tempfile::tempdir().unwrap();
-    let files = image_folder(&tmp.path().join("in"), &[("cat", 6), ("dog", 3)]);
-    let mut big = vec![0u8; 2_500_000];
-    for (i, b) in big.iter_mut().enumerate() {
-        *b = (i * 7 % 251) as u8;
-    }
-    std::fs::create_dir_all(tmp.path().join("in/blob")).unwrap();
-    std::fs::write(tmp.path().join("in/blob/big.bin"), &big).unwrap();
     let wh = open(&tmp.path().join("wh")).await;
-    // One object per sample: the memory source serves bytes by content id.
-    let mut config = quiet(lakemount::ingest::InputSource::Dir(tmp.path().join("in")));
-    config.pack = lakemount::ingest::PackMode::Off;
-    lakemount::ingest::run(&config, &wh, &lakemount::encode::builtin::BuiltinEncoder)
-        .await
-        .unwrap();
+    let in_dir = tmp.path().join("in");
+    let bytes = ingest_images_and_big(&in_dir, &wh, &[("cat", 6), ("dog", 3)], 2_500_000).await;
     let spec = lakemount::spec::parse(
         "name: v\n",
         std::path::Path::new("v.yaml"),
@@ -49,11 +38,6 @@ async fn fixture() -> Fixture {
     )
     .unwrap();
     let view = Arc::new(resolve(&wh, &spec).await.unwrap());
-    let mut bytes: HashMap<ContentId, Vec<u8>> = files
-        .into_values()
-        .map(|b| (ContentId::of(&b), b))
-        .collect();
-    bytes.insert(ContentId::of(&big), big);
     Fixture {
         _tmp: tmp,
         view,

@@ -13,17 +13,6 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 
-/// {path: sha256 of its bytes} of every file under `root`.
-fn contents(root: &Path) -> BTreeMap<String, String> {
-    walk(root)
-        .into_keys()
-        .map(|p| {
-            let bytes = std::fs::read(root.join(&p)).unwrap();
-            (p, sha256(&bytes))
-        })
-        .collect()
-}
-
 /// `lakemount pin [--materialize ...] SPEC -o OUT`: stderr on success.
 fn pin(wh: &Path, spec: &Path, out: &Path, extra: &[&str]) -> String {
     let res = bin()
@@ -73,7 +62,7 @@ fn pin_both(wh: &Path, specs: &[PathBuf], dir: &Path, extra: &[&str]) -> (PathBu
 }
 
 fn assert_same(plain: &Path, mat: &Path, what: &str) {
-    let (a, b) = (contents(plain), contents(mat));
+    let (a, b) = (digests(plain), digests(mat));
     assert!(!a.is_empty());
     if a != b {
         let only_a: Vec<_> = a
@@ -175,26 +164,15 @@ fn materialized_views_show_what_resolved_views_show() {
 /// Flips one byte of the object at `uri`: `at` bytes from its start, or
 /// from its end when negative.
 async fn flip(wh: &Path, uri: &str, at: i64) {
-    use object_store::ObjectStoreExt;
     let w = open(wh).await;
-    let url = url::Url::parse(uri).unwrap();
-    let (_, path) = object_store::ObjectStoreScheme::parse(&url).unwrap();
-    let store = w.storage.object_store(&url).unwrap();
-    let mut bytes = store
-        .get(&path)
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap()
-        .to_vec();
-    let k = if at < 0 {
-        bytes.len() - at.unsigned_abs() as usize
-    } else {
-        at as usize
+    let pick = |len: usize| {
+        if at < 0 {
+            len - at.unsigned_abs() as usize
+        } else {
+            at as usize
+        }
     };
-    bytes[k] ^= 0x20;
-    store.put(&path, bytes.into()).await.unwrap();
+    flip_object_byte(&w, uri, pick, 0x20).await;
 }
 
 fn ls_err(wh: &Path, spec: &Path, extra: &[&str]) -> String {
@@ -379,7 +357,7 @@ fn an_index_written_by_an_earlier_version_reads_the_same() {
         )
         .unwrap();
         let m = MountGuard::start(&wh, &[&spec], &root.join("mnt"));
-        let listing: String = contents(&m.mountpoint)
+        let listing: String = digests(&m.mountpoint)
             .into_iter()
             .map(|(p, h)| format!("{p}\t{h}\n"))
             .collect();
@@ -403,7 +381,7 @@ fn an_index_written_by_an_earlier_version_reads_the_same() {
         .collect();
     assert!(expected.len() > 20);
     let m = MountGuard::start(&wh, &[&spec], &root.join("mnt"));
-    assert_eq!(contents(&m.mountpoint), expected);
+    assert_eq!(digests(&m.mountpoint), expected);
     drop(m);
     let _ = std::fs::remove_dir_all(root);
 }

@@ -96,22 +96,10 @@ fn memory(bytes: &HashMap<ContentId, Vec<u8>>) -> MemorySource {
 
 async fn build_world() -> World {
     let tmp = tempfile::tempdir().unwrap();
-    let files = image_folder(&tmp.path().join("in"), &[("cat", 5), ("dog", 3)]);
-    // A sample of several chunks, whose edges the random reads cross.
-    let big: Vec<u8> = (0..2_300_000u32).map(|i| (i * 13 % 251) as u8).collect();
-    std::fs::create_dir_all(tmp.path().join("in/blob")).unwrap();
-    std::fs::write(tmp.path().join("in/blob/big.bin"), &big).unwrap();
     let wh = open(&tmp.path().join("wh")).await;
-    let mut config = quiet(lakemount::ingest::InputSource::Dir(tmp.path().join("in")));
-    config.pack = lakemount::ingest::PackMode::Off;
-    lakemount::ingest::run(&config, &wh, &lakemount::encode::builtin::BuiltinEncoder)
-        .await
-        .unwrap();
-    let mut bytes: HashMap<ContentId, Vec<u8>> = files
-        .into_values()
-        .map(|b| (ContentId::of(&b), b))
-        .collect();
-    bytes.insert(ContentId::of(&big), big);
+    // With a sample of several chunks, whose edges the random reads cross.
+    let labels = [("cat", 5), ("dog", 3)];
+    let bytes = ingest_images_and_big(&tmp.path().join("in"), &wh, &labels, 2_300_000).await;
     let table = table_name(&tmp.path().join("wh"));
     let view = |text: &str| {
         let spec = lakemount::spec::parse(text, std::path::Path::new("s.yaml"), &table).unwrap();

@@ -162,20 +162,7 @@ async fn a_corrupt_byte_in_a_pack_fails_only_its_sample() {
     let (object, range) = lakemount::packs::split(&uri);
     let (offset, length) = range.unwrap();
     // Flip a byte in the middle of the victim's range of the pack object.
-    let url = url::Url::parse(object).unwrap();
-    let (_, path) = object_store::ObjectStoreScheme::parse(&url).unwrap();
-    let store = w.storage.object_store(&url).unwrap();
-    use object_store::ObjectStoreExt;
-    let mut bytes = store
-        .get(&path)
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap()
-        .to_vec();
-    bytes[(offset + length / 2) as usize] ^= 0x55;
-    store.put(&path, bytes.into()).await.unwrap();
+    flip_object_byte(&w, object, |_| (offset + length / 2) as usize, 0x55).await;
 
     let s = spec(tmp.path(), "name: s\nsidecars: []\n");
     let mnt = tmp.path().join("mnt");

@@ -18,17 +18,6 @@ fn python() -> PathBuf {
         .join("bin/python")
 }
 
-/// Every file under `root`: path -> SHA-256 of its bytes.
-fn digests(root: &Path) -> BTreeMap<String, String> {
-    walk(root)
-        .into_keys()
-        .map(|p| {
-            let bytes = std::fs::read(root.join(&p)).unwrap();
-            (p, sha256(&bytes))
-        })
-        .collect()
-}
-
 #[test]
 fn several_mounts_of_one_pinned_spec_show_the_same_files() {
     let tmp = tempfile::tempdir().unwrap();

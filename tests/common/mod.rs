@@ -631,3 +631,67 @@ impl iceberg::Catalog for FailingCommits {
         ))
     }
 }
+
+/// Every file under `root`: path -> SHA-256 of its bytes.
+pub fn digests(root: &Path) -> std::collections::BTreeMap<String, String> {
+    walk(root)
+        .into_keys()
+        .map(|p| {
+            let bytes = std::fs::read(root.join(&p)).unwrap();
+            (p, sha256(&bytes))
+        })
+        .collect()
+}
+
+/// Flips one byte (xor `mask`) of the object at `uri` in `wh`'s storage:
+/// the byte `at(len)` picks for an object of `len` bytes.
+pub async fn flip_object_byte(
+    wh: &Warehouse,
+    uri: &str,
+    at: impl FnOnce(usize) -> usize,
+    mask: u8,
+) {
+    use object_store::ObjectStoreExt;
+    let url = url::Url::parse(uri).unwrap();
+    let (_, path) = object_store::ObjectStoreScheme::parse(&url).unwrap();
+    let store = wh.storage.object_store(&url).unwrap();
+    let mut bytes = store
+        .get(&path)
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .to_vec();
+    let k = at(bytes.len());
+    bytes[k] ^= mask;
+    store.put(&path, bytes.into()).await.unwrap();
+}
+
+/// Images in `labels` folders and one generated sample of `big_len` bytes
+/// (several chunks, under `blob/`), ingested into `wh` one object per
+/// sample, so that a memory source can serve them by content id. Returns
+/// every sample's bytes by content id.
+pub async fn ingest_images_and_big(
+    dir: &Path,
+    wh: &Warehouse,
+    labels: &[(&str, u32)],
+    big_len: usize,
+) -> HashMap<lakemount::content_id::ContentId, Vec<u8>> {
+    use lakemount::content_id::ContentId;
+    let files = image_folder(dir, labels);
+    let big: Vec<u8> = (0..big_len).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::create_dir_all(dir.join("blob")).unwrap();
+    std::fs::write(dir.join("blob/big.bin"), &big).unwrap();
+    let mut config = quiet(InputSource::Dir(dir.to_path_buf()));
+    config.pack = lakemount::ingest::PackMode::Off;
+    lakemount::ingest::run(&config, wh, &lakemount::encode::builtin::BuiltinEncoder)
+        .await
+        .unwrap();
+    let mut bytes: HashMap<ContentId, Vec<u8>> = files
+        .into_values()
+        .map(|b| (ContentId::of(&b), b))
+        .collect();
+    bytes.insert(ContentId::of(&big), big);
+    bytes
+}
