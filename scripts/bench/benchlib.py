@@ -26,6 +26,18 @@ def find_bin(explicit: str | None) -> str:
     raise SystemExit("no lakemount binary found: run `cargo build --release` or pass --bin")
 
 
+def meta_table(wh: Path, rows: int, binary: str) -> None:
+    """The metadata-only table bench.meta of `rows` rows in warehouse `wh`
+    (gen_meta.py), unless `wh` exists already."""
+    if wh.exists():
+        return
+    print(f"generating a {rows}-row metadata table ...", flush=True)
+    import subprocess
+    import sys
+    subprocess.run([sys.executable, str(Path(__file__).resolve().parent / "gen_meta.py"), str(wh),
+                    "--rows", str(rows), "--bin", binary], check=True)
+
+
 def generate_images(dest: Path, count: int, size_kb: int, labels: int = 10, seed: int = 1) -> list[Path]:
     """`count` PNGs of about `size_kb` KB each (noise does not compress), in
     DEST/<label>/<n>.png. Deterministic for a given seed."""

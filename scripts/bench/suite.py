@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import Mount, drop_page_cache, find_bin, generate_images, median, read_all, read_files, report  # noqa: E402
+from benchlib import Mount, drop_page_cache, find_bin, generate_images, median, meta_table, read_all, read_files, report  # noqa: E402
 
 
 class Bindfs:
@@ -225,10 +225,7 @@ def prefetch_section(args, binary, work, paths, wh, results):
 
 def meta_section(args, binary, work, out):
     wh = work / "meta-wh"
-    if not wh.exists():
-        here = Path(__file__).resolve().parent
-        subprocess.run([sys.executable, str(here / "gen_meta.py"), str(wh), "--rows", str(args.meta_rows),
-                        "--bin", binary], check=True)
+    meta_table(wh, args.meta_rows, binary)
     spec = work / "meta.yaml"
     spec.write_text("name: meta\ntable: bench.meta\nsidecars: []\n")
     empty = work / "empty.yaml"
@@ -280,10 +277,7 @@ def epochs_section(args, binary, work, out):
     plain view of the same rows: mount-ready time and RSS above an empty
     mount (medians), and `find` over one epoch of one rank (of 8)."""
     wh = work / "meta-wh"
-    if not wh.exists():
-        here = Path(__file__).resolve().parent
-        subprocess.run([sys.executable, str(here / "gen_meta.py"), str(wh), "--rows", str(args.meta_rows),
-                        "--bin", binary], check=True)
+    meta_table(wh, args.meta_rows, binary)
     plain = work / "plain.yaml"
     plain.write_text("name: v\ntable: bench.meta\nsidecars: []\n")
     mix = work / "mix.yaml"

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import Mount, find_bin, median  # noqa: E402
+from benchlib import Mount, find_bin, median, meta_table  # noqa: E402
 
 
 def status(pid: int, key: str) -> int:
@@ -63,11 +63,7 @@ def main():
     work = args.work or Path(tempfile.mkdtemp(prefix="lakemount-bench-views-"))
     work.mkdir(parents=True, exist_ok=True)
     wh = work / f"wh-{args.rows}"
-    if not wh.exists():
-        print(f"generating a {args.rows}-row metadata table ...", flush=True)
-        here = Path(__file__).resolve().parent
-        subprocess.run([sys.executable, str(here / "gen_meta.py"), str(wh), "--rows", str(args.rows),
-                        "--bin", binary], check=True)
+    meta_table(wh, args.rows, binary)
     spec = work / "v.yaml"
     spec.write_text("name: v\ntable: bench.meta\n")
     empty = work / "empty.yaml"
