@@ -13,7 +13,7 @@
 
 use std::time::Instant;
 
-use anyhow::Result;
+use lakemount::Result;
 use lakemount::similar::{self, IndexParams, SearchParams};
 use lakemount::spec::Metric;
 use lakemount::vectors::{self, VectorRow};

@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use anyhow::{Context, Result};
+use crate::error::{Context, Result};
 use arrow_array::Array;
 use futures::TryStreamExt;
 use iceberg::table::Table;
@@ -62,7 +62,7 @@ pub async fn check(
         .collect();
     for s in snapshots {
         if !ids.iter().any(|(_, id)| id == s) {
-            anyhow::bail!(
+            crate::error::bail!(
                 "table {} has no snapshot {s} (run `lakemount snapshots` to list them)",
                 table.identifier()
             );

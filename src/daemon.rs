@@ -19,7 +19,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use anyhow::{Context, Result, bail};
+use crate::error::{Context, ErrorKind, Result, bail};
 
 /// Environment variable naming the readiness pipe in a daemon's child.
 pub const READY_FD: &str = "LAKEMOUNT_READY_FD";
@@ -54,13 +54,13 @@ pub fn adopt_ready_pipe() {
 }
 
 /// Tells a waiting parent how the mount went (once; later calls do nothing).
-pub fn report(outcome: Result<(), String>) {
+pub fn report(outcome: Result<(), (crate::error::ErrorKind, String)>) {
     let Some(mut file) = READY.lock().ok().and_then(|mut r| r.take()) else {
         return;
     };
     let text = match outcome {
         Ok(()) => "ok\n".to_string(),
-        Err(e) => format!("error: {e}\n"),
+        Err((kind, e)) => format!("error {}: {e}\n", kind.exit_code()),
     };
     let _ = file.write_all(text.as_bytes());
 }
@@ -72,7 +72,7 @@ pub fn spawn(args: &[OsString], log: &Path) -> Result<u32> {
     let mut fds = [0i32; 2];
     // SAFETY: fds is a valid array of two ints.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        bail!("cannot create a pipe: {}", std::io::Error::last_os_error());
+        bail!(kind: Internal, "cannot create a pipe: {}", std::io::Error::last_os_error());
     }
     // SAFETY: pipe2 just returned these two descriptors to us.
     let (read_end, write_end) =
@@ -107,14 +107,25 @@ pub fn spawn(args: &[OsString], log: &Path) -> Result<u32> {
     match text.trim_end() {
         "ok" => Ok(child.id()),
         "" => bail!(
+            kind: Internal,
             "the mount daemon exited before the mount was ready; see {}",
             log.display()
         ),
-        other => bail!(
-            "{} (log: {})",
-            other.trim_start_matches("error: "),
-            log.display()
-        ),
+        other => {
+            // `error CODE: message`, CODE the daemon's exit status.
+            let rest = other.strip_prefix("error ").unwrap_or(other);
+            let (kind, message) = match rest.split_once(": ") {
+                Some((code, m)) => match code.parse().ok().and_then(ErrorKind::from_exit_code) {
+                    Some(kind) => (kind, m),
+                    None => (ErrorKind::Internal, rest),
+                },
+                None => (ErrorKind::Internal, rest),
+            };
+            Err(crate::error::Error::new(
+                kind,
+                format!("{message} (log: {})", log.display()),
+            ))
+        }
     }
 }
 
@@ -159,7 +170,7 @@ pub fn helper_args(argv: &[OsString]) -> Result<Vec<OsString>> {
         }
     }
     let [source, mountpoint] = positional.as_slice() else {
-        bail!(
+        bail!(kind: Usage,
             "usage: mount.fuse.lakemount SPECS MOUNTPOINT -o warehouse=DIR[,OPTION=VALUE...] (got {} arguments)",
             positional.len()
         );
@@ -179,11 +190,11 @@ pub fn helper_args(argv: &[OsString]) -> Result<Vec<OsString>> {
         let name = key.replace('_', "-");
         let takes_value = match known.iter().find(|(k, _)| *k == name && k != "daemon") {
             Some((_, v)) => *v,
-            None if key.is_empty() => bail!(
+            None if key.is_empty() => bail!(kind: Usage,
                 "option {:?} has no name before `=`; options are KEY=VALUE or a flag name",
                 crate::files::excerpt(o, 40)
             ),
-            None => bail!(
+            None => bail!(kind: Usage,
                 "unknown option {:?}; options are the long options of `lakemount mount --help` with _ for - ({})",
                 crate::files::excerpt(key, 40),
                 known
@@ -197,8 +208,8 @@ pub fn helper_args(argv: &[OsString]) -> Result<Vec<OsString>> {
         match (takes_value, value) {
             (true, Some(v)) => out.push(format!("--{name}={v}").into()),
             (false, None) => out.push(format!("--{name}").into()),
-            (true, None) => bail!("option {key} needs a value ({key}=...)"),
-            (false, Some(_)) => bail!("option {key} is a flag and takes no value"),
+            (true, None) => bail!(kind: Usage, "option {key} needs a value ({key}=...)"),
+            (false, Some(_)) => bail!(kind: Usage, "option {key} is a flag and takes no value"),
         }
     }
     for spec in source.to_string_lossy().split(':') {

@@ -25,7 +25,7 @@
 //! and each later one gets `~<first 12 hex digits of its content id>` before
 //! its extension.
 
-use anyhow::{Result, bail};
+use crate::error::{Result, bail};
 
 /// Longest file name most filesystems (and the kernel's FUSE layer) accept.
 pub const NAME_MAX: usize = 255;

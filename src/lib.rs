@@ -11,7 +11,11 @@
 //! [`fuse`] is the kernel adapter, [`mount`] the session. [`check`] tests
 //! the tables' invariants; [`trust`] is the boundary between table
 //! contents and the machine, [`files`] and [`runtime`] between the user's
-//! files and other users; [`par`] runs the data-parallel loops.
+//! files and other users; [`par`] runs the data-parallel loops. Every
+//! fallible public function returns [`Result`] with the one [`Error`]
+//! type, whose [`ErrorKind`] sets the process's exit status (the fs core's
+//! `FsError` is the errno the kernel gets, and a few leaf parsers return a
+//! typed error of their own that converts into it).
 
 pub mod blobs;
 pub mod cache;
@@ -21,6 +25,7 @@ pub mod cli;
 pub mod content_id;
 pub mod daemon;
 pub mod encode;
+pub mod error;
 pub mod files;
 pub mod fs;
 pub mod fuse;
@@ -44,3 +49,5 @@ pub mod vectors;
 pub mod view;
 pub mod warehouse;
 pub mod watch;
+
+pub use error::{Error, ErrorKind, Result};

@@ -20,7 +20,7 @@ fn main() -> std::process::ExitCode {
                 .collect(),
             Err(e) => {
                 eprintln!("mount.fuse.lakemount: {e:#}");
-                return std::process::ExitCode::from(1);
+                return std::process::ExitCode::from(e.kind().exit_code());
             }
         }
     } else {

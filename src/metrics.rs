@@ -299,8 +299,11 @@ impl Metrics {
 /// Serves `metrics` as `GET /metrics` (any path works) on `addr` until the
 /// runtime stops. Returns once the socket is bound, so a bad address is an
 /// error at mount.
-pub async fn serve(addr: &str, metrics: Arc<Metrics>) -> anyhow::Result<std::net::SocketAddr> {
-    use anyhow::Context;
+pub async fn serve(
+    addr: &str,
+    metrics: Arc<Metrics>,
+) -> crate::error::Result<std::net::SocketAddr> {
+    use crate::error::Context;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
         format!("--metrics {addr}: cannot listen there (expected HOST:PORT, e.g. 127.0.0.1:9464)")

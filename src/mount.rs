@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use crate::error::{Context, Result, bail};
 use fuser::{Config, MountOption, SessionACL};
 
 use crate::cache::ChunkCache;
@@ -100,6 +100,7 @@ pub fn check_mountpoint(path: &Path, warehouse: Option<&Path>) -> Result<()> {
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => bail!(
+            kind: Conflict,
             "{} is a stale mount (its daemon died); run `lakemount umount {}` first",
             path.display(),
             path.display()
@@ -125,12 +126,14 @@ pub fn check_mountpoint(path: &Path, warehouse: Option<&Path>) -> Result<()> {
             && e.raw_os_error() == Some(libc::ENOTCONN)
         {
             bail!(
+                kind: Conflict,
                 "{} is a stale mount (its daemon died); run `lakemount umount {}` first",
                 path.display(),
                 path.display()
             );
         }
         bail!(
+            kind: Conflict,
             "{} is already a mount point; unmount it first (`lakemount umount {}`)",
             path.display(),
             path.display()

@@ -4,7 +4,7 @@
 //! Only what lakemount needs: little-endian `float32`/`float64`, C order,
 //! one- or two-dimensional arrays.
 
-use anyhow::{Result, bail};
+use crate::error::{Result, bail};
 
 const MAGIC: &[u8] = b"\x93NUMPY";
 
@@ -100,21 +100,21 @@ fn dict_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
 fn parse_shape(header: &str) -> Result<Vec<usize>> {
     let at = header
         .find("'shape'")
-        .ok_or_else(|| anyhow::anyhow!("no shape in .npy header"))?;
+        .ok_or_else(|| crate::error::err!("no shape in .npy header"))?;
     let rest = &header[at..];
     let open = rest
         .find('(')
-        .ok_or_else(|| anyhow::anyhow!("bad shape in .npy header"))?;
+        .ok_or_else(|| crate::error::err!("bad shape in .npy header"))?;
     let close = rest
         .find(')')
-        .ok_or_else(|| anyhow::anyhow!("bad shape in .npy header"))?;
+        .ok_or_else(|| crate::error::err!("bad shape in .npy header"))?;
     rest[open + 1..close]
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(|s| {
             s.parse::<usize>()
-                .map_err(|_| anyhow::anyhow!("bad shape entry {s:?}"))
+                .map_err(|_| crate::error::err!("bad shape entry {s:?}"))
         })
         .collect()
 }

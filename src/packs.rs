@@ -138,7 +138,7 @@ pub struct IndexEntry {
 
 /// A pack index as Parquet (columns `content_id`, `pack`, `offset`,
 /// `length`): readable by any engine.
-pub fn write_index(entries: &[IndexEntry]) -> anyhow::Result<Bytes> {
+pub fn write_index(entries: &[IndexEntry]) -> crate::error::Result<Bytes> {
     use std::sync::Arc;
 
     use arrow_array::{ArrayRef, Int64Array, RecordBatch, StringArray};
@@ -175,8 +175,8 @@ pub fn write_index(entries: &[IndexEntry]) -> anyhow::Result<Bytes> {
 pub fn read_index(
     bytes: Bytes,
     wanted: impl Fn(&ContentId) -> bool,
-) -> anyhow::Result<Vec<IndexEntry>> {
-    use anyhow::Context;
+) -> crate::error::Result<Vec<IndexEntry>> {
+    use crate::error::Context;
     use arrow_array::{Array, Int64Array, StringArray};
     let reader =
         parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()?;
@@ -252,11 +252,11 @@ pub async fn repacked(
     ids: &std::collections::HashSet<ContentId>,
     trust: &crate::trust::UriTrust,
     storage: &crate::storage::Storage,
-) -> anyhow::Result<std::collections::HashMap<ContentId, IndexEntry>> {
+) -> crate::error::Result<std::collections::HashMap<ContentId, IndexEntry>> {
     let mut out = std::collections::HashMap::new();
     for uri in index_uris(table, snapshot_id) {
         if !trust.allows(&uri) {
-            anyhow::bail!(
+            crate::error::bail!(
                 "snapshot {snapshot_id} of table {} names a pack index at {}, outside the warehouse and the allowed prefixes",
                 table.identifier(),
                 crate::trust::redact(&uri)
@@ -273,11 +273,12 @@ pub async fn repacked(
 }
 
 /// The whole object at `uri`.
-pub async fn fetch(storage: &crate::storage::Storage, uri: &str) -> anyhow::Result<Bytes> {
-    use anyhow::Context;
+pub async fn fetch(storage: &crate::storage::Storage, uri: &str) -> crate::error::Result<Bytes> {
+    use crate::error::Context;
     use object_store::ObjectStoreExt;
     let url = url::Url::parse(uri).with_context(|| format!("bad URI {uri}"))?;
     let (_, path) = object_store::ObjectStoreScheme::parse(&url)
+        .map_err(object_store::Error::from)
         .with_context(|| format!("bad URI {}", crate::trust::redact(uri)))?;
     let store = storage.object_store(&url)?;
     let got = store

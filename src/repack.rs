@@ -15,7 +15,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
+use crate::error::{Context, Result, bail};
 use futures::{StreamExt, TryStreamExt};
 
 use crate::catalog::{PROP_LANCE_URI, PROP_LANCE_VERSION};

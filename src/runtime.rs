@@ -16,7 +16,7 @@ use std::fs::File;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use crate::error::{Context, Result, bail};
 
 /// The runtime directory's path (not created or checked: see [`ensure`]).
 pub fn dir() -> PathBuf {
@@ -140,12 +140,12 @@ pub fn open_log(path: &Path) -> Result<File> {
         .open(path)
         .map_err(|e| {
             if e.raw_os_error() == Some(libc::ELOOP) {
-                anyhow::anyhow!(
+                crate::error::err!(
                     "the log file {} is a symbolic link; refusing to write through it (remove it, or pass --log-file a path of your own)",
                     path.display()
                 )
             } else {
-                anyhow::Error::new(e)
+                crate::error::Error::from(e)
                     .context(format!("cannot open the log file {}", path.display()))
             }
         })?;

@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use anyhow::{Context, Result, anyhow, bail};
+use crate::error::{Context, Result, bail, err};
 use arrow_array::{Array, Float32Array, UInt64Array};
 use futures::TryStreamExt;
 use lance::Dataset;
@@ -311,7 +311,7 @@ pub async fn build_index(
         true,
     )
     .await
-    .map_err(|e| anyhow!("building the vector index failed: {e}"))?;
+    .map_err(|e| err!("building the vector index failed: {e}"))?;
     if scalar {
         let sp = lance_index::scalar::ScalarIndexParams::default();
         ds.create_index(
@@ -322,7 +322,7 @@ pub async fn build_index(
             true,
         )
         .await
-        .map_err(|e| anyhow!("building the content_id index failed: {e}"))?;
+        .map_err(|e| err!("building the content_id index failed: {e}"))?;
     }
     Ok(ds.version().version)
 }

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
+use crate::error::{Context, Result, bail};
 use iceberg::table::Table;
 use lance::Dataset;
 

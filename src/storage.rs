@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
+use crate::error::{Context, Result, bail};
 use object_store::ObjectStore;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use url::Url;
@@ -84,7 +84,7 @@ impl Storage {
                 format!("aws_{k}")
             };
             key.parse::<AmazonS3ConfigKey>().map_err(|_| {
-                anyhow::anyhow!(
+                crate::error::err!(
                     "--storage-option {key}: not an S3 setting (examples: endpoint, region, access_key_id, \
                      secret_access_key, session_token, allow_http, virtual_hosted_style_request)"
                 )

@@ -22,7 +22,7 @@
 //! `scheme://user:password@host` has its password replaced whether or not
 //! the rest of it is a valid URI (a bad port, an empty host, brackets).
 
-use anyhow::{Context, Result, bail};
+use crate::error::{Context, Result, bail};
 use url::Url;
 
 /// Which URIs samples may be read from.
@@ -44,7 +44,7 @@ impl UriTrust {
                     bail!("--allow-uri-prefix {e}: give an absolute path or a URI");
                 }
                 Url::from_directory_path(path)
-                    .map_err(|_| anyhow::anyhow!("--allow-uri-prefix {e}: not a usable path"))?
+                    .map_err(|_| crate::error::err!("--allow-uri-prefix {e}: not a usable path"))?
             };
             if segments(&url).is_none() {
                 bail!("--allow-uri-prefix {e}: may not contain . or .. segments");

@@ -10,7 +10,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
+use crate::error::{Context, Result, bail};
 
 use crate::content_id::ContentId;
 use crate::storage::Storage;
@@ -77,7 +77,9 @@ pub async fn open(uri: &str, storage: &Storage) -> Result<Option<Dataset>> {
     match open_dataset(uri, storage).await {
         Ok(ds) => Ok(Some(ds)),
         Err(lance::Error::DatasetNotFound { .. }) => Ok(None),
-        Err(e) => Err(anyhow::Error::new(e).context(format!("cannot open Lance dataset {uri}"))),
+        Err(e) => {
+            Err(crate::error::Error::from(e).context(format!("cannot open Lance dataset {uri}")))
+        }
     }
 }
 

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
+use crate::error::{Context, Result, bail};
 use iceberg::io::LocalFsStorageFactory;
 use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableIdent};
 use iceberg_catalog_rest::RestCatalogBuilder;
@@ -115,7 +115,7 @@ impl Warehouse {
                     .with_context(|| format!("warehouse {}: bad prefix", config.location))?;
                 (storage.object_store(&root_url)?, prefix)
             }
-            other => bail!(
+            other => bail!(kind: Usage,
                 "warehouse {}: the {other}:// scheme is not supported; use a local path or s3://bucket/prefix",
                 config.location
             ),
@@ -183,7 +183,7 @@ fn register_secrets(config: &WarehouseConfig) {
 fn open_local_root(root_url: &Url, location: &str, create: bool) -> Result<Arc<dyn ObjectStore>> {
     let root: PathBuf = root_url
         .to_file_path()
-        .map_err(|_| anyhow::anyhow!("warehouse {location}: not a usable local path"))?;
+        .map_err(|_| crate::error::err!("warehouse {location}: not a usable local path"))?;
     if create {
         std::fs::create_dir_all(&root).with_context(|| {
             format!(
@@ -252,7 +252,7 @@ async fn open_catalog(
         ),
     };
     let failed = |e: iceberg::Error| {
-        anyhow::anyhow!(redact(&format!("{e:#}"))).context(format!(
+        crate::error::err!(kind: Storage, "{}", redact(&format!("{e:#}"))).context(format!(
             "cannot open the Iceberg catalog at {}",
             redact(&uri)
         ))
@@ -276,7 +276,7 @@ async fn open_catalog(
     } else if uri.starts_with("postgres://") || uri.starts_with("postgresql://") {
         SqlBindStyle::DollarNumeric
     } else {
-        bail!(
+        bail!(kind: Usage,
             "--catalog {}: expected sqlite:PATH, postgres://USER:PASSWORD@HOST/DB or http(s)://HOST:PORT (REST)",
             redact(&uri)
         );
@@ -349,11 +349,11 @@ async fn reachable(uri: &str) -> Result<(String, u16)> {
     let connect = tokio::net::TcpStream::connect((host.as_str(), port));
     match tokio::time::timeout(std::time::Duration::from_secs(10), connect).await {
         Ok(Ok(_)) => Ok((host, port)),
-        Ok(Err(e)) => bail!(
+        Ok(Err(e)) => bail!(kind: Storage,
             "cannot reach the catalog database {} ({e}); is PostgreSQL running there?",
             redact(uri)
         ),
-        Err(_) => bail!(
+        Err(_) => bail!(kind: Storage,
             "cannot reach the catalog database {} (no answer in 10 s)",
             redact(uri)
         ),
@@ -366,7 +366,7 @@ fn lance_location(root_url: &Url, table: &TableIdent) -> Result<String> {
     if root_url.scheme() == "file" {
         let root = root_url
             .to_file_path()
-            .map_err(|_| anyhow::anyhow!("{root_url}: not a usable local path"))?;
+            .map_err(|_| crate::error::err!("{root_url}: not a usable local path"))?;
         return Ok(root.join("lance").join(name).display().to_string());
     }
     Ok(format!("{root_url}lance/{name}"))
@@ -392,7 +392,7 @@ pub fn root_url(location: &str) -> Result<Url> {
         let path = std::path::absolute(location)
             .with_context(|| format!("warehouse {location}: not a valid path"))?;
         Url::from_directory_path(&path)
-            .map_err(|_| anyhow::anyhow!("warehouse {location}: not a valid path"))?
+            .map_err(|_| crate::error::err!("warehouse {location}: not a valid path"))?
     };
     if !url.path().ends_with('/') {
         let p = format!("{}/", url.path());

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use crate::error::{Context, Result};
 use inotify::{Inotify, WatchMask};
 
 use crate::fs::ViewFs;
@@ -308,7 +308,7 @@ async fn resolve(
         .iter()
         .find(|(f, a)| a.name == spec.name && f.as_path() != file)
     {
-        anyhow::bail!(
+        crate::error::bail!(
             "spec {} uses the name {:?} of the mounted spec {}; set another `name:`",
             file.display(),
             spec.name,

@@ -88,7 +88,7 @@ fn errors_say_what_to_do_next() {
         .output()
         .unwrap();
     let (_, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(4));
     assert!(stderr.contains("no warehouse at"), "{stderr}");
     assert!(stderr.contains("lakemount ingest"), "{stderr}");
 
@@ -100,7 +100,7 @@ fn errors_say_what_to_do_next() {
         .output()
         .unwrap();
     let (_, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(4));
     assert!(stderr.contains("cannot read input directory"), "{stderr}");
 
     let out = bin()
@@ -110,4 +110,56 @@ fn errors_say_what_to_do_next() {
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr.contains("add up to 1"), "{stderr}");
+}
+
+/// The exit status follows the error's kind (README, *Exit status*):
+/// usage 2, bad input 4, storage 6 (conflict 5: `tests/mount.rs`, a stale
+/// mount).
+#[test]
+fn exit_status_follows_the_kind_of_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wh = tmp.path().join("wh");
+    std::fs::create_dir(&wh).unwrap();
+    let spec = tmp.path().join("bad.yaml");
+    std::fs::write(&spec, "name: x\n\nlimit: -3\n").unwrap();
+    let cases: [(&[&str], i32, &str); 5] = [
+        (&["ls", "--bogus"], 2, "unexpected argument"),
+        (
+            &["snapshots", "--warehouse", "wh", "--catalog", "oracle://x"],
+            2,
+            "expected sqlite:PATH",
+        ),
+        (
+            &[
+                "ls",
+                "--warehouse",
+                "wh",
+                "--rank",
+                "1",
+                "--world-size",
+                "1",
+                "bad.yaml",
+            ],
+            2,
+            "is not below --world-size",
+        ),
+        (&["ls", "--warehouse", "wh", "bad.yaml"], 4, "line 3"),
+        (
+            &[
+                "snapshots",
+                "--warehouse",
+                "s3://bucket/wh",
+                "--catalog",
+                "postgresql://u@127.0.0.1:1/db",
+            ],
+            6,
+            "cannot reach the catalog database",
+        ),
+    ];
+    for (args, code, says) in cases {
+        let out = bin().current_dir(tmp.path()).args(args).output().unwrap();
+        let (_, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
 }

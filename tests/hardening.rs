@@ -390,7 +390,7 @@ fn filters_of_ten_thousand_terms_work_and_deep_nesting_is_refused_clearly() {
         .arg(&spec)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
     assert!(
         text(&out).contains("`filter`: the filter nests NOT or parentheses"),
         "{}",
@@ -453,7 +453,7 @@ fn mountpoints_must_be_empty_and_outside_the_warehouse() {
             .arg(mp)
             .output()
             .unwrap();
-        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        assert_eq!(out.status.code(), Some(4), "{}", text(&out));
         assert!(text(&out).contains(expected), "{}", text(&out));
         assert!(!is_mounted(mp));
     }
@@ -470,7 +470,7 @@ fn over_long_spec_names_are_refused() {
         .arg(&spec)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(4));
     assert!(
         text(&out).contains("`name`: is 300 bytes long"),
         "{}",
@@ -494,7 +494,7 @@ async fn jsonl_integers_beyond_i64_are_errors_naming_the_line() {
         .args(wh_args(&tmp.path().join("wh")))
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(4));
     let t = text(&out);
     assert!(
         t.contains("line 2") && t.contains("does not fit a 64-bit signed integer"),

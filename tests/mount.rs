@@ -361,7 +361,7 @@ fn umount_clears_a_stale_mount_after_the_daemon_is_killed() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(5), "a conflict: {err}");
     assert!(
         err.contains("stale mount") && err.contains("lakemount umount"),
         "{err}"

@@ -114,7 +114,7 @@ fn each_bad_spec_is_refused_before_mounting_with_file_and_key() {
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{name}: {err}");
+        assert_eq!(out.status.code(), Some(4), "{name}: {err}");
         assert!(
             err.contains(&format!("spec {}", path.display())),
             "{name}: no file named in {err}"

@@ -101,7 +101,7 @@ fn fifos_and_devices_as_inputs_are_rejected_at_once() {
     let fifo = tmp.path().join("fifo");
     mkfifo(&fifo);
     let out = ingest(&wh, &["--manifest", fifo.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
     assert!(text(&out).contains("not a regular file (a FIFO)"));
     let m1 = tmp.path().join("m1.csv");
     std::fs::write(&m1, "path\nin/x/1.png\n").unwrap();
@@ -114,17 +114,17 @@ fn fifos_and_devices_as_inputs_are_rejected_at_once() {
             "/dev/zero",
         ],
     );
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
     assert!(text(&out).contains("a character device"), "{}", text(&out));
     for spec in [fifo.as_path(), Path::new("/dev/zero")] {
         let out = run_within(bin().arg("ls").args(wh_args(&wh)).arg(spec), 30);
-        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        assert_eq!(out.status.code(), Some(4), "{}", text(&out));
         assert!(text(&out).contains("not a regular file"), "{}", text(&out));
     }
     let spec = tmp.path().join("q.yaml");
     std::fs::write(&spec, "name: q\nsimilar: {to: {vector: /dev/zero}, k: 2}\n").unwrap();
     let out = run_within(bin().arg("ls").args(wh_args(&wh)).arg(&spec), 30);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
     assert!(
         text(&out).contains("similar.to.vector") && text(&out).contains("a character device"),
         "{}",
@@ -143,7 +143,7 @@ fn fifos_and_devices_as_inputs_are_rejected_at_once() {
             .arg(format!("text:{}", model.display())),
         30,
     );
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
     assert!(text(&out).contains("a FIFO"), "{}", text(&out));
 }
 
@@ -164,7 +164,7 @@ fn manifests_name_only_files_below_their_folder() {
         let m = dir.join("m.csv");
         std::fs::write(&m, format!("path\nx/1.png\n{row}\n")).unwrap();
         let out = ingest(&wh, &["--manifest", m.to_str().unwrap()]);
-        assert_eq!(out.status.code(), Some(1), "{row}: {}", text(&out));
+        assert_eq!(out.status.code(), Some(4), "{row}: {}", text(&out));
         let t = text(&out);
         assert!(
             t.contains(&format!("line {line}"))
@@ -264,7 +264,7 @@ fn spec_errors_quote_a_short_excerpt_and_foreign_links_are_not_followed() {
     let spec = tmp.path().join("s.yaml");
     std::os::unix::fs::symlink(&secret, &spec).unwrap();
     let out = run_within(bin().arg("ls").args(wh_args(&wh)).arg(&spec), 30);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
     let t = text(&out);
     assert!(t.contains("s.yaml"), "{t}");
     // At most a short excerpt of the file: never the line, never the next.
@@ -289,7 +289,7 @@ fn spec_errors_quote_a_short_excerpt_and_foreign_links_are_not_followed() {
         "needs root"
     );
     let out = run_within(bin().arg("ls").args(wh_args(&wh)).arg(&dir), 30);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
     assert!(
         text(&out).contains("b.yaml") && text(&out).contains("links in a spec directory"),
         "{}",
@@ -423,7 +423,7 @@ async fn a_table_belongs_to_one_warehouse_even_in_a_shared_catalog() {
     let out = run(&args_a, &[tmp.path().join("in").to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
     let out = run(&args_b, &[tmp.path().join("in2").to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
     let t = text(&out);
     assert!(
         t.contains("belongs to another warehouse")
@@ -438,7 +438,7 @@ async fn a_table_belongs_to_one_warehouse_even_in_a_shared_catalog() {
     let spec = tmp.path().join("s.yaml");
     std::fs::write(&spec, "name: s\n").unwrap();
     let out = run_within(bin().arg("ls").args(&args_b).arg(&spec), 60);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
     assert!(
         text(&out).contains("belongs to another warehouse"),
         "{}",
@@ -597,7 +597,7 @@ fn model_preprocessing_is_bounded() {
             .arg(tmp.path().join("in/x/ok.png")),
         60,
     );
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
     assert!(
         text(&out).contains("preprocessor_config.json")
             && text(&out).contains("shortest_edge is 100000"),
@@ -631,7 +631,7 @@ fn fstab_option_keys_must_be_known() {
                 .args(["-o", &opts]),
             30,
         );
-        assert_eq!(out.status.code(), Some(1), "{opts}: {}", text(&out));
+        assert_eq!(out.status.code(), Some(2), "{opts}: {}", text(&out));
         assert!(!text(&out).contains("TOPSECRET"), "{}", text(&out));
         assert!(!is_mounted(&mnt));
     }

@@ -31,7 +31,7 @@ pub async fn commit_on(
     catalog: &Arc<dyn Catalog>,
     base: &Table,
     tx: Transaction,
-) -> anyhow::Result<Table> {
+) -> crate::error::Result<Table> {
     let pinned = PinnedBase {
         inner: catalog.clone(),
         base: base.clone(),
@@ -43,7 +43,7 @@ pub async fn commit_on(
             if now.metadata_location() != base.metadata_location() {
                 Err(Conflict(base.identifier().clone()).into())
             } else {
-                Err(anyhow::Error::new(e)
+                Err(crate::error::Error::from(e)
                     .context(format!("Iceberg commit to {} failed", base.identifier())))
             }
         }

@@ -9,7 +9,7 @@
 //! string compared with a timestamp column is a timestamp. Anything else is
 //! an error naming the offending piece; nothing is silently dropped.
 
-use anyhow::{Result, anyhow, bail};
+use crate::error::{Result, bail, err};
 use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use iceberg::expr::{Predicate, Reference};
 use iceberg::spec::{Datum, PrimitiveType, Schema, Type};
@@ -285,7 +285,7 @@ fn leaf(expr: &Expr, schema: &Schema, negate: bool) -> Result<Predicate> {
                 bail!("LIKE needs a string column, `{name}` is {ty}");
             }
             let pat = string_value(pattern)
-                .ok_or_else(|| anyhow!("LIKE needs a quoted pattern, got `{pattern}`"))?;
+                .ok_or_else(|| err!("LIKE needs a quoted pattern, got `{pattern}`"))?;
             let prefix = pat.strip_suffix('%').filter(|p| !p.contains(['%', '_']));
             let Some(prefix) = prefix else {
                 bail!("LIKE supports only prefix patterns such as 'abc%', got '{pat}'");
@@ -376,7 +376,7 @@ fn column(e: &Expr, schema: &Schema) -> Result<(Reference, PrimitiveType, String
             .iter()
             .map(|f| f.name.clone())
             .collect();
-        anyhow!(
+        err!(
             "unknown column `{name}` (the table has: {})",
             names.join(", ")
         )
@@ -417,7 +417,7 @@ fn number_value(e: &Expr) -> Option<String> {
 
 /// Types a literal by its column.
 fn literal(e: &Expr, ty: &PrimitiveType, col: &str) -> Result<Datum> {
-    let wrong = |expected: &str| anyhow!("column `{col}` is {ty}: expected {expected}, got `{e}`");
+    let wrong = |expected: &str| err!("column `{col}` is {ty}: expected {expected}, got `{e}`");
     match ty {
         PrimitiveType::String => string_value(e)
             .map(Datum::string)

@@ -19,7 +19,7 @@ pub mod write;
 
 use std::collections::{HashMap, HashSet};
 
-use anyhow::{Context, Result, bail};
+use crate::error::{Context, Result, bail};
 use arrow_array::{Array, StringArray};
 use futures::TryStreamExt;
 use iceberg::spec::{NestedField, PrimitiveType, Schema, Transform, Type, UnboundPartitionSpec};

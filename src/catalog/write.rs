@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
+use crate::error::{Context, Result, bail};
 use arrow_array::{
     ArrayRef, BinaryArray, BooleanArray, Float32Array, Float64Array, Int32Array, Int64Array,
     LargeBinaryArray, RecordBatch, StringArray, TimestampMicrosecondArray, new_null_array,
@@ -118,7 +118,7 @@ pub fn rows_to_batch(table: &Table, rows: &[SampleRow]) -> Result<RecordBatch> {
 fn extra_array(name: &str, dt: &DataType, rows: &[SampleRow]) -> Result<ArrayRef> {
     let vals = || rows.iter().map(|r| r.extras.get(name));
     let mismatch = |v: &Value| {
-        anyhow::anyhow!("column {name} has type {dt:?} in the table, cannot store {v:?}")
+        crate::error::err!("column {name} has type {dt:?} in the table, cannot store {v:?}")
     };
     Ok(match dt {
         DataType::Utf8 => {

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use crate::error::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use crate::ingest::progress::ProgressMode;
@@ -461,9 +461,10 @@ pub fn run(cli: Cli, argv: Vec<std::ffi::OsString>) -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             let message = crate::trust::redact(&format!("{e:#}"));
-            crate::daemon::report(Err(message.clone()));
+            crate::daemon::report(Err((e.kind(), message.clone())));
             eprintln!("error: {message}");
-            ExitCode::FAILURE
+            tracing::debug!(kind = %e.kind(), "exiting");
+            ExitCode::from(e.kind().exit_code())
         }
     }
 }
@@ -472,7 +473,7 @@ async fn run_ingest(args: IngestArgs) -> Result<ExitCode> {
     let input = match (&args.dir, &args.manifest) {
         (Some(d), _) => InputSource::Dir(d.clone()),
         (None, Some(m)) => InputSource::Manifest(m.clone()),
-        (None, None) => anyhow::bail!("give a directory or --manifest FILE"),
+        (None, None) => crate::error::bail!(kind: Usage, "give a directory or --manifest FILE"),
     };
     let config = IngestConfig {
         input,
@@ -568,7 +569,8 @@ async fn run_pin(args: PinArgs) -> Result<ExitCode> {
     let encoder = crate::encode::load(&args.warehouse.encoder)?;
     let rank = match args.world_size {
         None => None,
-        Some(w) if w == 0 || w > crate::spec::arrange::MAX_WORLD_SIZE => anyhow::bail!(
+        Some(w) if w == 0 || w > crate::spec::arrange::MAX_WORLD_SIZE => crate::error::bail!(
+            kind: Usage,
             "--world-size {w} is out of range (1 to {})",
             crate::spec::arrange::MAX_WORLD_SIZE
         ),
@@ -724,7 +726,7 @@ async fn run_cache(args: CacheArgs) -> Result<ExitCode> {
 
 fn run_embed(args: EmbedArgs) -> Result<ExitCode> {
     if args.files.is_empty() && args.text.is_empty() {
-        anyhow::bail!("give files to embed or --text TEXT");
+        crate::error::bail!(kind: Usage, "give files to embed or --text TEXT");
     }
     let encoder = crate::encode::load(&args.encoder)?;
     let mut rows = Vec::with_capacity(args.files.len() + args.text.len());

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use crate::error::{Context, Result, bail};
 use clap::Args;
 
 use super::{WarehouseArgs, parse_size};
@@ -139,12 +139,14 @@ impl RankArgs {
             (Some(rank), Some(world_size)) => {
                 if world_size == 0 || world_size > crate::spec::arrange::MAX_WORLD_SIZE {
                     bail!(
+                        kind: Usage,
                         "--world-size must be between 1 and {}",
                         crate::spec::arrange::MAX_WORLD_SIZE
                     );
                 }
                 if rank >= world_size {
                     bail!(
+                        kind: Usage,
                         "--rank {rank} is not below --world-size {world_size} (ranks count from 0)"
                     );
                 }
@@ -295,7 +297,7 @@ pub fn run_daemon(args: &MountArgs, argv: &[std::ffi::OsString]) -> ExitCode {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", crate::trust::redact(&format!("{e:#}")));
-            ExitCode::FAILURE
+            ExitCode::from(e.kind().exit_code())
         }
     }
 }

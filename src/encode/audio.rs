@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
+use crate::error::{Context, Result, bail};
 use rustfft::{Fft, FftPlanner, num_complex::Complex};
 use symphonia::core::audio::SampleBuffer;
 use symphonia::core::codecs::DecoderOptions;

@@ -22,7 +22,7 @@
 //! The same bytes always give the same vector on every machine (no threads,
 //! no randomness, f32 arithmetic in a fixed order).
 
-use anyhow::{Context, Result, bail};
+use crate::error::{Context, Result, bail};
 use candle_core::{Device, Tensor};
 
 use super::Encoder;

@@ -10,7 +10,7 @@
 
 use std::path::Path;
 
-use anyhow::{Result, anyhow, bail};
+use crate::error::{Result, bail, err};
 use candle_core::{Device, IndexOp, Tensor};
 use candle_nn::{Linear, Module, VarBuilder};
 use candle_transformers::models::clip::text_model::{
@@ -170,7 +170,7 @@ impl ClipEncoder {
         };
         let vb: VarBuilder = ck.weights(device)?;
         let fit = |e: candle_core::Error| {
-            anyhow!(
+            err!(
                 "{}: the weights do not fit config.json's CLIP: {e}",
                 ck.weights_path.display()
             )
@@ -192,7 +192,7 @@ impl ClipEncoder {
                 max_length: t.max_position_embeddings,
                 ..Default::default()
             }))
-            .map_err(|e| anyhow!("{}: {e}", ck.tokenizer_path.display()))?;
+            .map_err(|e| err!("{}: {e}", ck.tokenizer_path.display()))?;
         // Pad after the end token: the causal mask keeps padding out of
         // every position up to it, so the pad id does not matter.
         tokenizer.with_padding(Some(PaddingParams {
@@ -320,7 +320,7 @@ impl super::Encoder for ClipEncoder {
                 } else {
                     text_vectors.next()
                 };
-                next.unwrap_or_else(|| Err(anyhow!("not embedded")))
+                next.unwrap_or_else(|| Err(err!("not embedded")))
             })
             .collect()
     }

@@ -20,7 +20,7 @@ pub mod whisper;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, Result, anyhow, bail};
+use crate::error::{Context, Result, bail, err};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use sha2::{Digest, Sha256};
@@ -136,7 +136,7 @@ pub(crate) fn tokenize(
 ) -> Result<Vec<tokenizers::Encoding>> {
     tokenizer
         .encode_batch(texts.to_vec(), true)
-        .map_err(|e| anyhow!("tokenizing: {e}"))
+        .map_err(|e| err!("tokenizing: {e}"))
 }
 
 /// One field of a padded batch of encodings as an `(n, len)` tensor.
@@ -213,7 +213,7 @@ pub(crate) fn batched<T>(
         .map(|p| {
             p.and_then(|_| match &mut vectors {
                 Ok(v) => v.next().context("the encoder returned too few vectors"),
-                Err(msg) => Err(anyhow!("{msg}")),
+                Err(msg) => Err(err!("{msg}")),
             })
         })
         .collect()
@@ -330,7 +330,7 @@ impl Checkpoint {
             crate::files::read_regular(&self.tokenizer_path, crate::files::limits::TOKENIZER)
                 .with_context(|| format!("cannot read {}", self.tokenizer_path.display()))?;
         tokenizers::Tokenizer::from_bytes(bytes)
-            .map_err(|e| anyhow!("{}: {e}", self.tokenizer_path.display()))
+            .map_err(|e| err!("{}: {e}", self.tokenizer_path.display()))
     }
 
     /// `KIND:FOLDER@sha256:<16 hex of the weights>`: the `embedding_model`

@@ -10,7 +10,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result, bail};
+use crate::error::{Context, Result, bail};
 use image::RgbImage;
 
 /// `preprocessor_config.json` of a CLIP checkpoint (the fields we use; the
@@ -134,7 +134,7 @@ impl ImagePrep {
                             })
                             .unwrap_or_default();
                         xs.try_into().map_err(|_| {
-                            anyhow::anyhow!("{}", bad(&format!("{k}: expected three numbers")))
+                            crate::error::err!("{}", bad(&format!("{k}: expected three numbers")))
                         })
                     }
                 }

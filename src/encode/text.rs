@@ -11,7 +11,7 @@
 
 use std::path::Path;
 
-use anyhow::{Result, anyhow};
+use crate::error::{Result, err};
 use candle_core::{DType, Device};
 use candle_transformers::models::bert::{BertModel, Config};
 use tokenizers::{PaddingParams, Tokenizer, TruncationParams};
@@ -48,7 +48,7 @@ impl TextEncoder {
         .min(config.max_position_embeddings);
         let vb = ck.weights(device)?;
         let model = BertModel::load(vb, &config).map_err(|e| {
-            anyhow!(
+            err!(
                 "{}: the weights do not fit a BERT model: {e}",
                 ck.weights_path.display()
             )
@@ -59,7 +59,7 @@ impl TextEncoder {
                 max_length: max_len,
                 ..Default::default()
             }))
-            .map_err(|e| anyhow!("{}: {e}", ck.tokenizer_path.display()))?;
+            .map_err(|e| err!("{}: {e}", ck.tokenizer_path.display()))?;
         tokenizer.with_padding(Some(PaddingParams::default()));
         Ok(Self {
             model,

@@ -10,7 +10,7 @@
 
 use std::path::Path;
 
-use anyhow::{Result, anyhow, bail};
+use crate::error::{Result, bail, err};
 use candle_core::{Device, Tensor};
 use candle_transformers::models::whisper::{Config, model::AudioEncoder, model::Whisper};
 
@@ -79,7 +79,7 @@ impl WhisperEncoder {
         }
         let vb = ck.weights(device)?;
         let whisper = Whisper::load(&vb, cfg.clone()).map_err(|e| {
-            anyhow!(
+            err!(
                 "{}: the weights do not fit config.json's Whisper: {e}",
                 ck.weights_path.display()
             )
@@ -157,7 +157,7 @@ impl super::Encoder for WhisperEncoder {
             if media.starts_with("audio/") {
                 Self::samples(bytes, media)
             } else {
-                Err(anyhow!("{} embeds audio, not {media}", self.id))
+                Err(err!("{} embeds audio, not {media}", self.id))
             }
         });
         super::batched(decoded, |ok| {

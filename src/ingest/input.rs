@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, anyhow, bail};
+use crate::error::{Context, Result, bail, err};
 
 use crate::catalog::write::Value;
 use crate::catalog::{ExtraType, is_base_column};
@@ -207,7 +207,7 @@ pub fn from_manifest(file: &Path, allowed: &[PathBuf]) -> Result<Inputs> {
         let split = text_of("split")?;
         let source = text_of("source")?;
         for name in cells.keys() {
-            validate_column_name(name).map_err(|e| anyhow!("{}: {e}", at()))?;
+            validate_column_name(name).map_err(|e| err!("{}: {e}", at()))?;
             if !extra_names.contains(name) {
                 extra_names.push(name.clone());
             }
@@ -332,12 +332,12 @@ fn parse_csv(file: &Path, text: &str) -> Result<Vec<Row>> {
             match e.kind() {
                 csv::ErrorKind::UnequalLengths {
                     expected_len, len, ..
-                } => anyhow!(
+                } => err!(
                     "{} line {line}: expected {expected_len} fields ({}), found {len}",
                     file.display(),
                     headers.join(",")
                 ),
-                _ => anyhow!("{} line {line}: malformed CSV: {e}", file.display()),
+                _ => err!("{} line {line}: malformed CSV: {e}", file.display()),
             }
         })?;
         let line = record.position().map(|p| p.line() as usize).unwrap_or(0);
@@ -366,7 +366,7 @@ fn parse_jsonl(file: &Path, text: &str) -> Result<Vec<Row>> {
             continue;
         }
         let value: serde_json::Value = serde_json::from_str(line)
-            .map_err(|e| anyhow!("{} line {n}: not valid JSON: {e}", file.display()))?;
+            .map_err(|e| err!("{} line {n}: not valid JSON: {e}", file.display()))?;
         let serde_json::Value::Object(map) = value else {
             bail!(
                 "{} line {n}: expected a JSON object, got {value}",
@@ -417,7 +417,7 @@ pub fn type_extras(
                             .find(|i| i.raw_extras.get(&name) == Some(&line_of))
                             .and_then(|i| i.line)
                             .unwrap_or(0);
-                        anyhow!("{origin} line {line}: column `{name}`: {msg}")
+                        err!("{origin} line {line}: column `{name}`: {msg}")
                     })?;
                 new_columns.push((name.clone(), t));
                 t
@@ -426,7 +426,7 @@ pub fn type_extras(
         for item in &mut inputs.items {
             if let Some(raw) = item.raw_extras.get(&name) {
                 let v = convert(raw, ty).ok_or_else(|| {
-                    anyhow!(
+                    err!(
                         "{origin} line {}: column `{name}` is {} in table {table_name}, got {}",
                         item.line.unwrap_or(0),
                         ty.name(),

@@ -39,7 +39,7 @@ pub mod publish;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use crate::error::{Context, Result, bail};
 use futures::{StreamExt, TryStreamExt};
 
 use crate::catalog::{self, PROP_LANCE_URI};
@@ -484,7 +484,7 @@ pub async fn store_blobs(
                     let uri = blobs.put_pack(pack).await.with_context(|| {
                         format!("cannot store pack {} in the warehouse", pack.name)
                     })?;
-                    Ok::<_, anyhow::Error>((uri, pack))
+                    Ok::<_, crate::error::Error>((uri, pack))
                 }
             }))
             .buffer_unordered(4)

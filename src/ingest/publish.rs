@@ -8,12 +8,12 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use crate::error::{Context, Result, bail};
 use iceberg::spec::{DataFile, PrimitiveType};
 use iceberg::table::Table;
 use iceberg::{Catalog, TableIdent};
 
-use crate::catalog::commit::{Conflict, commit_on};
+use crate::catalog::commit::commit_on;
 use crate::catalog::write::{SampleRow, fast_append, write_files};
 use crate::catalog::{self, CHUNK_DIGESTS_COLUMN, ExtraType};
 use crate::content_id::ContentId;
@@ -185,7 +185,7 @@ pub async fn publish(
                 outcome.committed = Some((snapshot, lance_version));
                 return Ok(outcome);
             }
-            Err(e) if e.is::<Conflict>() => {
+            Err(e) if e.kind() == crate::error::ErrorKind::Conflict => {
                 tracing::debug!(
                     attempt,
                     "commit conflict on {ident}; checking the batch again"
@@ -196,6 +196,7 @@ pub async fn publish(
         }
     }
     bail!(
+        kind: Conflict,
         "gave up publishing a batch of {} samples to {ident} after {MAX_ATTEMPTS} attempts: \
          other writers kept committing first; nothing of this batch is visible, re-run the ingest to complete it",
         rows.len()

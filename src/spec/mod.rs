@@ -22,31 +22,13 @@ pub mod pin;
 
 pub use arrange::{Diverse, Draw, Epochs, MixSource, Order, Resume, Shard, SortKey};
 
-use anyhow::{Context, Result, bail};
+use crate::error::{Context, Error, Result, bail};
 use serde::Deserialize;
 
 use crate::catalog::filter::Filter;
 use crate::layout::Layout;
 
 pub use crate::layout::NAME_MAX;
-
-/// A spec that is wrong: which file, which key (dotted, as in
-/// `similar.to.vector`), the YAML line where that key is, and why.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("spec {}: {}{}{}", file.display(),
-    key.as_ref().map(|k| format!("`{k}`: ")).unwrap_or_default(),
-    message,
-    line.map(|l| format!(" (line {l})")).unwrap_or_default())]
-pub struct SpecError {
-    /// The spec file.
-    pub file: PathBuf,
-    /// The key at fault, if one is.
-    pub key: Option<String>,
-    /// 1-based line of that key in the file, if found.
-    pub line: Option<usize>,
-    /// What is wrong and what was expected.
-    pub message: String,
-}
 
 /// Where each key of a spec file is: 1-based lines of top-level keys and
 /// of keys nested one or two levels (as `similar.to`), block or flow style.
@@ -259,12 +241,15 @@ pub struct Spec {
 
 impl Spec {
     /// An error about `key` of this spec.
-    pub fn error(&self, key: &str, message: impl Into<String>) -> SpecError {
-        SpecError {
-            file: self.file.clone(),
-            key: Some(key.to_string()),
-            line: self.lines.line(key),
-            message: message.into(),
+    pub fn error(&self, key: &str, message: impl Into<String>) -> Error {
+        Error::spec(&self.file, Some(key), self.lines.line(key), message)
+    }
+
+    /// Where `key` of this spec is, for context: `spec FILE: `key` (line N)`.
+    pub fn at(&self, key: &str) -> String {
+        match self.lines.line(key) {
+            Some(l) => format!("spec {}: `{key}` (line {l})", self.file.display()),
+            None => format!("spec {}: `{key}`", self.file.display()),
         }
     }
 
@@ -350,7 +335,7 @@ pub const DEFAULT_LAYOUT: &str = "{label}/{content_id}{ext}";
 /// Reads and validates one spec file; `default_table` applies when the spec has no `table`.
 pub fn load(file: &Path, default_table: &str) -> Result<Spec> {
     let text = read(file, false)?;
-    Ok(parse(&text, file, default_table)?)
+    parse(&text, file, default_table)
 }
 
 /// The text of a spec file: a regular file of at most
@@ -407,25 +392,21 @@ fn yaml_message(e: &serde_yaml::Error) -> String {
     out
 }
 
-/// Parses spec text; `file` names it in errors. Errors are [`SpecError`]s.
-pub fn parse(text: &str, file: &Path, default_table: &str) -> Result<Spec, SpecError> {
+/// Parses spec text; `file` names it in errors, which are spec errors
+/// ([`Error::spec_place`] gives the file, key and line).
+pub fn parse(text: &str, file: &Path, default_table: &str) -> Result<Spec> {
     let lines = KeyLines::scan(text);
-    let err = |key: &str, message: String| SpecError {
-        file: file.to_path_buf(),
-        key: Some(key.to_string()),
-        line: lines.line(key),
-        message,
-    };
+    let err = |key: &str, message: String| Error::spec(file, Some(key), lines.line(key), message);
     let raw: RawSpec = serde_yaml::from_str(text).map_err(|e| {
         let message = yaml_message(&e);
-        SpecError {
-            file: file.to_path_buf(),
-            key: None,
-            line: None,
-            message: format!(
+        Error::spec(
+            file,
+            None,
+            None,
+            format!(
                 "{message} (keys: name, table, snapshot, filter, limit, layout, sidecars, similar, select, order, shard, epochs, resume, sources, epoch_size, pinned)"
             ),
-        }
+        )
     })?;
     let stem = file
         .file_stem()
@@ -713,7 +694,7 @@ pub fn load_all(args: &[PathBuf], default_table: &str) -> Result<Vec<Spec>> {
     }
     let specs = files
         .iter()
-        .map(|(f, in_dir)| Ok(parse(&read(f, *in_dir)?, f, default_table)?))
+        .map(|(f, in_dir)| parse(&read(f, *in_dir)?, f, default_table))
         .collect::<Result<Vec<_>>>()?;
     for (i, a) in specs.iter().enumerate() {
         if let Some(b) = specs[..i].iter().find(|b| b.name == a.name) {
@@ -732,7 +713,7 @@ pub fn load_all(args: &[PathBuf], default_table: &str) -> Result<Vec<Spec>> {
 mod tests {
     use super::*;
 
-    fn p(text: &str) -> Result<Spec, SpecError> {
+    fn p(text: &str) -> Result<Spec> {
         parse(text, Path::new("specs/cats.yaml"), "datasets.samples")
     }
 
@@ -771,7 +752,11 @@ mod tests {
         assert_eq!(l.line("filter"), Some(6));
         assert_eq!(l.line("layout"), None);
         let e = p("name: x\nsimilar:\n  to: {file: a.png}\n  k: 0\n").unwrap_err();
-        assert_eq!((e.key.as_deref(), e.line), (Some("similar.k"), Some(4)));
+        let place = e.spec_place().unwrap();
+        assert_eq!(
+            (place.key.as_deref(), place.line),
+            (Some("similar.k"), Some(4))
+        );
         assert!(e.to_string().ends_with("(line 4)"), "{e}");
     }
 
@@ -808,14 +793,17 @@ mod tests {
             if let Err(e) = p(&text) {
                 // The line named is in the file and holds the key named
                 // (its last component: nested keys are indented).
-                if let Some(line) = e.line {
+                let place = e.spec_place();
+                proptest::prop_assert!(place.is_some(), "not a spec error: {e}");
+                let place = place.unwrap();
+                if let Some(line) = place.line {
                     let held = text.lines().nth(line - 1);
                     proptest::prop_assert!(held.is_some(), "line {line} of {text:?}: {e}");
-                    let key = e.key.as_deref().unwrap_or_default();
+                    let key = place.key.as_deref().unwrap_or_default();
                     let last = key.rsplit('.').next().unwrap_or(key);
                     proptest::prop_assert!(held.unwrap_or_default().contains(last), "{key} at {line} of {text:?}");
                 }
-                proptest::prop_assert!(!e.message.trim().is_empty());
+                proptest::prop_assert!(!place.reason.trim().is_empty());
             }
         }
     }

@@ -21,12 +21,12 @@
 
 use std::cmp::Ordering;
 
-use anyhow::{Context, Result, anyhow, bail};
+use crate::error::{Context, Result};
 use arrow_array::{Array, FixedSizeListArray, Float32Array};
 use arrow_schema::{DataType, Field, SortOptions};
 
 use super::LanceAt;
-use super::scan::{Rows, at};
+use super::scan::Rows;
 use crate::content_id::ContentId;
 use crate::spec::{Diverse, Order, Shard, SortKey, Spec};
 
@@ -112,12 +112,13 @@ impl Arranged {
 /// The shard a view is cut into: the spec's, or the mount's world size.
 pub fn effective_shard(spec: &Spec, mount: Option<MountRank>) -> Result<Option<Shard>> {
     match (spec.shard, mount) {
-        (Some(s), Some(m)) if s.world_size != m.world_size => bail!(
-            "{}: world_size {} differs from the mount's --world-size {}",
-            at(spec, "shard.world_size"),
-            s.world_size,
-            m.world_size
-        ),
+        (Some(s), Some(m)) if s.world_size != m.world_size => Err(spec.error(
+            "shard.world_size",
+            format!(
+                "world_size {} differs from the mount's --world-size {}",
+                s.world_size, m.world_size
+            ),
+        )),
         (Some(s), _) => Ok(Some(s)),
         (None, Some(m)) => Ok(Some(Shard {
             world_size: m.world_size,
@@ -232,10 +233,9 @@ fn sorted_by(spec: &Spec, rows: &Rows, selected: &[u32], keys: &[SortKey]) -> Re
             continue;
         }
         let col = rows.column(&key.column).ok_or_else(|| {
-            anyhow!(
-                "{}: column {:?} was not scanned",
-                at(spec, "order.by"),
-                key.column
+            spec.error(
+                "order.by",
+                format!("column {:?} was not scanned", key.column),
             )
         })?;
         let col = arrow_select::take::take(col.as_ref(), &take, None)?;
@@ -247,7 +247,7 @@ fn sorted_by(spec: &Spec, rows: &Rows, selected: &[u32], keys: &[SortKey]) -> Re
             || {
                 format!(
                     "{}: column {:?} of type {} cannot be ordered",
-                    at(spec, "order.by"),
+                    spec.at("order.by"),
                     key.column,
                     col.data_type()
                 )
@@ -336,12 +336,14 @@ pub async fn diverse(
         }
     }
     if with.len() < d.clusters {
-        bail!(
-            "{}: {} clusters asked for, but only {} selected samples have embeddings",
-            at(spec, "select.diverse.clusters"),
-            d.clusters,
-            with.len()
-        );
+        return Err(spec.error(
+            "select.diverse.clusters",
+            format!(
+                "{} clusters asked for, but only {} selected samples have embeddings",
+                d.clusters,
+                with.len()
+            ),
+        ));
     }
     let lance_ids: Vec<u64> = with.iter().map(|&(_, l)| l).collect();
     let vectors = crate::similar::embeddings(&lance.dataset, &lance_ids).await?;
@@ -360,7 +362,7 @@ pub async fn diverse(
         ..Default::default()
     };
     let model = lance_index::vector::kmeans::KMeans::new_with_params(&data, d.clusters, &params)
-        .map_err(|e| anyhow!("{}: k-means failed: {e}", at(spec, "select.diverse")))?;
+        .map_err(|e| spec.error("select.diverse", format!("k-means failed: {e}")))?;
     let (membership, distances) = model.compute_membership_and_distances(&data)?;
     let mut members: Vec<Vec<(f32, ContentId, u32)>> = vec![Vec::new(); d.clusters];
     for (i, &(r, _)) in with.iter().enumerate() {

@@ -6,12 +6,11 @@
 
 use std::sync::{Arc, OnceLock};
 
-use anyhow::{Context, Result, bail};
+use crate::error::{Context, Result};
 use iceberg::Catalog;
 
 use super::arrange::MountRank;
 use super::epochs::{EpochPlan, Mix};
-use super::scan::at;
 use super::{Entries, INDEX_STRIDE, Listing};
 use crate::encode::Encoder;
 use crate::spec::Spec;
@@ -72,12 +71,14 @@ pub(super) fn epoch_plan(
     };
     let resume = r.resume.unwrap_or(e.resume);
     if resume.epoch >= e.count {
-        bail!(
-            "{}: resuming at epoch {}, but the view has epochs 0 to {}",
-            at(spec, "epochs"),
-            resume.epoch,
-            e.count - 1
-        );
+        return Err(spec.error(
+            "epochs",
+            format!(
+                "resuming at epoch {}, but the view has epochs 0 to {}",
+                resume.epoch,
+                e.count - 1
+            ),
+        ));
     }
     let world_size = r
         .rank

@@ -34,7 +34,7 @@
 use std::ops::Range;
 use std::sync::{Arc, OnceLock};
 
-use anyhow::{Context, Result, anyhow, bail};
+use crate::error::{Context, Result, bail, err};
 use arrow_array::builder::{FixedSizeBinaryBuilder, ListBuilder};
 use arrow_array::{
     Array, ArrayRef, BooleanArray, FixedSizeBinaryArray, Float32Array, ListArray, RecordBatch,
@@ -53,7 +53,6 @@ use super::arrange::Extra;
 use super::compact::{BlobUris, PathArena};
 use super::finish::Resolver;
 use super::render::Columns;
-use super::scan::at;
 use super::{Entries, LanceAt, Sample, SearchInfo, View};
 use crate::content_id::ContentId;
 use crate::spec::{MaterializedPin, Spec};
@@ -467,7 +466,7 @@ fn footer_range(tail: &[u8], size: u64) -> Result<Range<u64>> {
     let start = size
         .checked_sub(len + 8)
         .filter(|&s| s >= 4)
-        .ok_or_else(|| anyhow!("its footer length {len} exceeds the file"))?;
+        .ok_or_else(|| err!("its footer length {len} exceeds the file"))?;
     Ok(start..size)
 }
 
@@ -539,14 +538,12 @@ pub async fn load(spec: &Spec, m: &MaterializedPin, r: &Resolver<'_>) -> Result<
     let uri = location(r.root, &m.index);
     let shown = crate::trust::redact(&uri);
     let bad = |why: String| {
-        anyhow!(
-            "{}: materialized index {shown}: {why}; materialize it again (`lakemount pin --materialize`) or remove `pinned.materialized` to resolve from the table",
-            at(spec, "pinned.materialized.index")
-        )
+        spec.error("pinned.materialized.index", format!("materialized index {shown}: {why}; materialize it again (`lakemount pin --materialize`) or remove `pinned.materialized` to resolve from the table"))
     };
     let url = url::Url::parse(&uri).with_context(|| format!("bad URI {shown}"))?;
-    let (_, path) =
-        object_store::ObjectStoreScheme::parse(&url).with_context(|| format!("bad URI {shown}"))?;
+    let (_, path) = object_store::ObjectStoreScheme::parse(&url)
+        .map_err(object_store::Error::from)
+        .with_context(|| format!("bad URI {shown}"))?;
     let store = r.storage.object_store(&url)?;
     let get = |range: object_store::GetRange| {
         let (store, path) = (store.clone(), path.clone());
@@ -626,10 +623,7 @@ pub async fn load(spec: &Spec, m: &MaterializedPin, r: &Resolver<'_>) -> Result<
     let mount_w = r.rank.filter(|_| !epochs).map(|m| m.world_size);
     let spec_w = spec.shard.filter(|_| !epochs).map(|s| s.world_size);
     if !epochs && mount_w.or(spec_w) != header.world_size {
-        return Err(anyhow!(
-            "{}: the materialized index is cut into {} but this mount shows {}: mount with{}, or materialize again with `lakemount pin --materialize{}`",
-            at(spec, "pinned.materialized.world_size"),
-            header
+        return Err(spec.error("pinned.materialized.world_size", format!("the materialized index is cut into {} but this mount shows {}: mount with{}, or materialize again with `lakemount pin --materialize{}`", header
                 .world_size
                 .map_or("no ranks".to_string(), |w| format!("{w} ranks")),
             mount_w
@@ -640,8 +634,7 @@ pub async fn load(spec: &Spec, m: &MaterializedPin, r: &Resolver<'_>) -> Result<
                 .map_or(" no --rank/--world-size".to_string(), |w| format!(
                     " --world-size {w}"
                 )),
-            mount_w.map_or(String::new(), |w| format!(" --world-size {w}")),
-        ));
+            mount_w.map_or(String::new(), |w| format!(" --world-size {w}")))));
     }
     let keep = r.rank.filter(|_| !epochs && !r.every_rank).map(|m| m.rank);
     let wanted: Vec<usize> = (0..header.groups.len())
@@ -740,16 +733,12 @@ async fn finish(
         None => None,
         Some(l) => {
             if !r.trust.allows_dataset(&l.uri) {
-                bail!(
-                    "{}: the materialized index names Lance dataset {}, outside this warehouse and the allowed prefixes",
-                    at(spec, "pinned.materialized.index"),
-                    crate::trust::redact(&l.uri)
-                );
+                return Err(spec.error("pinned.materialized.index", format!("the materialized index names Lance dataset {}, outside this warehouse and the allowed prefixes", crate::trust::redact(&l.uri))));
             }
             let ds = crate::vectors::open(&l.uri, r.storage)
                 .await?
                 .ok_or_else(|| {
-                    anyhow!(
+                    err!(
                         "Lance dataset {} does not exist",
                         crate::trust::redact(&l.uri)
                     )
@@ -847,12 +836,12 @@ fn entries(
         let b = &b;
         let col = |name: &str| {
             b.column_by_name(name)
-                .ok_or_else(|| anyhow!("it lacks column {name}"))
+                .ok_or_else(|| err!("it lacks column {name}"))
         };
         fn typed<'a, T: 'static>(c: &'a ArrayRef, name: &str) -> Result<&'a T> {
             c.as_any()
                 .downcast_ref::<T>()
-                .ok_or_else(|| anyhow!("column {name} has type {}", c.data_type()))
+                .ok_or_else(|| err!("column {name} has type {}", c.data_type()))
         }
         let ids_col = col("content_id")?;
         let ids: &FixedSizeBinaryArray = typed(ids_col, "content_id")?;
@@ -898,7 +887,7 @@ fn entries(
             let id = ContentId(
                 ids.value(k)
                     .try_into()
-                    .map_err(|_| anyhow!("a content_id is not 32 bytes"))?,
+                    .map_err(|_| err!("a content_id is not 32 bytes"))?,
             );
             let uri = match shapes.value(k) {
                 0 => uris.intern(uri_text.value(k), &id),

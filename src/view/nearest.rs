@@ -6,10 +6,10 @@
 
 use std::sync::Arc;
 
-use anyhow::{Context, Result, anyhow, bail};
+use crate::error::{Context, Result, bail, err};
 use lance::Dataset;
 
-use super::scan::{Rows, at};
+use super::scan::Rows;
 use super::{LanceAt, SearchInfo};
 use crate::content_id::ContentId;
 use crate::encode::Encoder;
@@ -38,21 +38,25 @@ pub async fn nearest(
 ) -> Result<Ranked> {
     let query = query_vector(spec, sim, lance, lance_rows, rows, candidates, r.encoder).await?;
     if query.len() != lance.dim {
-        bail!(
-            "{}: the query has {} dimensions, the table's embeddings have {}",
-            at(spec, "similar.to"),
-            query.len(),
-            lance.dim
-        );
+        return Err(spec.error(
+            "similar.to",
+            format!(
+                "the query has {} dimensions, the table's embeddings have {}",
+                query.len(),
+                lance.dim
+            ),
+        ));
     }
     let digest = similar::query_digest(&query);
     if let Some(pinned) = spec.pinned.as_ref().and_then(|p| p.query_sha256.as_ref())
         && pinned != &digest
     {
-        bail!(
-            "{}: the query vector changed since the spec was pinned (pinned {pinned}, now {digest})",
-            at(spec, "similar.to")
-        );
+        return Err(spec.error(
+            "similar.to",
+            format!(
+                "the query vector changed since the spec was pinned (pinned {pinned}, now {digest})"
+            ),
+        ));
     }
     let index = choose_index(spec, sim, lance, r.storage).await?;
     let mut ids: Vec<(String, u64)> = Vec::new();
@@ -119,10 +123,12 @@ async fn query_vector(
                 .ok()
                 .and_then(|id| lance_rows.get(&id))
                 .ok_or_else(|| {
-                    anyhow!(
-                        "{}: no sample with content id {id} in the Lance dataset at version {}",
-                        at(spec, "similar.to.content_id"),
-                        lance.version
+                    spec.error(
+                        "similar.to.content_id",
+                        format!(
+                            "no sample with content id {id} in the Lance dataset at version {}",
+                            lance.version
+                        ),
                     )
                 })?;
             crate::vectors::take_embeddings(&lance.dataset, &[*row])
@@ -131,7 +137,7 @@ async fn query_vector(
                 .context("Lance returned no row")?
         }
         Query::Vector(path) => {
-            let key = at(spec, "similar.to.vector");
+            let key = spec.at("similar.to.vector");
             let bytes = crate::files::read_regular(path, crate::files::limits::QUERY_VECTOR)
                 .with_context(|| format!("{key}: cannot read {}", path.display()))?;
             let m = crate::npy::read_matrix(&bytes)
@@ -146,15 +152,15 @@ async fn query_vector(
             m.data
         }
         Query::File(path) => {
-            let key = at(spec, "similar.to.file");
+            let key = spec.at("similar.to.file");
             let bytes = crate::files::read_regular(path, crate::files::limits::QUERY_FILE)
                 .with_context(|| format!("{key}: cannot read {}", path.display()))?;
             let ext = path.extension().and_then(|e| e.to_str());
             similar::embed_file(encoder, &models(), &bytes, ext)
-                .map_err(|e| anyhow!("{key}: {}: {e:#}", path.display()))?
+                .map_err(|e| err!("{key}: {}: {e:#}", path.display()))?
         }
         Query::Text(text) => similar::embed_text(encoder, &models(), text)
-            .map_err(|e| anyhow!("{}: {e:#}", at(spec, "similar.to.text")))?,
+            .map_err(|e| spec.error("similar.to.text", format!("{e:#}")))?,
     })
 }
 
@@ -169,7 +175,7 @@ async fn choose_index(
     Ok(match &spec.pinned {
         Some(p) => match p.index_version {
             Some(v) => {
-                let key = at(spec, "pinned.index_version");
+                let key = spec.at("pinned.index_version");
                 let ds = lance
                     .dataset
                     .checkout_version(v)

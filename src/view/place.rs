@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::ops::Range;
 
-use anyhow::Result;
+use crate::error::Result;
 use arrow_array::{Array, StringArray};
 
 use super::scan::Rows;

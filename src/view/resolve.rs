@@ -3,7 +3,7 @@
 
 use std::sync::OnceLock;
 
-use anyhow::{Context, Result, anyhow, bail};
+use crate::error::{Context, Result};
 use arrow_array::{Array, Int64Array};
 use iceberg::Catalog;
 
@@ -12,7 +12,7 @@ use super::compact::{BlobUris, PathArena};
 use super::finish::{Resolver, epoch_plan, epochs_record, measure, untrusted};
 use super::place::{LayoutInput, sort_by_path};
 use super::render::{Columns, QueryRecord, Receipt, Requested, SidecarsRecord, SimilarRecord};
-use super::scan::{Rows, at};
+use super::scan::Rows;
 use super::{Entries, LanceAt, Sample, SearchInfo, View};
 use crate::similar;
 use crate::spec::{Query, SnapshotSel, Spec};
@@ -132,10 +132,9 @@ async fn select(
     let by_id = rows.by_content_id();
     let needs_lance = |key: &str| {
         lance.ok_or_else(|| {
-            anyhow!(
-                "{}: table {} has no Lance dataset with embeddings",
-                at(spec, key),
-                spec.table
+            spec.error(
+                key,
+                format!("table {} has no Lance dataset with embeddings", spec.table),
             )
         })
     };
@@ -202,13 +201,9 @@ async fn load_table(spec: &Spec, catalog: &dyn Catalog) -> Result<iceberg::table
     let exists = catalog
         .table_exists(&ident)
         .await
-        .with_context(|| format!("{}: cannot reach the catalog", at(spec, "table")))?;
+        .with_context(|| format!("{}: cannot reach the catalog", spec.at("table")))?;
     if !exists {
-        bail!(
-            "{}: table {} does not exist in the catalog (ingest into it first, or fix --warehouse/--catalog)",
-            at(spec, "table"),
-            spec.table
-        );
+        return Err(spec.error("table", format!("table {} does not exist in the catalog (ingest into it first, or fix --warehouse/--catalog)", spec.table)));
     }
     Ok(catalog.load_table(&ident).await?)
 }
@@ -225,11 +220,7 @@ async fn open_lance(
     if let (Some(pinned), Some(l)) = (spec.pinned.as_ref().and_then(|p| p.lance_version), &lance)
         && pinned != l.version
     {
-        bail!(
-            "{}: lance_version {pinned} does not match the Lance version {} that snapshot {snapshot_id} records",
-            at(spec, "pinned"),
-            l.version
-        );
+        return Err(spec.error("pinned", format!("lance_version {pinned} does not match the Lance version {} that snapshot {snapshot_id} records", l.version)));
     }
     Ok(lance)
 }

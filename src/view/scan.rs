@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use anyhow::{Context, Result, anyhow, bail};
+use crate::error::{Context, Result, bail};
 use arrow_array::types::Int32Type;
 use arrow_array::{
     Array, ArrayRef, BinaryArray, BooleanArray, DictionaryArray, Float32Array, Float64Array,
@@ -28,28 +28,15 @@ use crate::catalog::CHUNK_DIGESTS_COLUMN;
 use crate::content_id::ContentId;
 use crate::spec::{SnapshotSel, Spec};
 
-/// Where a spec error points: `spec FILE: `key``.
-pub fn at(spec: &Spec, key: &str) -> String {
-    format!("spec {}: `{key}`", spec.file.display())
-}
-
 /// The snapshot a spec reads, and the schema its rows were written with.
 pub fn snapshot(spec: &Spec, table: &Table) -> Result<(SnapshotRef, SchemaRef)> {
     let meta = table.metadata();
     let snapshot = match spec.snapshot {
         SnapshotSel::Latest => meta.current_snapshot().ok_or_else(|| {
-            anyhow!(
-                "{}: table {} has no snapshots yet; ingest first",
-                at(spec, "snapshot"),
-                spec.table
-            )
+            spec.error("snapshot", format!("table {} has no snapshots yet; ingest first", spec.table))
         })?,
         SnapshotSel::Id(id) => meta.snapshot_by_id(id).ok_or_else(|| {
-            anyhow!(
-                "{}: snapshot {id} does not exist in table {} (run `lakemount snapshots` to list them)",
-                at(spec, "snapshot"),
-                spec.table
-            )
+            spec.error("snapshot", format!("snapshot {id} does not exist in table {} (run `lakemount snapshots` to list them)", spec.table))
         })?,
     };
     let schema = snapshot
@@ -78,23 +65,21 @@ pub fn check_layout(
             _ => false,
         };
         if !computed && schema.field_by_name(field).is_none() {
-            bail!(
-                "{}: unknown column `{{{field}}}` in {:?} (columns: {}, ext, pos in views with `order` or `shard`, rank and distance in similarity views, cluster in diverse ones)",
-                at(spec, "layout"),
-                spec.layout.text(),
-                column_names(schema)
-            );
+            return Err(spec.error("layout", format!("unknown column `{{{field}}}` in {:?} (columns: {}, ext, pos in views with `order` or `shard`, rank and distance in similarity views, cluster in diverse ones)", spec.layout.text(),
+                column_names(schema))));
         }
     }
     if let Some(crate::spec::Order::By(keys)) = &spec.order {
         for k in keys {
             if k.column != "content_id" && schema.field_by_name(&k.column).is_none() {
-                bail!(
-                    "{}: unknown column {:?} (columns: {})",
-                    at(spec, "order.by"),
-                    k.column,
-                    column_names(schema)
-                );
+                return Err(spec.error(
+                    "order.by",
+                    format!(
+                        "unknown column {:?} (columns: {})",
+                        k.column,
+                        column_names(schema)
+                    ),
+                ));
             }
         }
     }
@@ -144,7 +129,7 @@ pub async fn rows(
         Some(filter) => Some(
             filter
                 .bind(schema)
-                .map_err(|e| anyhow!("{}: {e}", at(spec, "filter")))?,
+                .map_err(|e| spec.error("filter", format!("{e}")))?,
         ),
         None => None,
     };
@@ -156,7 +141,7 @@ pub async fn rows(
         for s in &spec.sources {
             let own = match &s.filter {
                 Some(f) => Some(f.bind(schema).map_err(|e| {
-                    anyhow!("{}: source {:?}: {e}", at(spec, "sources.filter"), s.name)
+                    spec.error("sources.filter", format!("source {:?}: {e}", s.name))
                 })?),
                 None => None,
             };
@@ -191,7 +176,7 @@ pub async fn rows(
                         spec.table
                     )
                 })?;
-            Ok::<_, anyhow::Error>(part)
+            Ok::<_, crate::error::Error>(part)
         }
     }))
     .await?;
@@ -310,7 +295,7 @@ impl Rows {
             for b in &batches[range] {
                 d.batch(b)?;
             }
-            Ok::<_, anyhow::Error>(d)
+            Ok::<_, crate::error::Error>(d)
         });
         let mut decoded = Decoded::default();
         for part in parts {

@@ -531,7 +531,7 @@ pub fn snapshot_ids(wh: &Path) -> Vec<i64> {
 pub async fn resolve(
     wh: &Warehouse,
     spec: &lakemount::spec::Spec,
-) -> anyhow::Result<lakemount::view::View> {
+) -> lakemount::Result<lakemount::view::View> {
     let resolver =
         lakemount::view::Resolver::new(wh, &lakemount::encode::builtin::BuiltinEncoder, None);
     lakemount::view::resolve(spec, &resolver).await

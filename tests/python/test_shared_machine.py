@@ -76,23 +76,23 @@ def test_a_runtime_directory_another_user_made_is_refused(users, shared_tmp, lak
         assert res.returncode == 0, res.stderr
         res = as_user(victim, lakemount_bin, "mount", "--daemon", "--warehouse", str(shared_tmp / "wh"),
                       str(spec), str(mnt))
-        assert res.returncode == 1, res.stdout + res.stderr
+        assert res.returncode == 4, res.stdout + res.stderr
         assert f"belongs to uid {attacker.pw_uid}" in res.stderr, res.stderr
         assert not os.path.ismount(mnt)
         # `status` does not trust whatever answers there either.
         res = as_user(victim, lakemount_bin, "status", str(mnt))
-        assert res.returncode == 1 and f"belongs to uid {attacker.pw_uid}" in res.stderr, res.stderr
+        assert res.returncode == 4 and f"belongs to uid {attacker.pw_uid}" in res.stderr, res.stderr
         # Even private (0700), a directory of another user's is refused.
         os.chmod(rt, 0o700)
         res = as_user(victim, lakemount_bin, "mount", "--daemon", "--warehouse", str(shared_tmp / "wh"),
                       str(spec), str(mnt))
-        assert res.returncode == 1 and "not to you" in res.stderr, res.stderr
+        assert res.returncode == 4 and "not to you" in res.stderr, res.stderr
         # The victim's own directory, open to others, is refused too, with what to do.
         shutil.rmtree(rt)
         res = as_user(victim, "mkdir", "-m", "0755", str(rt))
         assert res.returncode == 0
         res = as_user(victim, lakemount_bin, "status", str(mnt))
-        assert res.returncode == 1 and "chmod 700" in res.stderr, res.stderr
+        assert res.returncode == 4 and "chmod 700" in res.stderr, res.stderr
     finally:
         shutil.rmtree(rt, ignore_errors=True)
 
@@ -223,7 +223,7 @@ def test_a_catalog_database_that_dies_mid_ingest_is_named_within_seconds(lakemou
         killed = time.time()
         out, err = proc.communicate(timeout=60)
         took = time.time() - killed
-        assert proc.returncode == 1, out + err
+        assert proc.returncode == 6, out + err  # storage
         assert took < 15, f"{took:.1f} s to notice: {err}"
         port = (work / "pg.port").read_text()
         assert f"postgres://postgres:***@127.0.0.1:{port}/ing" in err, err
