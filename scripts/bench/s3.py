@@ -11,6 +11,10 @@ order, files/s of:
   blob objects, first touch and second epoch;
 - reading the same objects directly with pyarrow's S3 filesystem (one GET
   each, no FUSE).
+With `--stores s3,azure` the same images are also ingested into Azurite
+(Azure Blob Storage) and lakemount reads them through the same proxy in
+front of Azurite's port: the second store family beside the first (rclone
+and direct GETs run against S3 only; `--lakemount-only` skips them).
 Each figure is a median of --runs runs. Prints a table and writes JSON.
 
 Run with scripts/bench/run-s3 (installs rclone, builds the release binary,
@@ -98,11 +102,13 @@ def main():
     ap.add_argument("--threads", default="1,2,8")
     ap.add_argument("--prefetch", type=int, help="lakemount --prefetch (default: its default)")
     ap.add_argument("--delays", help="comma-separated delays in ms to run (default: 0 and --delay-ms)")
+    ap.add_argument("--stores", default="s3", help="comma-separated: s3, azure (Azurite)")
+    ap.add_argument("--lakemount-only", action="store_true", help="skip rclone and direct GETs")
     ap.add_argument("--bin")
     ap.add_argument("--work", type=Path)
     ap.add_argument("--json", type=Path, default=Path("scripts/out/bench-s3.json"))
     args = ap.parse_args()
-    for v in ("AWS_ENDPOINT_URL", "LAKEMOUNT_TEST_S3", "LAKEMOUNT_TEST_PG"):
+    for v in ("AWS_ENDPOINT_URL", "LAKEMOUNT_TEST_S3", "LAKEMOUNT_TEST_PG", "AZURE_STORAGE_ENDPOINT"):
         if v not in os.environ:
             raise SystemExit(f"{v} is not set: eval \"$(python scripts/servers.py start DIR)\" first")
     binary = find_bin(args.bin)
@@ -117,12 +123,26 @@ def main():
     host, port = pg.rsplit("@", 1)[1].split(":")
     subprocess.run(["psql", "-h", host, "-p", port, "-U", "postgres", "-d", "postgres", "-qc",
                     f"CREATE DATABASE {db}"], env=dict(os.environ, PGPASSWORD="postgres"), capture_output=True)
-    wh_args = ["--warehouse", f"s3://{bucket}/{prefix}", "--catalog", f"{pg}/{db}"]
-    print(f"ingesting {args.samples} images into s3://{bucket}/{prefix} ...", flush=True)
-    subprocess.run([binary, "ingest", "--quiet", *wh_args, str(data)], check=True, stdout=subprocess.DEVNULL)
+    stores = args.stores.split(",")
+    wh_args, upstream = {}, {}
+    for store in stores:
+        if store == "s3":
+            url, endpoint_var = f"s3://{bucket}/{prefix}", "AWS_ENDPOINT_URL"
+        elif store == "azure":
+            url, endpoint_var = f"{os.environ['LAKEMOUNT_TEST_AZURE']}/{prefix}", "AZURE_STORAGE_ENDPOINT"
+        else:
+            raise SystemExit(f"--stores: {store}? expected s3 or azure")
+        db_store = f"{db}_{store}"
+        subprocess.run(["psql", "-h", host, "-p", port, "-U", "postgres", "-d", "postgres", "-qc",
+                        f"CREATE DATABASE {db_store}"], env=dict(os.environ, PGPASSWORD="postgres"),
+                       capture_output=True)
+        wh_args[store] = ["--warehouse", url, "--catalog", f"{pg}/{db_store}"]
+        upstream[store] = (endpoint_var, os.environ[endpoint_var])
+        print(f"ingesting {args.samples} images into {url} ...", flush=True)
+        subprocess.run([binary, "ingest", "--quiet", *wh_args[store], str(data)], check=True,
+                       stdout=subprocess.DEVNULL)
     spec = work / "bench.yaml"
     spec.write_text("name: bench\nsidecars: []\n")
-    upstream = int(os.environ["AWS_ENDPOINT_URL"].rsplit(":", 1)[1])
     import hashlib
     keys = sorted(f"{bucket}/{prefix}/blobs/{h[:2]}/{h}" for h in
                   (hashlib.sha256(p.read_bytes()).hexdigest() for p in paths))
@@ -133,39 +153,51 @@ def main():
         *key, value = key_value
         results.setdefault(tuple(key), []).append(value)
 
+    def through(endpoint: str, proxy) -> str:
+        """The endpoint URL with the proxy's port in place of the server's."""
+        from urllib.parse import urlsplit, urlunsplit
+        u = urlsplit(endpoint)
+        return urlunsplit(u._replace(netloc=f"127.0.0.1:{proxy.endpoint.rsplit(':', 1)[1]}"))
+
     for run in range(args.runs):
         delays = [float(d) for d in args.delays.split(",")] if args.delays else [0.0, args.delay_ms]
         for delay in delays:
-            proxy = Proxy(upstream, delay)
-            env_ep = proxy.endpoint
-            try:
-                for n in threads:
-                    for order in ("listing", "random"):
-                        seed = None if order == "listing" else run
-                        env = dict(os.environ, AWS_ENDPOINT_URL=env_ep)
-                        extra = ["--prefetch", str(args.prefetch)] if args.prefetch is not None else []
-                        with Mount(binary, wh_args, [spec], work / "mnt", extra=extra, env=env) as m:
-                            view = sorted((m.mnt / "bench").rglob("*.png"))
-                            rec(delay, n, order, "lakemount first touch", read_files(view, n, seed=seed))
-                            rec(delay, n, order, "lakemount second epoch", read_files(view, n, seed=seed))
-                        rc = Rclone(env_ep, f"{bucket}/{prefix}/blobs", work / "rclone", work / "rclone-cache")
-                        try:
-                            files = sorted(p for p in rc.mnt.rglob("*") if p.is_file())
-                            rec(delay, n, order, "rclone first touch", read_files(files, n, seed=seed))
-                            rec(delay, n, order, "rclone second epoch", read_files(files, n, seed=seed))
-                        finally:
-                            rc.close()
-                        rec(delay, n, order, "direct GETs (pyarrow S3)", direct_reads(env_ep, keys, n, seed))
-                        print(f"run {run + 1}: delay {delay} ms, {n} readers, {order} order done", flush=True)
-            finally:
-                proxy.close()
+            for store in stores:
+                var, endpoint = upstream[store]
+                proxy = Proxy(int(endpoint.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1]), delay)
+                env_ep = through(endpoint, proxy)
+                name = "lakemount" if store == "s3" else f"lakemount on {store}"
+                try:
+                    for n in threads:
+                        for order in ("listing", "random"):
+                            seed = None if order == "listing" else run
+                            env = dict(os.environ, **{var: env_ep})
+                            extra = ["--prefetch", str(args.prefetch)] if args.prefetch is not None else []
+                            with Mount(binary, wh_args[store], [spec], work / "mnt", extra=extra, env=env) as m:
+                                view = sorted((m.mnt / "bench").rglob("*.png"))
+                                rec(delay, n, order, f"{name} first touch", read_files(view, n, seed=seed))
+                                rec(delay, n, order, f"{name} second epoch", read_files(view, n, seed=seed))
+                            if store == "s3" and not args.lakemount_only:
+                                rc = Rclone(env_ep, f"{bucket}/{prefix}/blobs", work / "rclone", work / "rclone-cache")
+                                try:
+                                    files = sorted(p for p in rc.mnt.rglob("*") if p.is_file())
+                                    rec(delay, n, order, "rclone first touch", read_files(files, n, seed=seed))
+                                    rec(delay, n, order, "rclone second epoch", read_files(files, n, seed=seed))
+                                finally:
+                                    rc.close()
+                                rec(delay, n, order, "direct GETs (pyarrow S3)", direct_reads(env_ep, keys, n, seed))
+                            print(f"run {run + 1}: {store}, delay {delay} ms, {n} readers, {order} order done",
+                                  flush=True)
+                finally:
+                    proxy.close()
 
     rows = []
     for (delay, n, order, what), vals in sorted(results.items()):
         rows.append({"delay_ms": delay, "readers": n, "order": order, "path": what,
                      "files_per_s": round(median(vals))})
     out = {"samples": args.samples, "size_kb": args.size_kb, "runs": args.runs, "rows": rows}
-    report(f"{args.samples} files of ~{args.size_kb} KB from SeaweedFS over loopback, medians of {args.runs}", rows,
+    report(f"{args.samples} files of ~{args.size_kb} KB from {' and '.join(stores)} over loopback, "
+           f"medians of {args.runs}", rows,
            None)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(out, indent=2) + "\n")

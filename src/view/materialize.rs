@@ -557,16 +557,29 @@ pub async fn load(spec: &Spec, m: &MaterializedPin, r: &Resolver<'_>) -> Result<
             Ok::<_, object_store::Error>((size, at, got.bytes().await?))
         }
     };
-    let (size, tail_at, tail) =
-        get(object_store::GetRange::Suffix(TAIL))
-            .await
-            .map_err(|e| match e {
-                object_store::Error::NotFound { .. } => bad("it does not exist".into()),
-                other => bad(format!(
-                    "cannot read it: {}",
-                    crate::trust::redact(&other.to_string())
-                )),
-            })?;
+    let tail = match get(object_store::GetRange::Suffix(TAIL)).await {
+        // Azure Blob Storage has no suffix ranges: ask for the size first.
+        Err(object_store::Error::NotSupported { .. }) => {
+            match object_store::ObjectStoreExt::head(store.as_ref(), &path).await {
+                Ok(meta) => {
+                    get(object_store::GetRange::Bounded(
+                        meta.size.saturating_sub(TAIL)..meta.size,
+                    ))
+                    .await
+                }
+                Err(e) => Err(e),
+            }
+        }
+        r => r,
+    };
+    let (size, tail_at, tail) = tail.map_err(|e| match e {
+        object_store::Error::NotFound { .. } => bad("it does not exist".into()),
+        other => bad(format!(
+            "cannot read it: {}",
+            crate::trust::redact(&other.to_string())
+        ))
+        .with_kind(crate::error::ErrorKind::Storage),
+    })?;
     let footer = footer_range(&tail, size).map_err(|e| bad(e.to_string()))?;
     let footer_bytes = if footer.start >= tail_at {
         tail.slice((footer.start - tail_at) as usize..)

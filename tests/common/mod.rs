@@ -51,9 +51,10 @@ pub fn image_folder(dir: &Path, labels: &[(&str, u32)]) -> HashMap<String, Vec<u
 
 /// The backend the tests run against, from `LAKEMOUNT_TEST_BACKEND`:
 /// `local` (the default: a directory with a SQLite catalog), `s3-postgres`
-/// (SeaweedFS S3 + the SQL catalog on PostgreSQL) or `s3-rest` (SeaweedFS
-/// S3 + its Iceberg REST catalog). scripts/test.sh starts the servers and
-/// exports what scripts/servers.py prints.
+/// (SeaweedFS S3 + the SQL catalog on PostgreSQL), `s3-rest` (SeaweedFS
+/// S3 + its Iceberg REST catalog) or `azure-postgres` (Azurite's Azure Blob
+/// Storage + the SQL catalog on PostgreSQL). scripts/test.sh starts the
+/// servers and exports what scripts/servers.py prints.
 pub fn backend() -> String {
     std::env::var("LAKEMOUNT_TEST_BACKEND").unwrap_or_else(|_| "local".into())
 }
@@ -130,6 +131,10 @@ pub fn wh_config(path: &Path) -> WarehouseConfig {
             c.location = format!("{}/{id}", env("LAKEMOUNT_TEST_S3"));
             c.catalog = Some(format!("{}/{}", env("LAKEMOUNT_TEST_PG"), pg_database(&id)));
         }
+        "azure-postgres" => {
+            c.location = format!("{}/{id}", env("LAKEMOUNT_TEST_AZURE"));
+            c.catalog = Some(format!("{}/{}", env("LAKEMOUNT_TEST_PG"), pg_database(&id)));
+        }
         "s3-rest" => {
             c.location = format!("{}/{id}", env("LAKEMOUNT_TEST_S3"));
             c.catalog = Some(env("LAKEMOUNT_TEST_REST"));
@@ -143,9 +148,22 @@ pub fn wh_config(path: &Path) -> WarehouseConfig {
             )];
             c.table = table_name(path);
         }
-        other => panic!("LAKEMOUNT_TEST_BACKEND={other}: expected local, s3-postgres or s3-rest"),
+        other => panic!(
+            "LAKEMOUNT_TEST_BACKEND={other}: expected local, s3-postgres, s3-rest or azure-postgres"
+        ),
     }
     c
+}
+
+/// The environment variable naming the backend's object-store endpoint,
+/// and its value (for a proxy in front of it).
+pub fn store_endpoint() -> (&'static str, String) {
+    let var = if backend().starts_with("azure") {
+        "AZURE_STORAGE_ENDPOINT"
+    } else {
+        "AWS_ENDPOINT_URL"
+    };
+    (var, env(var))
 }
 
 /// The same, as `lakemount` arguments.
