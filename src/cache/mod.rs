@@ -282,8 +282,9 @@ impl ChunkCache {
         };
         let result = fetching.clone().await;
         let mut map = self.fetching.lock().unwrap_or_else(|e| e.into_inner());
-        // PLANTED BUG (reverted next commit): removes whatever fetch is registered now.
-        map.remove(&key);
+        if map.get(&key).is_some_and(|f| f.ptr_eq(&fetching)) {
+            map.remove(&key);
+        }
         result
     }
 
