@@ -120,7 +120,8 @@ enum Command {
 /// Where the warehouse and its catalog are.
 #[derive(Debug, Args)]
 struct WarehouseArgs {
-    /// Warehouse: a directory (or file:// URI) or s3://BUCKET/PREFIX, holding
+    /// Warehouse: a directory (or file:// URI), s3://BUCKET/PREFIX or
+    /// az://CONTAINER/PREFIX (Azure Blob Storage), holding
     /// blobs, the Lance dataset, the Iceberg tables and, for a directory, the
     /// default SQLite catalog.
     #[arg(
@@ -133,7 +134,7 @@ struct WarehouseArgs {
     /// Iceberg catalog: sqlite:PATH or postgres://USER:PASS@HOST/DB (SQL
     /// catalog), or http(s)://HOST:PORT[/PATH] (REST catalog; also written
     /// rest+http(s)://...) [default for a directory warehouse:
-    /// sqlite:<WAREHOUSE>/catalog.db; an s3:// warehouse needs one].
+    /// sqlite:<WAREHOUSE>/catalog.db; an object-store warehouse needs one].
     #[arg(
         long,
         env = "LAKEMOUNT_CATALOG",
@@ -154,9 +155,11 @@ struct WarehouseArgs {
     /// header.NAME=VALUE.
     #[arg(long, value_name = "KEY=VALUE", value_parser = parse_kv, help_heading = "Warehouse")]
     catalog_option: Vec<(String, String)>,
-    /// Object-store setting (repeatable), over the AWS_* environment
-    /// variables: endpoint=URL, region=R, access_key_id=..., secret_access_key=...,
-    /// session_token=..., allow_http=true, virtual_hosted_style_request=true.
+    /// Object-store setting (repeatable), over the AWS_* and AZURE_STORAGE_*
+    /// environment variables. S3: endpoint=URL, region=R, access_key_id=...,
+    /// secret_access_key=..., session_token=..., allow_http=true,
+    /// virtual_hosted_style_request=true. Azure: azure_storage_account_name=...,
+    /// azure_storage_account_key=..., azure_storage_endpoint=URL.
     #[arg(long, value_name = "KEY=VALUE", help_heading = "Warehouse")]
     storage_option: Vec<String>,
     /// Embedding model: builtin (weight-free, the default); clip:DIR (a
