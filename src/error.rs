@@ -207,32 +207,6 @@ impl Error {
         self.0.spec.as_ref()
     }
 
-    /// The innermost message (ours, or the wrapped error's).
-    pub fn message(&self) -> String {
-        match (&self.0.message, &self.0.source) {
-            (Some(m), _) => m.clone(),
-            (None, Some(s)) => s.to_string(),
-            (None, None) => String::new(),
-        }
-    }
-
-    /// The error this came from, if it is of type `E`, searching the
-    /// chain of causes.
-    pub fn find_source<E: std::error::Error + 'static>(&self) -> Option<&E> {
-        let mut next: Option<&(dyn std::error::Error + 'static)> = self
-            .0
-            .source
-            .as_deref()
-            .map(|s| s as &(dyn std::error::Error + 'static));
-        while let Some(e) = next {
-            if let Some(found) = e.downcast_ref::<E>() {
-                return Some(found);
-            }
-            next = e.source();
-        }
-        None
-    }
-
     fn write_head(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for c in self.0.context.iter().rev() {
             write!(f, "{c}: ")?;
@@ -508,7 +482,6 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Storage);
         assert_eq!(e.to_string(), "epoch 2: reading blob b1: peer hung up");
-        assert_eq!(e.message(), "peer hung up");
         assert_eq!(e.kind().exit_code(), 6);
     }
 
@@ -518,7 +491,8 @@ mod tests {
         let e = err!(kind: Storage, "writing entry").with_source(inner);
         assert_eq!(format!("{e:#}"), "writing entry: disk gone");
         assert_eq!(e.to_string(), "writing entry");
-        assert!(e.find_source::<std::io::Error>().is_some());
+        let cause = std::error::Error::source(&e).unwrap();
+        assert!(cause.downcast_ref::<std::io::Error>().is_some());
     }
 
     #[test]

@@ -138,14 +138,19 @@ fn read_together(
     })
 }
 
+/// A cache over a fresh script serving `bytes`, and the sample's location.
+fn cache_over(bytes: &[u8], fail_first: usize) -> (Arc<Scripted>, Arc<ChunkCache>, SampleLoc) {
+    let script = Scripted::new(bytes, fail_first);
+    let cache = Arc::new(ChunkCache::new(1 << 20, Arc::new(Handle(script.clone()))));
+    (script, cache, sample(bytes))
+}
+
 #[test]
 fn readers_of_one_chunk_share_one_fetch() {
     shuttle::check_random(
         || {
             let bytes = b"the bytes of one small sample".as_slice();
-            let script = Scripted::new(bytes, 0);
-            let cache = Arc::new(ChunkCache::new(1 << 20, Arc::new(Handle(script.clone()))));
-            let loc = sample(bytes);
+            let (script, cache, loc) = cache_over(bytes, 0);
             for got in read_together(&cache, &loc, 4) {
                 assert_eq!(got.as_deref(), Ok(bytes));
             }
@@ -165,9 +170,7 @@ fn a_failed_fetch_is_shared_then_forgotten_and_never_doubled() {
     shuttle::check_random(
         || {
             let bytes = b"another sample, whose first read fails".as_slice();
-            let script = Scripted::new(bytes, 1);
-            let cache = Arc::new(ChunkCache::new(1 << 20, Arc::new(Handle(script.clone()))));
-            let loc = sample(bytes);
+            let (script, cache, loc) = cache_over(bytes, 1);
             let results = read_together(&cache, &loc, 4);
             let failed = results.iter().filter(|r| r.is_err()).count();
             for got in &results {
