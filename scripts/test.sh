@@ -28,7 +28,8 @@ cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings
 LAKEMOUNT_TEST_BACKEND=local cargo test
 export LAKEMOUNT_BIN="$CARGO_TARGET_DIR/debug/lakemount"
-"$venv/bin/python" -m pytest -q -rs tests/python --ignore=tests/python/test_shared.py
+"$venv/bin/python" -m pytest -q -rs tests/python --ignore=tests/python/test_shared.py \
+    --ignore=tests/python/test_ray.py
 
 servers=$(mktemp -d)
 trap '"$venv/bin/python" scripts/servers.py stop "$servers"; rm -rf "$servers" "$LAKEMOUNT_SKIP_LOG"' EXIT
@@ -37,5 +38,5 @@ for backend in s3-postgres s3-rest azure-postgres; do
     echo "test.sh: the integration suite on $backend"
     LAKEMOUNT_TEST_BACKEND=$backend cargo test --quiet --tests
 done
-"$venv/bin/python" -m pytest -q -rs tests/python/test_shared.py
+"$venv/bin/python" -m pytest -q -rs tests/python/test_shared.py tests/python/test_ray.py
 skips

@@ -88,12 +88,68 @@ impl BlobStore {
     /// Stores `bytes` at `rel` (a `/`-separated path below the warehouse
     /// root, such as `packs/index/<uuid>.parquet`); its URI.
     pub async fn put_file(&self, rel: &str, bytes: Bytes) -> object_store::Result<String> {
-        let mut key = self.prefix.clone();
-        for part in rel.split('/') {
-            key = key.join(part);
-        }
+        let key = self.rel_key(rel);
         self.store.put(&key, PutPayload::from(bytes)).await?;
         Ok(format!("{}{rel}", self.root_url))
+    }
+
+    fn rel_key(&self, rel: &str) -> Path {
+        let mut key = self.prefix.clone();
+        for part in rel.split('/').filter(|p| !p.is_empty()) {
+            key = key.join(part);
+        }
+        key
+    }
+
+    /// Reads the file at `rel` (as [`Self::put_file`] names it), refusing
+    /// one larger than `limit` bytes.
+    pub async fn get_file(&self, rel: &str, limit: u64) -> crate::error::Result<Bytes> {
+        use crate::error::Context;
+        let key = self.rel_key(rel);
+        let got = self
+            .store
+            .get(&key)
+            .await
+            .with_context(|| format!("cannot read {}{rel}", self.root_url))?;
+        if got.meta.size > limit {
+            crate::error::bail!(
+                "{}{rel} is {} bytes, more than the {limit} expected",
+                self.root_url,
+                got.meta.size
+            );
+        }
+        Ok(got.bytes().await?)
+    }
+
+    /// The files below `rel`: each one's path relative to the warehouse
+    /// root and its last modification time.
+    pub async fn list_files(
+        &self,
+        rel: &str,
+    ) -> object_store::Result<Vec<(String, chrono::DateTime<chrono::Utc>)>> {
+        use futures::TryStreamExt;
+        let key = self.rel_key(rel);
+        let strip = self.prefix.as_ref().len();
+        let metas: Vec<object_store::ObjectMeta> =
+            self.store.list(Some(&key)).try_collect().await?;
+        Ok(metas
+            .into_iter()
+            .map(|m| {
+                let full = m.location.as_ref();
+                let rel = full[strip.min(full.len())..]
+                    .trim_start_matches('/')
+                    .to_string();
+                (rel, m.last_modified)
+            })
+            .collect())
+    }
+
+    /// Deletes the file at `rel`; a missing file is not an error.
+    pub async fn delete_file(&self, rel: &str) -> object_store::Result<()> {
+        match self.store.delete(&self.rel_key(rel)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Stores `bytes` under `content_id` unless it is already there.

@@ -139,6 +139,77 @@ pub async fn append(
     Ok(ds)
 }
 
+/// Makes sure the dataset exists (empty if new), for writers that stage
+/// fragments against it and commit later ([`write_fragments`]). Losing a
+/// race to create it is fine: the winner's dataset is used.
+pub async fn ensure(uri: &str, storage: &Storage, dim: usize) -> Result<Dataset> {
+    if let Some(ds) = open(uri, storage).await? {
+        return Ok(ds);
+    }
+    let schema = schema(dim)?;
+    match create(uri, storage, &RecordBatch::new_empty(schema)).await {
+        Ok(ds) => Ok(ds),
+        Err(e) => match open(uri, storage).await {
+            Ok(Some(ds)) => Ok(ds),
+            _ => Err(e),
+        },
+    }
+}
+
+/// Writes `rows` as data files of `ds` without committing them: the
+/// fragments to pass to [`commit_fragments`]. Until then no version of the
+/// dataset lists them.
+pub async fn write_fragments(
+    ds: &Dataset,
+    rows: &[VectorRow],
+    dim: usize,
+) -> Result<Vec<lance::table::format::Fragment>> {
+    let schema = schema(dim)?;
+    let batch = rows_to_batch(&schema, rows, dim)?;
+    let params = WriteParams {
+        mode: WriteMode::Append,
+        ..Default::default()
+    };
+    let txn = lance::dataset::InsertBuilder::new(Arc::new(ds.clone()))
+        .with_params(&params)
+        .execute_uncommitted(vec![batch])
+        .await
+        .with_context(|| format!("cannot write Lance data files to {}", ds.uri()))?;
+    match txn.operation {
+        lance::dataset::transaction::Operation::Append { fragments } => Ok(fragments),
+        other => bail!(
+            kind: Internal,
+            "staging rows in {} gave a {} operation, expected an append",
+            ds.uri(),
+            other.name()
+        ),
+    }
+}
+
+/// The data files (names below `data/`) the dataset's current version uses.
+pub fn data_files(ds: &Dataset) -> HashSet<String> {
+    ds.get_fragments()
+        .iter()
+        .flat_map(|f| f.metadata().files.iter().map(|d| d.path.clone()))
+        .collect()
+}
+
+/// Commits staged `fragments` as one append; returns the new version.
+pub async fn commit_fragments(
+    ds: &Dataset,
+    storage: &Storage,
+    fragments: Vec<lance::table::format::Fragment>,
+) -> Result<Dataset> {
+    use lance::dataset::transaction::{Operation, TransactionBuilder};
+    let txn =
+        TransactionBuilder::new(ds.version().version, Operation::Append { fragments }).build();
+    lance::dataset::CommitBuilder::new(Arc::new(ds.clone()))
+        .with_store_params(storage.lance_params())
+        .execute(txn)
+        .await
+        .with_context(|| format!("Lance commit of staged fragments to {} failed", ds.uri()))
+}
+
 /// Creates the dataset holding `batch`, or fails if someone else created
 /// it meanwhile. Lance would otherwise rebase a losing create onto the
 /// winner as an overwrite and drop the winner's rows; a commit with no

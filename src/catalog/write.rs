@@ -25,7 +25,7 @@ use iceberg::writer::partitioning::fanout_writer::FanoutWriter;
 use parquet::file::properties::WriterProperties;
 
 /// A typed value of an extra column.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Value {
     /// A boolean.
     Bool(bool),
@@ -38,7 +38,7 @@ pub enum Value {
 }
 
 /// One sample's row in the Iceberg table.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SampleRow {
     /// SHA-256 of the bytes, hex.
     pub content_id: String,

@@ -31,7 +31,10 @@ impl Cli {
     /// which run one forward pass per core (see
     /// [`crate::encode::threads_for_batches`]).
     pub fn embeds_batches(&self) -> bool {
-        matches!(self.command, Command::Ingest(_) | Command::Embed(_))
+        matches!(
+            self.command,
+            Command::Ingest(_) | Command::Stage(_) | Command::Embed(_)
+        )
     }
 }
 
@@ -46,6 +49,27 @@ enum Command {
     /// in the summary), 1 on an error (nothing of the failing batch is
     /// visible).
     Ingest(IngestArgs),
+    /// Stage one partition of a distributed ingest, publishing nothing.
+    ///
+    /// Does everything `ingest` does per file (read, hash, store blobs or
+    /// packs, embed, write Lance fragments and Iceberg data files) and
+    /// writes a staging manifest; `commit` later publishes any number of
+    /// them in one snapshot. Run it anywhere that reaches the warehouse:
+    /// Ray tasks (python -m lakemount.ray), Spark, Slurm, a shell loop.
+    /// Prints one JSON line: the manifest's path and counts.
+    Stage(StageArgs),
+    /// Publish staged partitions in one linearizing commit.
+    ///
+    /// One Lance append of their fragments, then one Iceberg snapshot of
+    /// their rows recording that Lance version; duplicates across
+    /// partitions and against the table are dropped. Safe to re-run after
+    /// a crash (what was committed is not committed twice); deletes the
+    /// manifests it published.
+    Commit(CommitArgs),
+    /// Remove what staged partitions left behind: unreferenced Lance and
+    /// Iceberg data files and uncommitted staging manifests older than
+    /// --grace. Nothing any snapshot or Lance version uses is touched.
+    Gc(GcArgs),
     /// List the table's snapshots, newest first, to pin one in a spec.
     Snapshots(SnapshotsArgs),
     /// Mount YAML dataset specs as read-only directories of plain files.
@@ -178,6 +202,29 @@ struct WarehouseArgs {
     encoder: String,
 }
 
+impl IngestOptions {
+    fn config(&self, input: InputSource) -> IngestConfig {
+        IngestConfig {
+            input,
+            batch_size: self.batch_size,
+            inline_blobs: self.inline_blobs,
+            split: self.split,
+            embeddings: self.embeddings.clone(),
+            embedding_model: self.embedding_model.clone(),
+            source: self.source.clone(),
+            progress: if self.quiet {
+                ProgressMode::Quiet
+            } else {
+                ProgressMode::Auto
+            },
+            allow_path_prefixes: self.allow_path_prefix.clone(),
+            max_sample_bytes: self.max_sample_size,
+            pack: self.pack,
+            pack_size: self.pack_size,
+        }
+    }
+}
+
 fn parse_kv(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.trim().to_string(), v.to_string()))
@@ -251,6 +298,13 @@ struct IngestArgs {
     /// which become typed Iceberg columns.
     #[arg(long, help_heading = "Input")]
     manifest: Option<PathBuf>,
+    #[command(flatten)]
+    opts: IngestOptions,
+}
+
+/// What `ingest` and `stage` share besides the input.
+#[derive(Debug, Args)]
+struct IngestOptions {
     /// Precomputed embeddings (.npy, float32, shape (rows, dim)), one row per
     /// manifest row, instead of the built-in encoder.
     #[arg(long, requires = "manifest", help_heading = "Embeddings")]
@@ -297,6 +351,64 @@ struct IngestArgs {
     /// No progress output.
     #[arg(long, short)]
     quiet: bool,
+    #[command(flatten)]
+    warehouse: WarehouseArgs,
+}
+
+#[derive(Debug, Args)]
+struct StageArgs {
+    /// ImageFolder directory: DIR/<label>/<file>.
+    #[arg(conflicts_with_all = ["manifest", "serve"])]
+    dir: Option<PathBuf>,
+    /// CSV or JSONL manifest, as for `ingest`.
+    #[arg(long, conflicts_with = "serve", help_heading = "Input")]
+    manifest: Option<PathBuf>,
+    /// The job this partition belongs to: its manifests are kept under
+    /// <warehouse>/staging/<table>/<JOB>/ until `commit --job JOB`.
+    #[arg(long)]
+    job: String,
+    /// The partition's name within the job [required without --serve
+    /// or --list].
+    #[arg(long, required_unless_present_any = ["serve", "list"])]
+    partition: Option<String>,
+    /// Print the job's state as JSON: partitions staged and not yet
+    /// published (with their manifests) and partitions published.
+    #[arg(long, conflicts_with_all = ["serve", "dir", "manifest"])]
+    list: bool,
+    /// Stage many partitions with one loaded encoder: read one JSON request
+    /// per line on standard input ({"partition": NAME, "manifest": PATH} or
+    /// {"partition": NAME, "dir": PATH}) and answer one JSON line each.
+    #[arg(long)]
+    serve: bool,
+    #[command(flatten)]
+    opts: IngestOptions,
+}
+
+#[derive(Debug, Args)]
+struct CommitArgs {
+    /// Staging manifests to publish (paths below the warehouse root, as
+    /// `stage` prints them), in priority order.
+    #[arg(required_unless_present = "job", conflicts_with = "job")]
+    staged: Vec<String>,
+    /// Publish every manifest staged for this job (oldest first).
+    #[arg(long)]
+    job: Option<String>,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    warehouse: WarehouseArgs,
+}
+
+#[derive(Debug, Args)]
+struct GcArgs {
+    /// Leave files younger than this alone (s, m, h, d suffixes); must
+    /// exceed the time between a partition's stage and its commit.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    grace: std::time::Duration,
+    /// Count what would be removed; remove nothing.
+    #[arg(long)]
+    dry_run: bool,
     #[command(flatten)]
     warehouse: WarehouseArgs,
 }
@@ -435,6 +547,9 @@ pub fn run(cli: Cli, argv: Vec<std::ffi::OsString>) -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Ingest(args) => run_ingest(args).await,
+            Command::Stage(args) => run_stage(args).await,
+            Command::Commit(args) => run_commit(args).await,
+            Command::Gc(args) => run_gc(args).await,
             Command::Snapshots(args) => run_snapshots(args).await,
             Command::Mount(args) => mount::run(args).await,
             Command::Umount(args) => {
@@ -478,24 +593,8 @@ async fn run_ingest(args: IngestArgs) -> Result<ExitCode> {
         (None, Some(m)) => InputSource::Manifest(m.clone()),
         (None, None) => crate::error::bail!(kind: Usage, "give a directory or --manifest FILE"),
     };
-    let config = IngestConfig {
-        input,
-        batch_size: args.batch_size,
-        inline_blobs: args.inline_blobs,
-        split: args.split,
-        embeddings: args.embeddings.clone(),
-        embedding_model: args.embedding_model.clone(),
-        source: args.source.clone(),
-        progress: if args.quiet {
-            ProgressMode::Quiet
-        } else {
-            ProgressMode::Auto
-        },
-        allow_path_prefixes: args.allow_path_prefix.clone(),
-        max_sample_bytes: args.max_sample_size,
-        pack: args.pack,
-        pack_size: args.pack_size,
-    };
+    let args = args.opts;
+    let config = args.config(input);
     let warehouse = Warehouse::open(&args.warehouse.config(), true).await?;
     let encoder = crate::encode::load(&args.warehouse.encoder)?;
     let report = ingest::run(&config, &warehouse, encoder.as_ref()).await?;
@@ -535,6 +634,161 @@ async fn run_ingest(args: IngestArgs) -> Result<ExitCode> {
     } else {
         ExitCode::from(EXIT_REJECTED)
     })
+}
+
+async fn run_stage(args: StageArgs) -> Result<ExitCode> {
+    let warehouse = Warehouse::open(&args.opts.warehouse.config(), true).await?;
+    if args.list {
+        let status = ingest::stage::job_status(&warehouse, &args.job).await?;
+        println!("{}", serde_json::to_string(&status)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let encoder = crate::encode::load(&args.opts.warehouse.encoder)?;
+    if !args.serve {
+        let input = match (&args.dir, &args.manifest) {
+            (Some(d), _) => InputSource::Dir(d.clone()),
+            (None, Some(m)) => InputSource::Manifest(m.clone()),
+            (None, None) => crate::error::bail!(kind: Usage, "give a directory or --manifest FILE"),
+        };
+        let partition = args.partition.as_deref().unwrap_or_default();
+        let config = args.opts.config(input);
+        let staged =
+            ingest::stage::stage(&config, &warehouse, encoder.as_ref(), &args.job, partition)
+                .await?;
+        println!("{}", stage_summary(&staged));
+        return Ok(ExitCode::SUCCESS);
+    }
+    // One request per line; an answer per line, errors included, so the
+    // caller's worker survives a bad partition.
+    let mut opts = args.opts;
+    opts.quiet = true;
+    let mut lines = std::io::stdin().lines();
+    while let Some(line) = lines.next().transpose()? {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let answer =
+            match serve_request(&line, &opts, &warehouse, encoder.as_ref(), &args.job).await {
+                Ok(staged) => stage_summary(&staged),
+                Err(e) => serde_json::json!({
+                    "ok": false,
+                    "kind": e.kind().to_string(),
+                    "error": crate::trust::redact(&format!("{e:#}")),
+                }),
+            };
+        println!("{answer}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One `stage --serve` request.
+async fn serve_request(
+    line: &str,
+    opts: &IngestOptions,
+    warehouse: &Warehouse,
+    encoder: &dyn crate::encode::Encoder,
+    job: &str,
+) -> Result<ingest::stage::Staged> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Request {
+        partition: String,
+        manifest: Option<PathBuf>,
+        dir: Option<PathBuf>,
+    }
+    let req: Request = serde_json::from_str(line).with_context(|| {
+        "stage --serve: expected {\"partition\": NAME, \"manifest\": PATH} or {\"partition\": NAME, \"dir\": PATH}"
+    })?;
+    let input = match (req.manifest, req.dir) {
+        (Some(m), None) => InputSource::Manifest(m),
+        (None, Some(d)) => InputSource::Dir(d),
+        _ => crate::error::bail!(
+            kind: Usage,
+            "stage --serve: request for partition {:?} needs exactly one of \"manifest\" and \"dir\"",
+            req.partition
+        ),
+    };
+    let config = opts.config(input);
+    ingest::stage::stage(&config, warehouse, encoder, job, &req.partition).await
+}
+
+fn stage_summary(s: &ingest::stage::Staged) -> serde_json::Value {
+    serde_json::json!({
+        "ok": true,
+        "staged": s.rel_path(),
+        "partition": s.partition,
+        "samples": s.rows.len(),
+        "bytes": s.bytes,
+        "duplicates": s.duplicates,
+        "rejected": s.rejected,
+        "seconds": s.seconds,
+    })
+}
+
+async fn run_commit(args: CommitArgs) -> Result<ExitCode> {
+    let warehouse = Warehouse::open(&args.warehouse.config(), false).await?;
+    let manifests = match &args.job {
+        Some(job) => ingest::stage::job_manifests(&warehouse, job).await?,
+        None => args.staged.clone(),
+    };
+    let report = ingest::stage::commit(&warehouse, &manifests).await?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "published {} samples from {} staged partitions, dropped {} duplicates, {} files rejected while staging",
+            report.added,
+            report.manifests,
+            report.duplicates,
+            report.rejected.len()
+        );
+        match (report.snapshot_id, report.lance_version) {
+            (Some(s), Some(v)) => {
+                println!("table {} snapshot {s}, Lance version {v}", warehouse.table)
+            }
+            _ => println!(
+                "table {}: nothing new, no snapshot committed",
+                warehouse.table
+            ),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_gc(args: GcArgs) -> Result<ExitCode> {
+    let warehouse = Warehouse::open(&args.warehouse.config(), false).await?;
+    let r = ingest::gc::gc(&warehouse, args.grace, args.dry_run).await?;
+    let verb = if args.dry_run {
+        "would remove"
+    } else {
+        "removed"
+    };
+    println!(
+        "{verb} {} Lance data files, {} Iceberg data files and {} staging manifests; kept {} unreferenced files younger than {:?}",
+        r.lance_files, r.iceberg_files, r.manifests, r.young, args.grace
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `30s`, `15m`, `24h`, `7d` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("expected a duration such as 30s, 15m, 24h or 7d, got {s:?}"))?;
+    let secs = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => {
+            return Err(format!(
+                "unknown duration unit {unit:?} in {s:?}: use s, m, h or d"
+            ));
+        }
+    };
+    Ok(std::time::Duration::from_secs(n * secs))
 }
 
 async fn run_index(args: IndexArgs) -> Result<ExitCode> {

@@ -31,10 +31,12 @@
 //! Iceberg and adopts them: it does not append them to Lance again, it only
 //! publishes them in Iceberg.
 
+pub mod gc;
 pub mod input;
 pub mod prepare;
 pub mod progress;
 pub mod publish;
+pub mod stage;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -201,7 +203,7 @@ impl IngestConfig {
 }
 
 /// A file that was not ingested, and why.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Rejection {
     /// The file (and manifest line).
     pub what: String,
@@ -305,17 +307,18 @@ struct State<'a> {
     report: IngestReport,
 }
 
-impl State<'_> {
-    /// The pack size if this ingest packs small samples.
-    fn pack_size(&self) -> Option<u64> {
-        let local = self.warehouse.root_url.scheme() == "file";
-        match self.config.pack {
-            PackMode::On => Some(self.config.pack_size),
-            PackMode::Auto if !local => Some(self.config.pack_size),
-            _ => None,
-        }
+/// The pack size if an ingest with `config` into `warehouse` packs small
+/// samples.
+fn pack_size(config: &IngestConfig, warehouse: &Warehouse) -> Option<u64> {
+    let local = warehouse.root_url.scheme() == "file";
+    match config.pack {
+        PackMode::On => Some(config.pack_size),
+        PackMode::Auto if !local => Some(config.pack_size),
+        _ => None,
     }
+}
 
+impl State<'_> {
     /// One batch through the stages; returns the bytes it read.
     async fn batch(
         &mut self,
@@ -349,7 +352,7 @@ impl State<'_> {
             .collect();
         let mut uris = HashMap::new();
         if !config.inline_blobs {
-            uris = store_blobs(warehouse, &to_lance, self.pack_size()).await?;
+            uris = store_blobs(warehouse, &to_lance, pack_size(config, warehouse)).await?;
             // Samples an interrupted run put in Lance keep the uri it gave them.
             let adopted: Vec<ContentId> = fresh
                 .iter()
@@ -381,6 +384,7 @@ impl State<'_> {
             rows,
             lance_uri: warehouse.lance_uri.clone(),
             storage: warehouse.storage.clone(),
+            files: None,
         };
         let outcome = publish::publish(
             &warehouse.catalog,
@@ -522,7 +526,24 @@ pub async fn append_vectors(
     config: &IngestConfig,
     dim: usize,
 ) -> Result<lance::Dataset> {
-    let rows: Vec<VectorRow> = samples
+    let rows = vector_rows(samples, uri_of, config);
+    vectors::append(
+        &warehouse.lance_uri,
+        &warehouse.storage,
+        existing,
+        &rows,
+        dim,
+    )
+    .await
+}
+
+/// The Lance rows of `samples`.
+fn vector_rows(
+    samples: &[&Prepared],
+    uri_of: &dyn Fn(&Prepared) -> String,
+    config: &IngestConfig,
+) -> Vec<VectorRow> {
+    samples
         .iter()
         .map(|p| VectorRow {
             content_id: p.content_id.hex(),
@@ -532,15 +553,7 @@ pub async fn append_vectors(
             size_bytes: p.bytes.len() as i64,
             inline: config.inline_blobs.then(|| p.bytes.clone()),
         })
-        .collect();
-    vectors::append(
-        &warehouse.lance_uri,
-        &warehouse.storage,
-        existing,
-        &rows,
-        dim,
-    )
-    .await
+        .collect()
 }
 
 /// Snapshot summary properties of a lakemount commit.

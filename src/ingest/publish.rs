@@ -64,6 +64,11 @@ impl Published {
         Ok(())
     }
 
+    /// The table as last loaded.
+    pub fn table(&self) -> &Table {
+        &self.table
+    }
+
     /// Content ids already published.
     pub fn ids(&self) -> &HashSet<ContentId> {
         &self.ids
@@ -77,7 +82,7 @@ impl Published {
     /// Adds the columns the rows need and the table lacks (one schema
     /// change). A column another writer added first is fine if its type
     /// matches.
-    async fn ensure_columns(&mut self, catalog: &Arc<dyn Catalog>) -> Result<()> {
+    pub async fn ensure_columns(&mut self, catalog: &Arc<dyn Catalog>) -> Result<()> {
         let schema = self.table.metadata().current_schema();
         let missing: Vec<(String, PrimitiveType)> = self
             .columns
@@ -114,6 +119,9 @@ pub struct Batch {
     pub lance_uri: String,
     /// How to reach it.
     pub storage: crate::storage::Storage,
+    /// Data files already holding exactly `rows` (staged ones); used
+    /// unless some rows turn out to be duplicates, then rewritten.
+    pub files: Option<Vec<DataFile>>,
 }
 
 /// What publishing a batch did.
@@ -138,9 +146,9 @@ pub async fn publish(
         mut rows,
         lance_uri,
         storage,
+        mut files,
     } = batch;
     let mut outcome = Outcome::default();
-    let mut files: Option<Vec<DataFile>> = None;
     for attempt in 0..MAX_ATTEMPTS {
         if attempt > 0 {
             tokio::time::sleep(backoff(attempt)).await;

@@ -30,6 +30,13 @@ def test_wheel_installs_in_a_fresh_venv_and_mounts(tmp_path, lakemount_bin):
     assert installed.is_file()
     version = subprocess.run([str(installed), "--version"], capture_output=True, text=True)
     assert version.returncode == 0 and version.stdout.startswith("lakemount "), version
+    # The Python package beside it: lakemount.ray finds this binary.
+    found = subprocess.run([str(env_dir / "bin" / "python"), "-c",
+                            "import lakemount, lakemount.ray; print(lakemount.binary())"],
+                           capture_output=True, text=True, env={k: v for k, v in os.environ.items()
+                                                                if k != "LAKEMOUNT_BIN"})
+    assert found.returncode == 0, found.stderr
+    assert Path(found.stdout.strip()).resolve() == installed.resolve(), found.stdout
 
     files = export_digits(tmp_path / "digits", limit=30)
     wh = tmp_path / "wh"
