@@ -188,8 +188,13 @@ def ingest(inputs, *, warehouse, table=None, catalog=None, catalog_options=None,
     summary = {"job": job, "partitions": len(parts), "staged": 0, "samples": 0, "duplicates": 0,
                "rejected": [], "commits": 0, "snapshot_id": None, "resumed": 0, "nodes": 0}
 
+    timings = {"list_s": 0.0, "init_s": 0.0, "stage_s": 0.0, "commit_s": 0.0}
+    summary["timings"] = timings
+
     def commit(args):
+        t = time.monotonic()
         out = json.loads(_run([exe, "commit", "--json", *wh, *args]))
+        timings["commit_s"] += time.monotonic() - t
         summary["samples"] += out["added"]
         summary["duplicates"] += out["duplicates"]
         if out["snapshot_id"] is not None:
@@ -198,7 +203,9 @@ def ingest(inputs, *, warehouse, table=None, catalog=None, catalog_options=None,
         return out
 
     # Resume: publish what an earlier run of this job staged, skip what it published.
+    t = time.monotonic()
     status = json.loads(_run([exe, "stage", "--job", job, "--list", *wh]))
+    timings["list_s"] = time.monotonic() - t
     if status["staged"]:
         summary["resumed"] = commit(["--job", job])["added"]
         status = json.loads(_run([exe, "stage", "--job", job, "--list", *wh]))
@@ -206,6 +213,7 @@ def ingest(inputs, *, warehouse, table=None, catalog=None, catalog_options=None,
     todo = [p for p in parts if p[0] not in done]
 
     if todo:
+        t = time.monotonic()
         if not ray.is_initialized():
             ray.init(address=address, logging_level="warning", log_to_driver=False)
         cmd = [exe, "stage", "--serve", "--job", job, "--allow-path-prefix", str(folder),
@@ -216,6 +224,8 @@ def ingest(inputs, *, warehouse, table=None, catalog=None, catalog_options=None,
                    for _ in range(max(1, min(num_workers, len(todo))))]
         summary["nodes"] = len(set(ray.get([w.node.remote() for w in workers])))
         pool = ray.util.ActorPool(workers)
+        timings["init_s"] = time.monotonic() - t
+        t = time.monotonic()
         pending = []
         staged_samples = 0
         for i, answer in enumerate(pool.map_unordered(
@@ -234,6 +244,7 @@ def ingest(inputs, *, warehouse, table=None, catalog=None, catalog_options=None,
                 rate = staged_samples / max(time.monotonic() - started, 1e-9)
                 print(f"\rlakemount: staged {i + 1}/{len(todo)} partitions, {staged_samples} samples, "
                       f"{rate:.0f} samples/s, {summary['commits']} commits", end="", file=sys.stderr)
+        timings["stage_s"] = time.monotonic() - t
         if pending:
             commit(pending)
         if progress:

@@ -226,3 +226,45 @@ def test_two_jobs_over_overlapping_inputs_at_once(tmp_path, lakemount_bin, clust
     ids = published(lakemount_bin, backend)
     assert len(ids) == 450 and sorted(ids) == sorted({sha256(b) for b in files.values()})
     check(lakemount_bin, backend)
+
+
+def test_ray_data_reads_a_ray_ingested_table_and_writes_rows_a_mount_serves(tmp_path, lakemount_bin, cluster):
+    """Ray Data as the other engine: its read_iceberg + lance-ray's
+    read_lance see what the Ray job published, identical to the mount; rows
+    it appends by the contract (lance-ray's write_lance, then a PyIceberg
+    append) mount with their bytes and embeddings."""
+    backend = Backend("local", tmp_path)
+    wh = Path(backend.location)
+    files = images(tmp_path / "in", 30000, 120)
+    ray_ingest(cluster, backend, tmp_path / "in", "--partition-size", "40")
+    env = {**os.environ, "PYTHONPATH": PY}
+    peer = str(Path(__file__).with_name("ray_peer.py"))
+
+    def peer_run(*args):
+        res = subprocess.run([sys.executable, peer, args[0], cluster, str(wh), *map(str, args[1:])],
+                             capture_output=True, text=True, env=env)
+        assert res.returncode == 0, res.stdout + res.stderr[-3000:]
+
+    peer_run("read", tmp_path / "read.json")
+    seen = json.loads((tmp_path / "read.json").read_text())
+    assert set(seen) == {sha256(b) for b in files.values()}
+    assert all(emb is not None and len(emb) == 256 for _, _, emb in seen.values())
+
+    extra = images(tmp_path / "peer", 40000, 15)
+    peer_run("write", tmp_path / "peer", tmp_path / "wrote.json")
+    wrote = json.loads((tmp_path / "wrote.json").read_text())
+    assert set(wrote) == {sha256(b) for b in extra.values()}
+
+    spec = tmp_path / "all.yaml"
+    spec.write_text("name: all\nsidecars: [embedding]\n")
+    with Mount(lakemount_bin, wh, [spec], tmp_path / "mnt") as m:
+        pngs = list((m.mnt / "all").rglob("*.png"))
+        assert len(pngs) == 135
+        for p in pngs:
+            cid = sha256(p.read_bytes())
+            assert p.stem == cid
+            vec = np.load(p.with_suffix(".npy"))
+            want = wrote.get(cid) or seen[cid][2]
+            np.testing.assert_allclose(vec, want, rtol=1e-6)
+        assert {p.stem for p in (m.mnt / "all" / "peer").glob("*.png")} == set(wrote)
+    check(lakemount_bin, backend)
