@@ -32,6 +32,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -123,14 +124,16 @@ def _stager_class(ray):
         def __init__(self, cmd, env):
             self.cmd = cmd
             self.env = {**os.environ, **env}
-            self.dir = tempfile.mkdtemp(prefix="lakemount-stage-")
             self.proc = None
 
         def node(self):
             return ray.get_runtime_context().get_node_id()
 
         def stage(self, partition, fmt, header, rows):
-            path = os.path.join(self.dir, f"{partition}.{fmt}")
+            with tempfile.TemporaryDirectory(prefix="lakemount-stage-") as d:
+                return self._stage(os.path.join(d, f"{partition}.{fmt}"), partition, fmt, header, rows)
+
+        def _stage(self, path, partition, fmt, header, rows):
             with open(path, "w", newline="") as f:
                 if fmt == "csv":
                     w = csv.DictWriter(f, fieldnames=header)
@@ -153,8 +156,8 @@ def _stager_class(ray):
                 # worker goes with it, Ray restarts it and retries the
                 # partition; the dead attempt's files are never published.
                 print(f"lakemount stager died on {partition} (exit {self.proc.wait()})", file=sys.stderr)
+                shutil.rmtree(os.path.dirname(path), ignore_errors=True)
                 os._exit(1)
-            os.unlink(path)
             return json.loads(line)
 
     return Stager
