@@ -61,6 +61,8 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--partition-size", type=int, default=250)
     ap.add_argument("--commit-every", type=int, default=64)
+    ap.add_argument("--commit-rows", type=int, default=1_000_000,
+                    help="also time one commit onto a table of this many rows (0: skip)")
     ap.add_argument("--clip", help="a CLIP checkpoint directory (clip:DIR) to measure too")
     ap.add_argument("--bin")
     ap.add_argument("--work", type=Path)
@@ -120,6 +122,9 @@ def main():
         subprocess.run([ray, "stop", "--force"], env=env, capture_output=True)
         shutil.rmtree(tmp, ignore_errors=True)
 
+    if args.commit_rows:
+        results["commit"] = commit_cost(binary, work, paths, args.commit_rows, args.runs)
+
     rows = [{
         "encoder": name,
         "ingest samples/s": f"{r['single_samples_per_s']:.0f}",
@@ -129,7 +134,48 @@ def main():
         "commits ray": r["commits"]["ray"],
     } for name, r in results["encoders"].items()]
     report(f"{args.files} images ({mb:.0f} MB), medians of {args.runs}; Ray: 2 workers on a two-node "
-           f"cluster of this machine, partitions of {args.partition_size}", rows, args.json)
+           f"cluster of this machine, partitions of {args.partition_size}", rows, None)
+    if "commit" in results:
+        c = results["commit"]
+        report(f"one commit of a staged partition of 250 samples, medians of {args.runs}", [
+            {"table rows before": 0, "commit s": f"{c['empty_s']:.2f}"},
+            {"table rows before": args.commit_rows, "commit s": f"{c['big_s']:.2f}"},
+        ], None)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"(json: {args.json})")
+
+
+def commit_cost(binary, work, paths, table_rows, runs):
+    """Seconds of `lakemount commit` of one staged partition (250 new
+    samples, other ones each run) onto an empty table and onto one of
+    `table_rows` rows (the duplicate check reads every published content
+    id)."""
+    parts = []
+    for run in range(runs):
+        part = work / f"partition-{run}"
+        if not part.exists():
+            (part / "x").mkdir(parents=True)
+            for p in paths[run * 250:(run + 1) * 250]:
+                shutil.copy(p, part / "x" / p.name)
+        parts.append(part)
+    big = work / "wh-big"
+    if not big.exists():
+        subprocess.run([sys.executable, str(Path(__file__).with_name("gen_meta.py")), str(big),
+                        "--rows", str(table_rows), "--bin", binary], check=True)
+    out = {}
+    for key, wh, table in (("empty_s", None, "bench.empty"), ("big_s", big, "bench.meta")):
+        times = []
+        for run in range(runs):
+            target = wh or work / f"wh-empty-{run}"
+            args = ["--warehouse", str(target), "--table", table]
+            subprocess.run([binary, "stage", "--quiet", "--job", f"cc{run}", "--partition", "p", *args, str(parts[run])],
+                           check=True, capture_output=True)
+            took, _ = timed([binary, "commit", "--json", "--job", f"cc{run}", *args])
+            times.append(took)
+        out[key] = median(times)
+        out[key.replace("_s", "_runs")] = times
+    return out
 
 
 if __name__ == "__main__":
