@@ -66,9 +66,11 @@ enum Command {
     /// a crash (what was committed is not committed twice); deletes the
     /// manifests it published.
     Commit(CommitArgs),
-    /// Remove what staged partitions left behind: unreferenced Lance and
-    /// Iceberg data files and uncommitted staging manifests older than
-    /// --grace. Nothing any snapshot or Lance version uses is touched.
+    /// Remove what failed or retried stages left behind.
+    ///
+    /// Deletes Lance data files no version lists, Iceberg data files no
+    /// snapshot lists, and staging files, when older than --grace. Nothing
+    /// any snapshot or Lance version uses is touched.
     Gc(GcArgs),
     /// List the table's snapshots, newest first, to pin one in a spec.
     Snapshots(SnapshotsArgs),
