@@ -124,13 +124,9 @@ pub async fn append(
     let reader = || RecordBatchIterator::new(vec![Ok(batch.clone())], schema.clone());
     let mut ds = match existing {
         Some(ds) => ds,
-        None => match create(uri, storage, &batch).await {
-            Ok(ds) => return Ok(ds),
-            // Another ingest created it first: append to theirs.
-            Err(e) => match open(uri, storage).await {
-                Ok(Some(ds)) => ds,
-                _ => return Err(e),
-            },
+        None => match create_or_open(uri, storage, &batch).await? {
+            (ds, true) => return Ok(ds),
+            (ds, false) => ds,
         },
     };
     ds.append(reader(), None)
@@ -146,11 +142,21 @@ pub async fn ensure(uri: &str, storage: &Storage, dim: usize) -> Result<Dataset>
     if let Some(ds) = open(uri, storage).await? {
         return Ok(ds);
     }
-    let schema = schema(dim)?;
-    match create(uri, storage, &RecordBatch::new_empty(schema)).await {
-        Ok(ds) => Ok(ds),
+    let empty = RecordBatch::new_empty(schema(dim)?);
+    Ok(create_or_open(uri, storage, &empty).await?.0)
+}
+
+/// Creates the dataset holding `batch` (then `true`), or opens the one
+/// another writer created first (then `false`: `batch` is not in it).
+async fn create_or_open(
+    uri: &str,
+    storage: &Storage,
+    batch: &RecordBatch,
+) -> Result<(Dataset, bool)> {
+    match create(uri, storage, batch).await {
+        Ok(ds) => Ok((ds, true)),
         Err(e) => match open(uri, storage).await {
-            Ok(Some(ds)) => Ok(ds),
+            Ok(Some(ds)) => Ok((ds, false)),
             _ => Err(e),
         },
     }

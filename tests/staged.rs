@@ -53,52 +53,21 @@ fn commit(wh: &Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Outpu
 }
 
 fn commit_ok(wh: &Path, args: &[&str]) -> serde_json::Value {
-    let out = commit(wh, args, &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    let out = cli_ok("commit", wh, &[&["--json"], args].concat());
+    serde_json::from_str(&out).unwrap()
 }
 
 fn check_ok(wh: &Path) {
-    let out = bin().arg("check").args(wh_args(wh)).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && !text.contains("FAILED"),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = cli_ok("check", wh, &[]);
+    assert!(!text.contains("FAILED"), "{text}");
 }
 
 fn job_status(wh: &Path, job: &str) -> serde_json::Value {
-    let out = bin()
-        .args(["stage", "--list", "--job", job])
-        .args(wh_args(wh))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    serde_json::from_str(&cli_ok("stage", wh, &["--list", "--job", job])).unwrap()
 }
 
 fn gc(wh: &Path, args: &[&str]) -> String {
-    let out = bin()
-        .arg("gc")
-        .args(wh_args(wh))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    cli_ok("gc", wh, args)
 }
 
 /// The numbers in gc's summary line: (lance files, iceberg files, manifests, young).

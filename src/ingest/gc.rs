@@ -64,22 +64,14 @@ pub async fn gc(warehouse: &Warehouse, grace: Duration, dry_run: bool) -> Result
             used.extend(vectors::data_files(&at));
         }
         let dir = Dir::open(warehouse, &warehouse.lance_uri)?;
-        for (rel, modified) in dir.list("data").await? {
-            // Only data files: whatever else Lance keeps there (blob
-            // sidecars) is not ours to judge.
+        let mut files = dir.list("data").await?;
+        // Only data files: whatever else Lance keeps there (blob sidecars)
+        // is not ours to judge.
+        files.retain(|(rel, _)| {
             let name = rel.rsplit('/').next().unwrap_or_default();
-            if !name.ends_with(".lance") || used.contains(name) {
-                continue;
-            }
-            if modified > cutoff {
-                report.young += 1;
-                continue;
-            }
-            report.lance_files += 1;
-            if !dry_run {
-                dir.delete(&rel).await?;
-            }
-        }
+            name.ends_with(".lance") && !used.contains(name)
+        });
+        report.lance_files = sweep(&dir, files, cutoff, dry_run, &mut report.young).await?;
     }
 
     // Iceberg: every data file any snapshot lists.
@@ -102,34 +94,18 @@ pub async fn gc(warehouse: &Warehouse, grace: Duration, dry_run: bool) -> Result
             }
         }
         let dir = Dir::open(warehouse, &location)?;
-        for (rel, modified) in dir.list("data").await? {
-            if used.contains(&rel) {
-                continue;
-            }
-            if modified > cutoff {
-                report.young += 1;
-                continue;
-            }
-            report.iceberg_files += 1;
-            if !dry_run {
-                dir.delete(&rel).await?;
-            }
-        }
+        let mut files = dir.list("data").await?;
+        files.retain(|(rel, _)| !used.contains(rel));
+        report.iceberg_files = sweep(&dir, files, cutoff, dry_run, &mut report.young).await?;
     }
 
     // Staging manifests nobody committed.
-    let dir = format!("{STAGING_DIR}/{table_name}");
-    let manifests: Vec<_> = warehouse.blobs.list_files(&dir).await?;
-    for (path, modified) in manifests {
-        if modified > cutoff {
-            report.young += 1;
-            continue;
-        }
-        report.manifests += 1;
-        if !dry_run {
-            warehouse.blobs.delete_file(&path).await?;
-        }
-    }
+    let dir = Dir::open(
+        warehouse,
+        &format!("{}{STAGING_DIR}/{table_name}", warehouse.root_url),
+    )?;
+    let files = dir.list("").await?;
+    report.manifests = sweep(&dir, files, cutoff, dry_run, &mut report.young).await?;
     Ok(report)
 }
 
@@ -152,7 +128,10 @@ impl Dir {
 
     /// Files below `sub`: paths relative to the directory, modification times.
     async fn list(&self, sub: &str) -> Result<Vec<(String, chrono::DateTime<chrono::Utc>)>> {
-        let under = self.prefix.clone().join(sub);
+        let under = match sub {
+            "" => self.prefix.clone(),
+            sub => self.prefix.clone().join(sub),
+        };
         let metas: Vec<ObjectMeta> = self.store.list(Some(&under)).try_collect().await?;
         let base = format!("{}/", self.prefix.as_ref());
         Ok(metas
@@ -174,6 +153,29 @@ impl Dir {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// Deletes (unless `dry_run`) the `files` of `dir` last modified before
+/// `cutoff`; returns how many, counting the younger ones in `young`.
+async fn sweep(
+    dir: &Dir,
+    files: Vec<(String, chrono::DateTime<chrono::Utc>)>,
+    cutoff: chrono::DateTime<chrono::Utc>,
+    dry_run: bool,
+    young: &mut usize,
+) -> Result<usize> {
+    let mut old = 0;
+    for (rel, modified) in files {
+        if modified > cutoff {
+            *young += 1;
+            continue;
+        }
+        old += 1;
+        if !dry_run {
+            dir.delete(&rel).await?;
+        }
+    }
+    Ok(old)
 }
 
 /// A location as a comparable string: local paths as `file://` URLs.

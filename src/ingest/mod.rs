@@ -240,6 +240,60 @@ pub async fn run(
     warehouse: &Warehouse,
     encoder: &dyn Encoder,
 ) -> Result<IngestReport> {
+    let Start {
+        items,
+        embeddings,
+        dim,
+        model_id,
+        table,
+        extras,
+    } = start(config, warehouse, encoder).await?;
+    let lance = vectors::open(&warehouse.lance_uri, &warehouse.storage).await?;
+    let in_lance = match &lance {
+        Some(ds) => {
+            check_dim(ds, dim, &warehouse.lance_uri)?;
+            vectors::content_ids(ds).await?
+        }
+        None => HashSet::new(),
+    };
+    let mut state = State {
+        config,
+        warehouse,
+        dim,
+        model_id,
+        published: Published::new(table, extras),
+        lance,
+        in_lance,
+        report: IngestReport::default(),
+    };
+    let mut progress = Progress::new(items.len() as u64, config.progress);
+    let indices: Vec<usize> = (0..items.len()).collect();
+    for chunk in indices.chunks(config.batch_size) {
+        let bytes = state.batch(&items, chunk, &embeddings).await?;
+        progress.advance(chunk.len() as u64, bytes);
+    }
+    progress.finish();
+    state.report.seconds = progress.elapsed();
+    Ok(state.report)
+}
+
+/// What `ingest` and `stage` start from: the inputs read and checked, the
+/// embeddings, and the table (created if missing) with the inputs' extra
+/// columns typed against it.
+struct Start<'a> {
+    items: Vec<input::InputItem>,
+    embeddings: Embeddings<'a>,
+    dim: usize,
+    model_id: String,
+    table: iceberg::table::Table,
+    extras: Vec<(String, catalog::ExtraType)>,
+}
+
+async fn start<'a>(
+    config: &IngestConfig,
+    warehouse: &Warehouse,
+    encoder: &'a dyn Encoder,
+) -> Result<Start<'a>> {
     let mut inputs = match &config.input {
         InputSource::Dir(d) => input::from_dir(d)?,
         InputSource::Manifest(m) => input::from_manifest(m, &config.allow_path_prefixes)?,
@@ -259,40 +313,25 @@ pub async fn run(
     .await?;
     let table_name = warehouse.table.to_string();
     let extras = input::type_extras(&mut inputs, &catalog::extra_columns(&table), &table_name)?;
-    let lance = vectors::open(&warehouse.lance_uri, &warehouse.storage).await?;
-    let in_lance = match &lance {
-        Some(ds) => {
-            let lance_dim = vectors::dim_of(ds)?;
-            if lance_dim != dim {
-                bail!(
-                    "Lance dataset {} holds {lance_dim}-dimensional embeddings, this ingest produces {dim}",
-                    warehouse.lance_uri
-                );
-            }
-            vectors::content_ids(ds).await?
-        }
-        None => HashSet::new(),
-    };
-    let mut state = State {
-        config,
-        warehouse,
+    Ok(Start {
+        items: inputs.items,
+        embeddings,
         dim,
         model_id,
-        published: Published::new(table, extras),
-        lance,
-        in_lance,
-        report: IngestReport::default(),
-    };
-    let Inputs { items, .. } = inputs;
-    let mut progress = Progress::new(items.len() as u64, config.progress);
-    let indices: Vec<usize> = (0..items.len()).collect();
-    for chunk in indices.chunks(config.batch_size) {
-        let bytes = state.batch(&items, chunk, &embeddings).await?;
-        progress.advance(chunk.len() as u64, bytes);
+        table,
+        extras,
+    })
+}
+
+/// Fails if the Lance dataset holds embeddings of another dimension.
+fn check_dim(ds: &lance::Dataset, dim: usize, uri: &str) -> Result<()> {
+    let lance_dim = vectors::dim_of(ds)?;
+    if lance_dim != dim {
+        bail!(
+            "Lance dataset {uri} holds {lance_dim}-dimensional embeddings, this ingest produces {dim}"
+        );
     }
-    progress.finish();
-    state.report.seconds = progress.elapsed();
-    Ok(state.report)
+    Ok(())
 }
 
 /// What an ingest carries from batch to batch.

@@ -38,15 +38,13 @@ use bytes::Bytes;
 use iceberg::spec::{DataFile, deserialize_data_file_from_json, serialize_data_file_to_json};
 use serde::{Deserialize, Serialize};
 
-use super::input::{self, Inputs};
 use super::progress::Progress;
 use super::publish::{Batch, Published, publish};
 use super::{
-    IngestConfig, InputSource, Prepared, Rejection, embeddings_for, pack_size, prepare, sample_uri,
-    store_blobs, vector_rows,
+    IngestConfig, Prepared, Rejection, pack_size, prepare, sample_uri, store_blobs, vector_rows,
 };
+use crate::catalog::PROP_EMBEDDING_MODEL;
 use crate::catalog::write::{SampleRow, write_files};
-use crate::catalog::{self, PROP_EMBEDDING_MODEL};
 use crate::content_id::ContentId;
 use crate::encode::Encoder;
 use crate::error::{Context, Result, bail};
@@ -155,38 +153,21 @@ pub async fn stage(
     check_name("job", job)?;
     check_name("partition", partition)?;
     let started = std::time::Instant::now();
-    let mut inputs = match &config.input {
-        InputSource::Dir(d) => input::from_dir(d)?,
-        InputSource::Manifest(m) => input::from_manifest(m, &config.allow_path_prefixes)?,
-    };
-    if config.batch_size == 0 {
-        bail!(kind: Usage, "--batch-size must be at least 1");
-    }
-    let (embeddings, dim, model_id) = embeddings_for(config, &inputs, encoder)?;
-    let table = catalog::ensure_table(
-        warehouse.catalog.as_ref(),
-        &warehouse.table,
-        warehouse.table_location.as_deref(),
-        &warehouse.lance_uri,
+    let super::Start {
+        items,
+        embeddings,
         dim,
-        &model_id,
-    )
-    .await?;
+        model_id,
+        table,
+        extras,
+    } = super::start(config, warehouse, encoder).await?;
     let table_name = warehouse.table.to_string();
-    let extras = input::type_extras(&mut inputs, &catalog::extra_columns(&table), &table_name)?;
     let mut published = Published::new(table, extras);
     published.ensure_columns(&warehouse.catalog).await?;
     let table = published.table().clone();
     let ds = vectors::ensure(&warehouse.lance_uri, &warehouse.storage, dim).await?;
-    let lance_dim = vectors::dim_of(&ds)?;
-    if lance_dim != dim {
-        bail!(
-            "Lance dataset {} holds {lance_dim}-dimensional embeddings, this stage produces {dim}",
-            warehouse.lance_uri
-        );
-    }
+    super::check_dim(&ds, dim, &warehouse.lance_uri)?;
 
-    let Inputs { items, .. } = inputs;
     let none = HashSet::new();
     let mut progress = Progress::new(items.len() as u64, config.progress);
     let mut seen: HashSet<ContentId> = HashSet::new();

@@ -499,6 +499,23 @@ pub fn walk(root: &Path) -> std::collections::BTreeMap<String, u64> {
     out
 }
 
+/// Runs `lakemount CMD <warehouse args> ARGS`, asserts it succeeded and
+/// returns its standard output.
+pub fn cli_ok(cmd: &str, wh: &Path, args: &[&str]) -> String {
+    let out = bin()
+        .arg(cmd)
+        .args(wh_args(wh))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "lakemount {cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Runs `lakemount ingest` on a directory or manifest and asserts success.
 pub fn ingest_cli(wh: &Path, args: &[&str]) -> String {
     let out = bin()
