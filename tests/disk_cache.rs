@@ -174,10 +174,48 @@ fn two_daemons_share_one_cache_directory() {
 
 /// The entry files of the disk tier, by name.
 fn entries(cache: &Path) -> Vec<PathBuf> {
-    walk(&cache.join("v1"))
+    walk(&cache.join("v2"))
         .into_keys()
-        .map(|p| cache.join("v1").join(p))
+        .map(|p| cache.join("v2").join(p))
         .collect()
+}
+
+/// The checksum attribute a daemon sets on the entries it writes.
+fn checksum_attr(path: &Path) -> Option<Vec<u8>> {
+    use std::os::unix::ffi::OsStrExt;
+    let p = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let mut v = [0u8; 64];
+    // SAFETY: NUL-terminated strings and a buffer of the length given.
+    let n = unsafe {
+        libc::getxattr(
+            p.as_ptr(),
+            c"user.lakemount.crc32c".as_ptr(),
+            v.as_mut_ptr().cast(),
+            v.len(),
+        )
+    };
+    (n >= 0).then(|| v[..n as usize].to_vec())
+}
+
+/// Whether the filesystem of `dir` keeps user extended attributes (where
+/// it does not, entries are checked by SHA-256 alone).
+fn xattrs_work(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let probe = dir.join("tmp/xattr-probe");
+    std::fs::write(&probe, b"").unwrap();
+    let p = std::ffi::CString::new(probe.as_os_str().as_bytes()).unwrap();
+    // SAFETY: as above.
+    let ok = unsafe {
+        libc::setxattr(
+            p.as_ptr(),
+            c"user.probe".as_ptr(),
+            b"1".as_ptr().cast(),
+            1,
+            0,
+        )
+    } == 0;
+    std::fs::remove_file(&probe).unwrap();
+    ok
 }
 
 #[test]
@@ -203,6 +241,16 @@ fn bad_entries_are_dropped_and_fetched_again() {
     std::fs::write(&files[2], std::fs::read(&files[3]).unwrap()).unwrap();
     let stray = files[4].parent().unwrap().join("not-an-entry");
     std::fs::write(&stray, b"x").unwrap();
+    // Good bytes in a new file, without the checksum attribute its writer
+    // set: checked by SHA-256 against its name, kept, and given one.
+    let bytes = std::fs::read(&files[5]).unwrap();
+    std::fs::remove_file(&files[5]).unwrap();
+    std::fs::write(&files[5], &bytes).unwrap();
+    assert_eq!(checksum_attr(&files[5]), None);
+    // A directory of the earlier layout is deleted.
+    let old = cache.join("v1/ab/cd");
+    std::fs::create_dir_all(&old).unwrap();
+    std::fs::write(old.join("x"), b"old").unwrap();
 
     let m = mount(&s, "mnt2", &cache_args(&cache));
     drop_page_cache();
@@ -218,6 +266,10 @@ fn bad_entries_are_dropped_and_fetched_again() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(!stray.exists());
+    assert!(!cache.join("v1").exists());
+    if xattrs_work(&cache) {
+        assert_eq!(checksum_attr(&files[5]).map(|v| v.len()), Some(12));
+    }
     // `cache verify` finds everything in order now.
     let out = bin()
         .args(["cache", "verify"])

@@ -2,14 +2,20 @@
 //! every mount of the node that is given the same directory, kept across
 //! restarts, bounded in size.
 //!
-//! Layout (`v1` is the format; a later one would live beside it):
+//! Layout (`v2` is the format; a later one would live beside it):
 //!
 //! ```text
-//! DIR/v1/ab/cd/<content id>                       a sample of one chunk: exactly its bytes
-//! DIR/v1/ab/cd/<content id>.<chunk>.<sha256>     one chunk of a larger sample
-//! DIR/tmp/<pid>-<n>                               entries being written
-//! DIR/index.db                                    sizes and last use (SQLite, WAL)
+//! DIR/v2/ab/<content id>                       a sample of one chunk: exactly its bytes
+//! DIR/v2/ab/<content id>.<chunk>.<sha256>     one chunk of a larger sample
+//! DIR/tmp/<pid>-<n>                            entries being written
+//! DIR/index.db                                 sizes and last use (SQLite, WAL)
 //! ```
+//!
+//! One level of 256 fan-out directories: `v1` had two (65,536), and an
+//! epoch read after the kernel dropped its caches paid a disk read of a
+//! directory per open (0.67x of the local disk's rate after a remount,
+//! against 0.8x with one level). A directory of `v1` left by an earlier
+//! version is deleted by the first process of this one that opens `DIR`.
 //!
 //! An entry holds the chunk's bytes and nothing else, and its name says
 //! what they must hash to, so it checks itself: before its first use by a
@@ -47,7 +53,7 @@
 //! warning, and the mount keeps serving from memory and the source.
 
 use std::collections::HashSet;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -129,9 +135,6 @@ const LOW_WATER: f64 = 0.9;
 enum Job {
     /// Write an entry.
     Put(ChunkKey, Bytes),
-    /// An entry was used: its name and, when it was read whole, its size
-    /// (so an entry missing from the index is indexed).
-    Used(String, Option<u64>),
     /// An entry was deleted (it failed verification).
     Forget(String),
     /// Reply once everything before is done.
@@ -174,6 +177,36 @@ impl Pending {
     }
 }
 
+/// Uses of entries not yet recorded in the index: the name and, when the
+/// entry was read whole, its size (so an entry missing from the index is
+/// indexed). Readers append here without waking the writer thread, which
+/// records them with its next batch, at least once a second: an epoch
+/// served from the disk tier costs the index one transaction a second,
+/// not one per open.
+#[derive(Default)]
+struct Uses(Mutex<Vec<(String, Option<u64>, i64)>>);
+
+impl Uses {
+    /// Most uses held between two records; more are not recorded (a use
+    /// only orders eviction).
+    const MAX: usize = 1 << 16;
+
+    fn add(&self, key: &ChunkKey, size: Option<u64>) {
+        if let Ok(mut v) = self.0.lock()
+            && v.len() < Self::MAX
+        {
+            v.push((entry_name(key), size, now_us()));
+        }
+    }
+
+    fn take(&self) -> Vec<(String, Option<u64>, i64)> {
+        self.0
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default()
+    }
+}
+
 /// The counters of a disk tier (also in [`Metrics`]).
 struct Counters {
     hits: prometheus_client::metrics::counter::Counter,
@@ -187,6 +220,7 @@ pub struct DiskStore {
     verified: Arc<Mutex<HashSet<ChunkKey>>>,
     /// Entries queued for writing, answered from memory until written.
     pending: Arc<Pending>,
+    uses: Arc<Uses>,
     jobs: SyncSender<Job>,
     bytes: Arc<AtomicU64>,
     entries: Arc<AtomicU64>,
@@ -207,10 +241,63 @@ fn hex32(bytes: &[u8; 32]) -> String {
     hex::encode(bytes)
 }
 
-/// The file name of `key` (relative to `DIR/v1`).
+/// The directory of entries under `DIR`, named after their format.
+const FORMAT: &str = "v2";
+/// Directories of earlier formats, deleted when found.
+const OLD_FORMATS: &[&str] = &["v1"];
+
+/// Deletes the directories of earlier formats under `dir`; returns how
+/// many files they held.
+fn remove_old_formats(dir: &Path) -> u64 {
+    let mut files = 0;
+    for old in OLD_FORMATS {
+        let path = dir.join(old);
+        if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+            files += count_files(&path);
+            if let Err(e) = std::fs::remove_dir_all(&path) {
+                tracing::warn!(
+                    "cannot delete {} (an earlier cache format): {e}",
+                    path.display()
+                );
+            }
+        }
+    }
+    files
+}
+
+/// Regular files under `dir` (never following links).
+fn count_files(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => count_files(&e.path()),
+            Ok(t) if t.is_file() => 1,
+            _ => 0,
+        })
+        .sum()
+}
+
+/// Deletes what an earlier format left: its files and its index rows
+/// (names of another shape than this format's).
+fn retire_old_formats(rt: &tokio::runtime::Runtime, pool: &SqlitePool, dir: &Path) {
+    if !OLD_FORMATS.iter().any(|f| dir.join(f).exists()) {
+        return;
+    }
+    let n = remove_old_formats(dir);
+    let _ = rt.block_on(sqlx::query("DELETE FROM entries WHERE name LIKE '%/%/%'").execute(pool));
+    tracing::info!(
+        "deleted {n} entries of an earlier cache format in {}",
+        dir.display()
+    );
+}
+
+/// The file name of `key` (relative to `DIR/v2`).
 pub fn entry_name(key: &ChunkKey) -> String {
     let id = key.id.hex();
-    let fan = format!("{}/{}", &id[..2], &id[2..4]);
+    let fan = &id[..2];
     if key.is_whole() {
         format!("{fan}/{id}")
     } else {
@@ -281,7 +368,7 @@ impl DiskStore {
         let dir = std::path::absolute(&config.dir)
             .with_context(|| format!("bad cache directory {}", config.dir.display()))?;
         private_dir(&dir)?;
-        for sub in ["v1", "tmp"] {
+        for sub in [FORMAT, "tmp"] {
             private_dir(&dir.join(sub))?;
         }
         let (total, _) = disk_space(&dir).with_context(|| {
@@ -302,6 +389,7 @@ impl DiskStore {
             dir: dir.clone(),
             verified: Arc::default(),
             pending: Arc::default(),
+            uses: Arc::default(),
             jobs,
             bytes: Arc::default(),
             entries: Arc::default(),
@@ -320,6 +408,7 @@ impl DiskStore {
             min_free,
             verified: store.verified.clone(),
             pending: store.pending.clone(),
+            uses: store.uses.clone(),
             bytes: store.bytes.clone(),
             entries: store.entries.clone(),
             writes_off: store.writes_off.clone(),
@@ -350,7 +439,7 @@ impl DiskStore {
     }
 
     fn path(&self, key: &ChunkKey) -> PathBuf {
-        self.dir.join("v1").join(entry_name(key))
+        self.dir.join(FORMAT).join(entry_name(key))
     }
 
     fn is_verified(&self, key: &ChunkKey) -> bool {
@@ -394,28 +483,29 @@ impl DiskStore {
         Some((file, meta.len()))
     }
 
-    /// Reads an entry, verifying it if this process has not yet.
-    fn read_entry(&self, key: &ChunkKey) -> Option<Bytes> {
-        let (mut file, len) = self.open_entry(key)?;
+    /// Reads an entry opened by [`Self::open_entry`], checking it (see
+    /// [`check`]) if this process has not yet; a bad entry is dropped.
+    fn read_checked(&self, key: &ChunkKey, file: &std::fs::File, len: u64) -> Option<Vec<u8>> {
         if len > CHUNK {
             self.drop_bad(key, "larger than a chunk");
             return None;
         }
-        let mut buf = Vec::with_capacity(len as usize);
-        Read::by_ref(&mut file)
-            .take(CHUNK + 1)
-            .read_to_end(&mut buf)
-            .ok()?;
+        let buf = read_at_most(file, len, CHUNK).ok()?;
         if !self.is_verified(key) {
-            if <[u8; 32]>::from(Sha256::digest(&buf)) != key.digest {
-                self.drop_bad(key, "its bytes do not hash to its name");
+            if let Err(why) = check(key, file, &buf) {
+                self.drop_bad(key, why);
                 return None;
             }
             self.mark_verified(key);
         }
-        let _ = self
-            .jobs
-            .try_send(Job::Used(entry_name(key), Some(buf.len() as u64)));
+        Some(buf)
+    }
+
+    /// Reads an entry, checking it if this process has not yet.
+    fn read_entry(&self, key: &ChunkKey) -> Option<Bytes> {
+        let (file, len) = self.open_entry(key)?;
+        let buf = self.read_checked(key, &file, len)?;
+        self.uses.add(key, Some(buf.len() as u64));
         Some(Bytes::from(buf))
     }
 
@@ -473,7 +563,7 @@ impl ChunkStore for DiskStore {
 
     fn whole_sample(&self, id: &ContentId, chunks: u32) -> Option<Vec<Bytes>> {
         let hex = id.hex();
-        let dir = self.dir.join("v1").join(&hex[..2]).join(&hex[2..4]);
+        let dir = self.dir.join(FORMAT).join(&hex[..2]);
         let prefix = format!("{hex}.");
         let mut keys: Vec<Option<ChunkKey>> = vec![None; chunks as usize];
         for e in std::fs::read_dir(&dir).ok()?.flatten() {
@@ -492,12 +582,8 @@ impl ChunkStore for DiskStore {
         let mut whole = Sha256::new();
         let mut out = Vec::with_capacity(keys.len());
         for k in &keys {
-            let (mut file, len) = self.open_entry(k)?;
-            let mut buf = Vec::with_capacity(len as usize);
-            Read::by_ref(&mut file)
-                .take(CHUNK + 1)
-                .read_to_end(&mut buf)
-                .ok()?;
+            let (file, len) = self.open_entry(k)?;
+            let buf = read_at_most(&file, len, CHUNK).ok()?;
             if <[u8; 32]>::from(Sha256::digest(&buf)) != k.digest {
                 self.drop_bad(k, "its bytes do not hash to its name");
                 return None;
@@ -513,24 +599,27 @@ impl ChunkStore for DiskStore {
         }
         for (k, b) in keys.iter().zip(&out) {
             self.mark_verified(k);
-            let _ = self
-                .jobs
-                .try_send(Job::Used(entry_name(k), Some(b.len() as u64)));
+            self.uses.add(k, Some(b.len() as u64));
         }
         self.counters.hits.inc();
         Some(out)
     }
 
-    fn open_file(&self, key: &ChunkKey) -> Option<std::fs::File> {
+    fn open_file(&self, key: &ChunkKey, size: u64) -> Option<std::fs::File> {
         if !key.is_whole() {
             return None;
         }
+        let (file, len) = self.open_entry(key)?;
         if !self.is_verified(key) {
             // Reads and checks it (and marks it verified) first.
-            self.read_entry(key)?;
+            self.read_checked(key, &file, len)?;
+        }
+        if len != size {
+            // Verified once, changed since (the kernel would serve it short).
+            self.drop_bad(key, "its size changed after it was checked");
+            return None;
         }
         self.counters.hits.inc();
-        let (file, _) = self.open_entry(key)?;
         // Cleared: the kernel reads this file for us.
         use std::os::fd::AsRawFd;
         // SAFETY: fcntl on a descriptor this File owns.
@@ -538,7 +627,7 @@ impl ChunkStore for DiskStore {
             let fl = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
             libc::fcntl(file.as_raw_fd(), libc::F_SETFL, fl & !libc::O_NONBLOCK);
         }
-        let _ = self.jobs.try_send(Job::Used(entry_name(key), None));
+        self.uses.add(key, Some(len));
         Some(file)
     }
 
@@ -549,6 +638,99 @@ impl ChunkStore for DiskStore {
             capacity: self.capacity,
         }
     }
+}
+
+/// The extended attribute holding an entry's checksum, set by the process
+/// that wrote it: the CRC32C of its bytes and their length
+/// ([`checksum_value`]).
+const CHECKSUM_XATTR: &std::ffi::CStr = c"user.lakemount.crc32c";
+
+/// An entry's checksum attribute: CRC32C (4 bytes) and length (8 bytes),
+/// little-endian.
+fn checksum_value(bytes: &[u8]) -> [u8; 12] {
+    let crc = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, bytes) as u32;
+    let mut v = [0u8; 12];
+    v[..4].copy_from_slice(&crc.to_le_bytes());
+    v[4..].copy_from_slice(&(bytes.len() as u64).to_le_bytes());
+    v
+}
+
+/// Records the checksum of `bytes` on `file`. Best effort: on a filesystem
+/// without user extended attributes entries are checked by SHA-256.
+fn set_checksum(file: &std::fs::File, bytes: &[u8]) {
+    use std::os::fd::AsRawFd;
+    let v = checksum_value(bytes);
+    // SAFETY: a descriptor this File owns, a NUL-terminated name and a
+    // buffer of the length given.
+    unsafe {
+        libc::fsetxattr(
+            file.as_raw_fd(),
+            CHECKSUM_XATTR.as_ptr(),
+            v.as_ptr().cast(),
+            v.len(),
+            0,
+        );
+    }
+}
+
+/// The checksum attribute of `file`, if it has one of the right size.
+fn get_checksum(file: &std::fs::File) -> Option<[u8; 12]> {
+    use std::os::fd::AsRawFd;
+    let mut v = [0u8; 12];
+    // SAFETY: as in set_checksum; the kernel writes at most v.len() bytes.
+    let n = unsafe {
+        libc::fgetxattr(
+            file.as_raw_fd(),
+            CHECKSUM_XATTR.as_ptr(),
+            v.as_mut_ptr().cast(),
+            v.len(),
+        )
+    };
+    (n == v.len() as isize).then_some(v)
+}
+
+/// Checks an entry's bytes before a process first uses them. An entry
+/// written by a daemon carries the CRC32C and length of bytes that daemon
+/// had verified against their SHA-256 (the content id or the chunk digest
+/// its name holds); matching them catches a flipped bit, a truncation or a
+/// stray write at a fraction of a SHA-256's cost. An entry without one (a
+/// filesystem without user extended attributes, a file someone put there)
+/// is hashed against its name, and given the attribute when it matches.
+fn check(
+    key: &ChunkKey,
+    file: &std::fs::File,
+    bytes: &[u8],
+) -> std::result::Result<(), &'static str> {
+    match get_checksum(file) {
+        Some(v) if v == checksum_value(bytes) => Ok(()),
+        Some(_) => Err("its bytes do not match the checksum it was written with"),
+        None if <[u8; 32]>::from(Sha256::digest(bytes)) != key.digest => {
+            Err("its bytes do not hash to its name")
+        }
+        None => {
+            set_checksum(file, bytes);
+            Ok(())
+        }
+    }
+}
+
+/// Reads `file` from its start: `len` bytes expected, at most `max`
+/// (one more is read to tell a file that grew).
+fn read_at_most(file: &std::fs::File, len: u64, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let cap = len.min(max) as usize + 1;
+    let mut buf = vec![0u8; cap];
+    let mut n = 0;
+    while n < cap {
+        match file.read_at(&mut buf[n..], n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(n);
+    Ok(buf)
 }
 
 /// Removes temporary files whose writer is gone (or that are older than
@@ -578,6 +760,7 @@ struct Worker {
     min_free: u64,
     verified: Arc<Mutex<HashSet<ChunkKey>>>,
     pending: Arc<Pending>,
+    uses: Arc<Uses>,
     bytes: Arc<AtomicU64>,
     entries: Arc<AtomicU64>,
     writes_off: Arc<Mutex<Option<Instant>>>,
@@ -660,7 +843,8 @@ impl Worker {
         };
         self.refresh(&rt, &pool);
         let _ = ready.send(Ok(()));
-        let mut scan = Some(Scan::new(&self.dir.join("v1")));
+        retire_old_formats(&rt, &pool, &self.dir);
+        let mut scan = Some(Scan::new(&self.dir.join(FORMAT)));
         loop {
             let first = match rx.recv_timeout(Duration::from_millis(if scan.is_some() {
                 10
@@ -688,11 +872,11 @@ impl Worker {
                         }
                         self.pending.done(&key);
                     }
-                    Job::Used(name, size) => rows.used.push((name, size, now_us())),
                     Job::Forget(name) => rows.gone.push(name),
                     Job::Flush(done) => flushes.push(done),
                 }
             }
+            rows.used.extend(self.uses.take());
             if let Some(s) = &mut scan {
                 match s.next_batch(256) {
                     Some(found) => rows.found.extend(found),
@@ -725,7 +909,7 @@ impl Worker {
             return None;
         }
         let name = entry_name(key);
-        let path = self.dir.join("v1").join(&name);
+        let path = self.dir.join(FORMAT).join(&name);
         self.seq += 1;
         let tmp = self
             .dir
@@ -745,6 +929,7 @@ impl Worker {
                 .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
                 .open(&tmp)?;
             f.write_all(bytes)?;
+            set_checksum(&f, bytes);
             drop(f);
             std::fs::rename(&tmp, &path)
         })();
@@ -884,7 +1069,7 @@ async fn evict_lru(
         }
         let name: String = row.get(0);
         let size: i64 = row.get(1);
-        let _ = std::fs::remove_file(dir.join("v1").join(&name));
+        let _ = std::fs::remove_file(dir.join(FORMAT).join(&name));
         sqlx::query("DELETE FROM entries WHERE name = ?")
             .bind(&name)
             .execute(&mut *tx)
@@ -900,27 +1085,19 @@ async fn evict_lru(
 /// directory, a few directories at a time: entries are indexed (used =
 /// their mtime), files that are not entries deleted.
 struct Scan {
-    /// (`ab/cd`, its path) of every fan-out directory not scanned yet.
+    /// (`ab`, its path) of every fan-out directory not scanned yet.
     dirs: Vec<(String, PathBuf)>,
 }
 
 impl Scan {
-    fn new(v1: &Path) -> Self {
-        let mut dirs = Vec::new();
-        let names = |p: &Path| -> Vec<(String, PathBuf)> {
-            std::fs::read_dir(p)
-                .map(|d| {
-                    d.flatten()
-                        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        for (a, pa) in names(v1) {
-            for (b, pb) in names(&pa) {
-                dirs.push((format!("{a}/{b}"), pb));
-            }
-        }
+    fn new(format_dir: &Path) -> Self {
+        let mut dirs: Vec<(String, PathBuf)> = std::fs::read_dir(format_dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+                    .collect()
+            })
+            .unwrap_or_default();
         dirs.sort();
         Self { dirs }
     }
@@ -1004,7 +1181,8 @@ pub async fn verify_dir(dir: &Path) -> Result<VerifyReport> {
     let pool = open_index(dir).await?;
     let mut report = VerifyReport::default();
     let mut seen = HashSet::new();
-    let mut scan = Scan::new(&dir.join("v1"));
+    report.foreign += remove_old_formats(dir);
+    let mut scan = Scan::new(&dir.join(FORMAT));
     let mut rows = Rows::default();
     while let Some((fan, path)) = scan.dirs.pop() {
         let Ok(entries) = std::fs::read_dir(&path) else {
@@ -1056,8 +1234,8 @@ pub async fn verify_dir(dir: &Path) -> Result<VerifyReport> {
 pub async fn clear_dir(dir: &Path) -> Result<u64> {
     check_existing(dir)?;
     let pool = open_index(dir).await?;
-    let mut removed = 0;
-    let mut scan = Scan::new(&dir.join("v1"));
+    let mut removed = remove_old_formats(dir);
+    let mut scan = Scan::new(&dir.join(FORMAT));
     while let Some((_, path)) = scan.dirs.pop() {
         if let Ok(entries) = std::fs::read_dir(&path) {
             for e in entries.flatten() {

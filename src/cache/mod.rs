@@ -225,7 +225,7 @@ impl ChunkCache {
         }
         self.disk
             .as_ref()?
-            .open_file(&ChunkKey::whole(loc.content_id))
+            .open_file(&ChunkKey::whole(loc.content_id), loc.size)
     }
 
     /// Chunk `chunk` of the sample at `loc`, verified.

@@ -76,8 +76,9 @@ pub trait ChunkStore: Send + Sync {
         None
     }
     /// A local file holding exactly the bytes of the one-chunk sample
-    /// `key`, verified, for the kernel to read directly (passthrough).
-    fn open_file(&self, _key: &ChunkKey) -> Option<std::fs::File> {
+    /// `key` (`size` bytes), verified, for the kernel to read directly
+    /// (passthrough).
+    fn open_file(&self, _key: &ChunkKey, _size: u64) -> Option<std::fs::File> {
         None
     }
     /// What the store holds now.
@@ -166,8 +167,8 @@ impl ChunkStore for Tiered {
         self.back.whole_sample(id, chunks)
     }
 
-    fn open_file(&self, key: &ChunkKey) -> Option<std::fs::File> {
-        self.back.open_file(key)
+    fn open_file(&self, key: &ChunkKey, size: u64) -> Option<std::fs::File> {
+        self.back.open_file(key, size)
     }
 
     fn stats(&self) -> StoreStats {
