@@ -102,6 +102,25 @@ pub trait Source: Send + Sync {
         object: &str,
         range: Range<u64>,
     ) -> BoxFuture<'static, Result<Bytes, FetchError>>;
+    /// One ranged read of `object` (bytes `range`, as [`Self::read_object`])
+    /// split into `pieces` (sorted, disjoint, inside `range`): each
+    /// piece's bytes, shorter where the object ended early. The default
+    /// slices one buffer; an object store's split copies each piece into
+    /// a buffer of its own as the response arrives, so no buffer of the
+    /// whole range is made and each cached piece holds only its bytes.
+    fn read_pieces(
+        &self,
+        loc: &SampleLoc,
+        object: &str,
+        range: Range<u64>,
+        pieces: Arc<[Range<u64>]>,
+    ) -> BoxFuture<'static, Result<Vec<Bytes>, FetchError>> {
+        let read = self.read_object(loc, object, range.clone());
+        Box::pin(async move {
+            let whole = read.await?;
+            Ok(split(&whole, range.start, &pieces))
+        })
+    }
     /// The embedding of the sample at `loc`.
     fn embedding(&self, loc: &SampleLoc) -> BoxFuture<'static, Result<Vec<f32>, FetchError>>;
     /// The local file holding the sample's bytes, opened, when there is one
@@ -109,6 +128,20 @@ pub trait Source: Send + Sync {
     fn open_local(&self, _loc: &SampleLoc) -> Option<Result<std::fs::File, FetchError>> {
         None
     }
+}
+
+/// `pieces` (offsets in an object) of `whole`, the object's bytes from
+/// `base`: slices of it, shorter where it ends early.
+pub fn split(whole: &Bytes, base: u64, pieces: &[Range<u64>]) -> Vec<Bytes> {
+    let len = whole.len() as u64;
+    pieces
+        .iter()
+        .map(|p| {
+            let from = p.start.saturating_sub(base).min(len) as usize;
+            let to = p.end.saturating_sub(base).min(len) as usize;
+            whole.slice(from..to.max(from))
+        })
+        .collect()
 }
 
 /// A trusted local directory, held open so files are opened beneath it.
@@ -292,6 +325,74 @@ impl Source for LakeSource {
                 object_store::Error::NotFound { .. } => FetchError::not_found(&loc),
                 other => FetchError::backend(&loc, crate::trust::redact(&other.to_string())),
             })
+        })
+    }
+
+    fn read_pieces(
+        &self,
+        loc: &SampleLoc,
+        object: &str,
+        range: Range<u64>,
+        pieces: Arc<[Range<u64>]>,
+    ) -> BoxFuture<'static, Result<Vec<Bytes>, FetchError>> {
+        let url = if local_path(object).is_none() && !loc.uri.starts_with("lance:") {
+            Url::parse(object).ok()
+        } else {
+            None
+        };
+        let Some(url) = url.filter(|_| loc.trusted) else {
+            // Local files and Lance blobs: one buffer, sliced.
+            let read = self.read_object(loc, object, range.clone());
+            return Box::pin(async move {
+                let whole = read.await?;
+                Ok(split(&whole, range.start, &pieces))
+            });
+        };
+        let store = self.store_for(&url);
+        let loc = loc.clone();
+        Box::pin(async move {
+            use futures::StreamExt;
+            let fail = |e: object_store::Error| match e {
+                object_store::Error::NotFound { .. } => FetchError::not_found(&loc),
+                other => FetchError::backend(&loc, crate::trust::redact(&other.to_string())),
+            };
+            let (store, path) = store.map_err(|e| FetchError::backend(&loc, e))?;
+            let options = object_store::GetOptions {
+                range: Some(object_store::GetRange::Bounded(range.clone())),
+                ..Default::default()
+            };
+            let mut stream = store
+                .get_opts(&path, options)
+                .await
+                .map_err(fail)?
+                .into_stream();
+            let mut out: Vec<Vec<u8>> = pieces
+                .iter()
+                .map(|p| Vec::with_capacity((p.end - p.start) as usize))
+                .collect();
+            // `pos`: the offset of the next byte to arrive; `k`: the first
+            // piece not yet whole.
+            let (mut pos, mut k) = (range.start, 0);
+            while pos < range.end
+                && k < pieces.len()
+                && let Some(chunk) = stream.next().await
+            {
+                let chunk = chunk.map_err(fail)?;
+                let end = pos + chunk.len() as u64;
+                while let Some(p) = pieces.get(k).filter(|p| p.start < end) {
+                    let (from, to) = (p.start.max(pos), p.end.min(end));
+                    if from < to {
+                        out[k]
+                            .extend_from_slice(&chunk[(from - pos) as usize..(to - pos) as usize]);
+                    }
+                    if p.end > end {
+                        break;
+                    }
+                    k += 1;
+                }
+                pos = end;
+            }
+            Ok(out.into_iter().map(Bytes::from).collect())
         })
     }
 

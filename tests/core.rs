@@ -394,7 +394,9 @@ async fn a_reader_walking_the_listing_is_served_ahead_and_a_random_one_is_not() 
             .map(|e| e.attr.ino)
             .collect()
     };
-    // Walking the listing: from the third read on, the rest is fetched ahead.
+    // Walking the listing: from the third read on, the rest is fetched
+    // ahead, and (the window being 4 samples) the first sample of the
+    // next directory beside it.
     let faulty = Arc::new(FaultySource::new(Arc::new(memory(&f.bytes))));
     let fs = ViewFs::new(
         vec![f.view.clone()],
@@ -407,20 +409,29 @@ async fn a_reader_walking_the_listing_is_served_ahead_and_a_random_one_is_not() 
         fs.read(file, 0, 100).await.unwrap();
     }
     for _ in 0..100 {
-        if faulty.requests() >= 6 {
+        if faulty.requests() >= 7 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(
         faulty.requests(),
-        6,
-        "the last three samples are fetched ahead"
+        7,
+        "the last three samples and the next directory's first are fetched ahead"
     );
     for &file in &files[3..] {
         fs.read(file, 0, 100).await.unwrap();
     }
-    assert_eq!(faulty.requests(), 6, "and read from the cache");
+    let dog = ino(&fs, "v/dog");
+    let first_dog = fs
+        .readdir(dog, 2)
+        .unwrap()
+        .iter()
+        .find(|e| e.name.to_string().ends_with(".png"))
+        .map(|e| e.attr.ino)
+        .unwrap();
+    fs.read(first_dog, 0, 100).await.unwrap();
+    assert_eq!(faulty.requests(), 7, "and read from the cache");
 
     // Random order (backwards here): nothing ahead.
     let faulty = Arc::new(FaultySource::new(Arc::new(memory(&f.bytes))));

@@ -313,20 +313,26 @@ impl ChunkCache {
             return 0;
         };
         let range = first.1..last.1 + last.0.size;
-        let base = range.start;
+        let pieces: Arc<[std::ops::Range<u64>]> = todo
+            .iter()
+            .map(|(loc, offset, _)| *offset..offset + loc.size)
+            .collect();
         let (source, metrics) = (self.source.clone(), self.metrics.clone());
         let (lead, object) = (first.0.clone(), object.to_string());
-        let read: Shared<BoxFuture<'static, Result<Bytes, Arc<FetchError>>>> = async move {
+        type Pieces = Arc<[Bytes]>;
+        let read: Shared<BoxFuture<'static, Result<Pieces, Arc<FetchError>>>> = async move {
             let mut result = Err(Arc::new(FetchError::Backend {
                 content_id: lead.content_id.hex(),
                 detail: "not read".into(),
             }));
             for _ in 0..2 {
                 let began = std::time::Instant::now();
-                let got = source.read_object(&lead, &object, range.clone()).await;
+                let got = source
+                    .read_pieces(&lead, &object, range.clone(), pieces.clone())
+                    .await;
                 metrics.fetch_seconds.observe(began.elapsed().as_secs_f64());
                 match got {
-                    Ok(b) => return Ok(b),
+                    Ok(b) => return Ok(b.into()),
                     Err(e) => result = Err(Arc::new(e)),
                 }
             }
@@ -336,25 +342,20 @@ impl ChunkCache {
         .boxed()
         .shared();
         let mut parts = Vec::with_capacity(todo.len());
-        for (loc, offset, key) in todo {
+        for (n, (loc, offset, key)) in todo.into_iter().enumerate() {
             let (read, store, metrics) = (read.clone(), self.store.clone(), self.metrics.clone());
             let part: Fetching = async move {
-                let bytes = read.await.map_err(|e| {
+                let pieces = read.await.map_err(|e| {
                     Arc::new(FetchError::Backend {
                         content_id: loc.content_id.hex(),
                         detail: format!("reading its pack failed: {e}"),
                     })
                 })?;
-                let from = (offset - base) as usize;
-                let to = from + loc.size as usize;
-                let result = match bytes.get(from..to) {
-                    Some(_) => {
-                        let mine = bytes.slice(from..to);
-                        verify(&loc, &key, &mine).map(|()| {
-                            store.put(&key, &mine);
-                            mine
-                        })
-                    }
+                let result = match pieces.get(n).filter(|b| b.len() as u64 == loc.size) {
+                    Some(mine) => verify(&loc, &key, mine).map(|()| {
+                        store.put(&key, mine);
+                        mine.clone()
+                    }),
                     None => Err(FetchError::Corrupt {
                         content_id: loc.content_id.hex(),
                         detail: format!(

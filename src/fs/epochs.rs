@@ -344,15 +344,13 @@ impl EpochDirs {
         let Some((r, k)) = self.plan.locate(self.n, e, v) else {
             return Vec::new();
         };
-        if !self
-            .cursors(e, r)
-            .advance(k.min(u64::from(u32::MAX)) as u32)
-        {
+        let pos = k.min(u64::from(u32::MAX)) as u32;
+        let end = pos.saturating_add(1).saturating_add(depth as u32);
+        let Some(ahead) = self.cursors(e, r).window(pos, end) else {
             return Vec::new();
-        }
+        };
         let order = self.plan.order(self.n, e);
-        (k + 1..self.plan.per_rank(self.n, e))
-            .take(depth)
+        (u64::from(ahead.start)..u64::from(ahead.end).min(self.plan.per_rank(self.n, e)))
             .filter_map(|k| self.plan.entry(self.n, e, r, k))
             .map(|d| self.sample(order.as_ref(), e, d.pos) as u32)
             .collect()

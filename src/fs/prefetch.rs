@@ -62,14 +62,9 @@ impl Prefetch {
         let next = match (listed, &tree.epochs) {
             // An epoch directory read in position order.
             (Listed::Epoch(e, v), Some(ep)) => ep.walk_after(e, v, self.depth),
-            (Listed::Static(local), _) => {
-                let next = self.directory_walk(tree, local);
-                if next.is_empty() {
-                    self.listing_walk(tree, i)
-                } else {
-                    next
-                }
-            }
+            (Listed::Static(local), _) => self
+                .directory_walk(tree, local)
+                .unwrap_or_else(|| self.listing_walk(tree, i)),
             (Listed::Epoch(..), None) => Vec::new(),
         };
         for i in next {
@@ -84,13 +79,17 @@ impl Prefetch {
             if fs.cache.has_first_chunk(&loc) {
                 continue;
             }
-            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-                break;
-            };
             fs.metrics().prefetch_issued.inc();
             let cache = fs.cache.clone();
             let tree = tree.clone();
+            let permits = self.permits.clone();
+            // Each sample is handed out once per walk (see
+            // `Cursors::window`), so one that must wait for a permit
+            // waits in line (at most `depth` fetches run at once).
             runtime.spawn(async move {
+                let Ok(permit) = permits.acquire_owned().await else {
+                    return;
+                };
                 // A failure is reported when the sample is really read.
                 if cache.sample_chunk(&loc, 0).await.is_ok()
                     && let Some(b) = tree.walks.fetched.get(i as usize / 64)
@@ -102,37 +101,64 @@ impl Prefetch {
         }
     }
 
-    /// The samples after node `local` in its directory, if reads there walk it.
-    fn directory_walk(&self, tree: &Tree, local: u32) -> Vec<u32> {
-        let Ok(node) = tree.node(local) else {
-            return Vec::new();
-        };
-        let Ok(parent) = tree.node(node.parent) else {
-            return Vec::new();
-        };
+    /// The samples after node `local` in its directory not handed out
+    /// yet, if reads there walk it (`None`: they do not).
+    fn directory_walk(&self, tree: &Tree, local: u32) -> Option<Vec<u32>> {
+        let node = tree.node(local).ok()?;
+        let parent = tree.node(node.parent).ok()?;
         let Body::Dir(d) = parent.body else {
-            return Vec::new();
+            return None;
         };
         let dir = &tree.dirs[d as usize];
         let name = tree.name(local);
-        let Ok(pos) = dir
+        let pos = dir
             .children
             .binary_search_by(|&c| tree.name(c).cmp_name(&name))
-        else {
-            return Vec::new();
+            .ok()?;
+        let sample = |c: u32| match tree.nodes[(c - 1) as usize].body {
+            Body::File(Content::Sample(i)) => Some(i),
+            _ => None,
         };
-        let pos = pos as u32;
-        if !dir.cursors.advance(pos) {
-            return Vec::new();
+        // Positions are the directory's children (sidecars too), then,
+        // past its end, the samples of the directories after it beside it
+        // (ImageFolder walks its class directories in name order, so a
+        // reader entering the next one finds its first samples fetched).
+        // The window ends just after the `depth`-th sample after `pos`.
+        let len = dir.children.len();
+        let mut count = 0;
+        let mut end = None;
+        for (k, &c) in dir.children.iter().enumerate().skip(pos + 1) {
+            if sample(c).is_some() {
+                count += 1;
+                if count == self.depth {
+                    end = Some(k + 1);
+                    break;
+                }
+            }
         }
-        dir.children[pos as usize + 1..]
+        let end = end.unwrap_or(len + (self.depth - count));
+        let ahead = dir.cursors.window(pos as u32, end as u32)?;
+        let (start, end) = (ahead.start as usize, ahead.end as usize);
+        let mut next: Vec<u32> = dir.children[start.min(len)..end.min(len)]
             .iter()
-            .filter_map(|&c| match tree.nodes[(c - 1) as usize].body {
-                Body::File(Content::Sample(i)) => Some(i),
-                _ => None,
-            })
-            .take(self.depth)
-            .collect()
+            .filter_map(|&c| sample(c))
+            .collect();
+        if end > len
+            && let Ok(grand) = tree.children(parent.parent)
+            && let Ok(at) =
+                grand.binary_search_by(|&c| tree.name(c).cmp_name(&tree.name(node.parent)))
+        {
+            let following = grand[at + 1..]
+                .iter()
+                .filter_map(|&d| tree.children(d).ok())
+                .flat_map(|files| files.iter().filter_map(|&c| sample(c)));
+            next.extend(
+                following
+                    .skip(start.saturating_sub(len))
+                    .take(end - start.max(len)),
+            );
+        }
+        Some(next)
     }
 
     /// The samples after sample `i` in its view's listing (within its
@@ -144,13 +170,14 @@ impl Prefetch {
             return Vec::new();
         };
         let line = view.listing_line(i) as u32;
-        if !walk.advance(line) {
+        let end = line.saturating_add(1).saturating_add(self.depth as u32);
+        let Some(ahead) = walk.window(line, end) else {
             return Vec::new();
-        }
-        (line as usize + 1..view.len())
+        };
+        let end = (ahead.end as usize).min(view.len());
+        ((ahead.start as usize).min(end)..end)
             .map(|l| view.listing_sample(l))
             .take_while(|&s| view.shard_of(s) == shard)
-            .take(self.depth)
             .map(|s| s as u32)
             .collect()
     }

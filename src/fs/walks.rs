@@ -26,6 +26,10 @@ pub(super) const CURSORS: usize = 8;
 pub(super) struct Cursors {
     at: [AtomicU64; CURSORS],
     next: AtomicU32,
+    /// The end of the last window handed out ([`Self::window`]): readers
+    /// of one walk move a step at a time, so each step plans only what
+    /// the window gained, not `depth` samples again.
+    ahead: AtomicU32,
 }
 
 impl Default for Cursors {
@@ -33,6 +37,7 @@ impl Default for Cursors {
         Self {
             at: std::array::from_fn(|_| AtomicU64::new(u64::MAX)),
             next: AtomicU32::new(0),
+            ahead: AtomicU32::new(0),
         }
     }
 }
@@ -53,6 +58,31 @@ impl Cursors {
         let k = self.next.fetch_add(1, Ordering::Relaxed) as usize % CURSORS;
         self.at[k].store(u64::from(pos) << 32, Ordering::Relaxed);
         false
+    }
+
+    /// Records a read at `pos`; if it continues a walk (else `None`), the
+    /// positions to fetch ahead of it, up to `end` (exclusive), less those
+    /// an earlier step of this walk handed out. A window that ends behind
+    /// `pos`, or far beyond this one (another epoch's), is not this walk's,
+    /// and this one starts afresh; one that ends a little beyond this one
+    /// (another DataLoader worker of the same epoch, a batch ahead) covers
+    /// it.
+    pub(super) fn window(&self, pos: u32, end: u32) -> Option<std::ops::Range<u32>> {
+        if !self.advance(pos) {
+            return None;
+        }
+        let end = end.max(pos + 1);
+        let depth = end - pos - 1;
+        let mark = self.ahead.load(Ordering::Relaxed);
+        let (start, mark) = if mark > pos && mark <= end {
+            (mark, end)
+        } else if mark > end && mark - end < depth {
+            (end, mark)
+        } else {
+            (pos + 1, end)
+        };
+        self.ahead.store(mark, Ordering::Relaxed);
+        Some(start..end)
     }
 }
 
@@ -88,5 +118,39 @@ impl TreeWalks {
                 .map(|_| AtomicU64::new(0))
                 .collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_walk_hands_out_each_position_once() {
+        let c = Cursors::default();
+        assert_eq!(c.window(10, 10 + 5), None, "a first read is not a walk");
+        assert_eq!(c.window(11, 11 + 5), None, "nor a second");
+        assert_eq!(c.window(12, 12 + 5), Some(13..17));
+        assert_eq!(c.window(13, 13 + 5), Some(17..18));
+        assert_eq!(c.window(14, 14 + 5), Some(18..19));
+        // A new epoch from the start: planned afresh.
+        let c = Cursors::default();
+        for p in [1000, 1001, 1002, 0, 1] {
+            c.window(p, p + 5);
+        }
+        assert_eq!(c.window(2, 2 + 5), Some(3..7));
+        // Two workers 3 apart, taking turns: nothing handed out twice.
+        let c = Cursors::default();
+        let mut seen = std::collections::HashSet::new();
+        for step in 0..20u32 {
+            for base in [0u32, 3] {
+                if let Some(r) = c.window(base + step, base + step + 5) {
+                    for p in r {
+                        assert!(seen.insert(p), "{p} handed out twice");
+                    }
+                }
+            }
+        }
+        assert!(seen.contains(&25), "{seen:?}");
     }
 }
