@@ -412,3 +412,98 @@ async fn rows_with_plain_uris_mount_next_to_packed_ones() {
     let (n, good, errors) = read_view(&mnt.join("s"));
     assert_eq!((n, good), (11, 11), "{errors:?}");
 }
+
+/// The samples under the mounted view `root`, by name.
+fn samples_of(root: &Path) -> Vec<PathBuf> {
+    walk(root)
+        .into_keys()
+        .filter(|p| p.ends_with(".png"))
+        .map(|p| root.join(p))
+        .collect()
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..300 {
+        if done() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[test]
+fn a_view_read_in_random_order_is_fetched_whole_and_a_walked_one_is_not() {
+    let tmp = tempfile::tempdir().unwrap();
+    noisy_pngs(&tmp.path().join("in"), 200, 3);
+    let wh = tmp.path().join("wh");
+    // Small packs, so that a random reader misses in many of them.
+    ingest_cli(
+        &wh,
+        &[
+            "--pack",
+            "on",
+            "--pack-size",
+            "64KiB",
+            tmp.path().join("in").to_str().unwrap(),
+        ],
+    );
+    let s = spec(tmp.path(), "name: s\nsidecars: []\n");
+    // A fixed shuffle of the samples.
+    let shuffled = |mut files: Vec<PathBuf>| {
+        files.sort();
+        let n = files.len();
+        (0..n)
+            .map(|k| files[(k * 73) % n].clone())
+            .collect::<Vec<_>>()
+    };
+
+    // Shuffled, with auto warm-up (the default): after 16 misses the view
+    // is fetched whole, and the rest of the epoch makes no request.
+    let mnt = tmp.path().join("mnt");
+    {
+        let _m = MountGuard::start(&wh, &[&s], &mnt);
+        let files = shuffled(samples_of(&mnt.join("s")));
+        assert_eq!(files.len(), 200);
+        let mut k = 0;
+        while counters(&mnt)["lakemount_warm_samples_total"] == 0.0 {
+            assert!(k < 60, "no warm-up after {k} random reads");
+            std::fs::read(&files[k]).unwrap();
+            k += 1;
+        }
+        wait_for("the warm-up", || {
+            counters(&mnt)["lakemount_warm_samples_total"] >= 200.0
+        });
+        let before = requests(&mnt);
+        for f in &files[k..] {
+            let b = std::fs::read(f).unwrap();
+            assert_eq!(sha256(&b), f.file_stem().unwrap().to_string_lossy());
+        }
+        assert_eq!(requests(&mnt), before, "reads after the warm-up fetched");
+    }
+    // The same with --no-auto-warm: the epoch keeps fetching.
+    {
+        let _m = MountGuard::start_with(&wh, &[&s], &mnt, &["--no-auto-warm"]);
+        let files = shuffled(samples_of(&mnt.join("s")));
+        let half = files.len() / 2;
+        for f in &files[..half] {
+            std::fs::read(f).unwrap();
+        }
+        let before = requests(&mnt);
+        for f in &files[half..] {
+            std::fs::read(f).unwrap();
+        }
+        assert!(requests(&mnt) > before, "the second half fetched nothing");
+        assert_eq!(counters(&mnt)["lakemount_warm_samples_total"], 0.0);
+    }
+    // Read in name order, the view is served by prefetch: no warm-up.
+    {
+        let _m = MountGuard::start(&wh, &[&s], &mnt);
+        let mut files = samples_of(&mnt.join("s"));
+        files.sort();
+        for f in &files {
+            std::fs::read(f).unwrap();
+        }
+        assert_eq!(counters(&mnt)["lakemount_warm_samples_total"], 0.0);
+    }
+}

@@ -141,7 +141,9 @@ def main():
     tag = f"packs-{args.samples}-{int(time.time())}"
 
     def warehouse(name: str) -> list[str]:
-        db = f"bench_{name}_{args.samples}".replace("-", "_")
+        # A database per run: a second run on the same servers must not
+        # find the first run's table (it names another warehouse).
+        db = f"bench_{name}_{tag}".replace("-", "_")
         subprocess.run(["psql", "-h", host, "-p", port, "-U", "postgres", "-d", "postgres", "-qc",
                         f"CREATE DATABASE {db}"], env=dict(os.environ, PGPASSWORD="postgres"), capture_output=True)
         return ["--warehouse", f"s3://{bucket}/{tag}/{name}", "--catalog", f"{pg}/{db}"]

@@ -72,6 +72,13 @@ pub struct MountArgs {
     /// listing order, while serving reads; stops where the cache is full.
     #[arg(long, help_heading = "Serving")]
     warm: bool,
+    /// Do not fetch a view whole for readers that keep missing. Without
+    /// this, a view of packed samples whose reads have had to fetch 16
+    /// times (a shuffled reader; a walking one is served by --prefetch)
+    /// and that fits in the cache is fetched whole in the background, pack
+    /// by pack, as --warm does at mount for every view.
+    #[arg(long, help_heading = "Serving")]
+    no_auto_warm: bool,
     /// Serve Prometheus metrics over HTTP at HOST:PORT (e.g. 127.0.0.1:9464).
     #[arg(long, value_name = "HOST:PORT", help_heading = "Serving")]
     metrics: Option<String>,
@@ -255,8 +262,11 @@ pub async fn run(args: MountArgs) -> Result<ExitCode> {
         let bound = crate::metrics::serve(addr, fs.metrics().clone()).await?;
         eprintln!("metrics at http://{bound}/metrics");
     }
+    let parallel = args.prefetch.clamp(8, 64);
+    if !args.no_auto_warm {
+        fs.set_auto_warm(parallel);
+    }
     if args.warm {
-        let parallel = args.prefetch.clamp(8, 64);
         tokio::spawn(async move {
             let start = std::time::Instant::now();
             let (n, bytes) = fs.warm(parallel).await;

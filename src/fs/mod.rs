@@ -652,7 +652,9 @@ impl ViewFs {
                     self.prefetch.on_first_read(self, &tree, listed, i as usize);
                 }
                 let i = i as usize;
-                self.plan_miss(view, i);
+                if self.plan_miss(view, i) {
+                    self.prefetch.on_packed_miss(self, &tree);
+                }
                 let loc = view.location(i);
                 let first = offset / CHUNK;
                 let last = (end - 1) / CHUNK;

@@ -88,22 +88,22 @@ impl ViewFs {
             .collect();
         cache.start_packed(object, members) > 0
     }
+}
 
-    /// The packed samples of `view` in warm-up requests: (pack, members).
-    pub(super) fn plan_view(&self, view: &View) -> Vec<(u32, Vec<PackMember>)> {
-        let mut out = Vec::new();
-        let mut packs: Vec<u32> = (0..view.len())
-            .filter_map(|i| view.packed_at(i).map(|a| a.object))
-            .collect();
-        packs.sort_unstable();
-        packs.dedup();
-        for p in packs {
-            for run in runs(view.pack_members(p), |_| true, WARM_REQUEST) {
-                out.push((p, run));
-            }
+/// The packed samples of `view` in warm-up requests: (pack, members).
+pub(super) fn plan_view(view: &View) -> Vec<(u32, Vec<PackMember>)> {
+    let mut out = Vec::new();
+    let mut packs: Vec<u32> = (0..view.len())
+        .filter_map(|i| view.packed_at(i).map(|a| a.object))
+        .collect();
+    packs.sort_unstable();
+    packs.dedup();
+    for p in packs {
+        for run in runs(view.pack_members(p), |_| true, WARM_REQUEST) {
+            out.push((p, run));
         }
-        out
     }
+    out
 }
 
 #[cfg(test)]

@@ -23,10 +23,19 @@ use super::tree::{Body, Tree};
 use super::{Listed, ViewFs};
 use crate::view::Content;
 
+/// Reads of a view's packed samples that must fetch before the whole view
+/// is fetched for its readers (`--warm auto`): a reader walking the view
+/// misses a few times before its walk is seen and then rarely; a shuffled
+/// one keeps missing.
+pub const AUTO_WARM_MISSES: u32 = 16;
+
 /// Read-ahead settings of a mount.
 pub(super) struct Prefetch {
     depth: usize,
     permits: Arc<tokio::sync::Semaphore>,
+    /// Requests in flight of a warm-up started for readers (`--warm
+    /// auto`); 0: off.
+    auto_warm: std::sync::atomic::AtomicUsize,
 }
 
 impl Prefetch {
@@ -34,7 +43,51 @@ impl Prefetch {
         Self {
             depth,
             permits: Arc::new(tokio::sync::Semaphore::new(depth.max(1))),
+            auto_warm: Default::default(),
         }
+    }
+
+    /// Fetch a whole view, `parallel` requests at a time, once its readers
+    /// have missed [`AUTO_WARM_MISSES`] packed samples (0: never).
+    pub(super) fn set_auto_warm(&self, parallel: usize) {
+        self.auto_warm.store(parallel, Ordering::Relaxed);
+    }
+
+    /// A read of packed sample of `tree` had to fetch: after enough of
+    /// them, fetches the whole view in the background if it fits in the
+    /// cache (what `--warm` does at mount, for this view only).
+    pub(super) fn on_packed_miss(&self, fs: &ViewFs, tree: &Arc<Tree>) {
+        let parallel = self.auto_warm.load(Ordering::Relaxed);
+        if parallel == 0
+            || tree.walks.misses.fetch_add(1, Ordering::Relaxed) + 1 != AUTO_WARM_MISSES
+            || tree.walks.warming.swap(true, Ordering::Relaxed)
+        {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let view = &tree.view;
+        let bytes: u64 = (0..view.len()).map(|i| view.sample(i).size).sum();
+        let budget = fs.cache.capacity() / 10 * 9;
+        if bytes > budget {
+            tracing::info!(
+                view = %view.name,
+                "read in random order, but larger than the cache ({bytes} bytes): not fetched whole"
+            );
+            return;
+        }
+        tracing::info!(view = %view.name, "read in random order: fetching it whole ({bytes} bytes)");
+        let (cache, tree) = (fs.cache.clone(), tree.clone());
+        runtime.spawn(async move {
+            let start = std::time::Instant::now();
+            let (n, b) = warm_trees(cache, vec![tree.clone()], parallel).await;
+            tracing::info!(
+                view = %tree.view.name,
+                "fetched whole: {n} samples ({b} bytes) in {:.1} s",
+                start.elapsed().as_secs_f64()
+            );
+        });
     }
 
     pub(super) fn enabled(&self) -> bool {
@@ -192,8 +245,6 @@ impl ViewFs {
     /// not wait behind them: it fetches its own window, or waits for the
     /// read already bringing its sample. Returns (samples, bytes) fetched.
     pub async fn warm(self: Arc<Self>, parallel: usize) -> (u64, u64) {
-        use futures::StreamExt;
-        let budget = self.cache.capacity() / 10 * 9;
         let trees: Vec<Arc<Tree>> = {
             let st = self.read_state();
             st.current
@@ -201,90 +252,111 @@ impl ViewFs {
                 .filter_map(|(_, id)| st.trees.get(id).cloned())
                 .collect()
         };
-        let mut planned = 0u64;
-        let mut within = |view: &crate::view::View, i: usize| -> Option<bool> {
-            let npy = view
-                .contents_of(i)
-                .any(|c| matches!(c, Content::Embedding(_)));
-            let cost = view.sample(i).size
-                + if npy {
-                    view.file_size(Content::Embedding(0))
-                } else {
-                    0
-                };
-            if planned + cost > budget {
-                return None;
-            }
-            planned += cost;
-            Some(npy)
-        };
-        let mut groups = Vec::new();
-        let mut singles = Vec::new();
-        'plan: for tree in &trees {
-            let view = &tree.view;
-            for (pack, run) in self.plan_view(view) {
-                let mut members = Vec::with_capacity(run.len());
-                for m in run {
-                    let Some(npy) = within(view, m.sample as usize) else {
-                        break 'plan;
-                    };
-                    members.push((m, npy));
-                }
-                groups.push((tree.clone(), pack, members));
-            }
-            for line in 0..view.len() {
-                let i = view.listing_sample(line);
-                if view.packed_at(i).is_some() {
-                    continue;
-                }
-                let Some(npy) = within(view, i) else {
+        for t in &trees {
+            // Nothing left for `--warm auto` to start.
+            t.walks.warming.store(true, Ordering::Relaxed);
+        }
+        warm_trees(self.cache.clone(), trees, parallel).await
+    }
+
+    /// Lets `--warm auto` fetch a view whose readers keep missing (see
+    /// [`AUTO_WARM_MISSES`]), `parallel` requests at a time; 0 turns it off.
+    pub fn set_auto_warm(&self, parallel: usize) {
+        self.prefetch.set_auto_warm(parallel);
+    }
+}
+
+/// What [`ViewFs::warm`] does, for `trees`.
+async fn warm_trees(
+    cache: Arc<crate::cache::ChunkCache>,
+    trees: Vec<Arc<Tree>>,
+    parallel: usize,
+) -> (u64, u64) {
+    use futures::StreamExt;
+    let budget = cache.capacity() / 10 * 9;
+    let mut planned = 0u64;
+    let mut within = |view: &crate::view::View, i: usize| -> Option<bool> {
+        let npy = view
+            .contents_of(i)
+            .any(|c| matches!(c, Content::Embedding(_)));
+        let cost = view.sample(i).size
+            + if npy {
+                view.file_size(Content::Embedding(0))
+            } else {
+                0
+            };
+        if planned + cost > budget {
+            return None;
+        }
+        planned += cost;
+        Some(npy)
+    };
+    let mut groups = Vec::new();
+    let mut singles = Vec::new();
+    'plan: for tree in &trees {
+        let view = &tree.view;
+        for (pack, run) in super::plan::plan_view(view) {
+            let mut members = Vec::with_capacity(run.len());
+            for m in run {
+                let Some(npy) = within(view, m.sample as usize) else {
                     break 'plan;
                 };
-                singles.push((tree.clone(), i, npy));
+                members.push((m, npy));
             }
+            groups.push((tree.clone(), pack, members));
         }
-        let fs = &self;
-        let finish = |loc: crate::view::SampleLoc, npy: bool| async move {
-            let chunks = loc.size.div_ceil(crate::content_id::CHUNK).max(1) as u32;
-            for c in 0..chunks {
-                fs.cache.sample_chunk(&loc, c).await.ok()?;
+        for line in 0..view.len() {
+            let i = view.listing_sample(line);
+            if view.packed_at(i).is_some() {
+                continue;
             }
-            if npy {
-                fs.cache.embedding_npy(&loc).await.ok()?;
-            }
-            fs.metrics().warm_samples.inc();
-            Some((1u64, loc.size))
-        };
-        let packed = futures::stream::iter(groups)
-            .map(|(tree, pack, members)| async move {
-                let view = &tree.view;
-                let locs: Vec<_> = members
-                    .iter()
-                    .map(|(m, _)| (view.location(m.sample as usize), m.offset))
-                    .collect();
-                fs.cache.start_packed(view.pack_uri(pack), locs.clone());
-                let mut done = (0u64, 0u64);
-                for ((loc, _), (_, npy)) in locs.into_iter().zip(&members) {
-                    if let Some((n, b)) = finish(loc, *npy).await {
-                        done = (done.0 + n, done.1 + b);
-                    }
-                }
-                done
-            })
-            .buffer_unordered(parallel.clamp(1, 16))
-            .fold(
-                (0u64, 0u64),
-                |(n, b), (dn, db)| async move { (n + dn, b + db) },
-            );
-        let single = futures::stream::iter(singles)
-            .map(|(tree, i, npy)| async move { finish(tree.view.location(i), npy).await })
-            .buffer_unordered(parallel.max(1))
-            .filter_map(|r| async move { r })
-            .fold(
-                (0u64, 0u64),
-                |(n, b), (dn, db)| async move { (n + dn, b + db) },
-            );
-        let ((n1, b1), (n2, b2)) = futures::join!(packed, single);
-        (n1 + n2, b1 + b2)
+            let Some(npy) = within(view, i) else {
+                break 'plan;
+            };
+            singles.push((tree.clone(), i, npy));
+        }
     }
+    let cache = &cache;
+    let finish = |loc: crate::view::SampleLoc, npy: bool| async move {
+        let chunks = loc.size.div_ceil(crate::content_id::CHUNK).max(1) as u32;
+        for c in 0..chunks {
+            cache.sample_chunk(&loc, c).await.ok()?;
+        }
+        if npy {
+            cache.embedding_npy(&loc).await.ok()?;
+        }
+        cache.metrics().warm_samples.inc();
+        Some((1u64, loc.size))
+    };
+    let packed = futures::stream::iter(groups)
+        .map(|(tree, pack, members)| async move {
+            let view = &tree.view;
+            let locs: Vec<_> = members
+                .iter()
+                .map(|(m, _)| (view.location(m.sample as usize), m.offset))
+                .collect();
+            cache.start_packed(view.pack_uri(pack), locs.clone());
+            let mut done = (0u64, 0u64);
+            for ((loc, _), (_, npy)) in locs.into_iter().zip(&members) {
+                if let Some((n, b)) = finish(loc, *npy).await {
+                    done = (done.0 + n, done.1 + b);
+                }
+            }
+            done
+        })
+        .buffer_unordered(parallel.clamp(1, 16))
+        .fold(
+            (0u64, 0u64),
+            |(n, b), (dn, db)| async move { (n + dn, b + db) },
+        );
+    let single = futures::stream::iter(singles)
+        .map(|(tree, i, npy)| async move { finish(tree.view.location(i), npy).await })
+        .buffer_unordered(parallel.max(1))
+        .filter_map(|r| async move { r })
+        .fold(
+            (0u64, 0u64),
+            |(n, b), (dn, db)| async move { (n + dn, b + db) },
+        );
+    let ((n1, b1), (n2, b2)) = futures::join!(packed, single);
+    (n1 + n2, b1 + b2)
 }

@@ -94,6 +94,10 @@ pub(super) struct TreeWalks {
     /// One bit per sample, set while a prefetched sample has not been read
     /// yet (for the prefetch-hit counter).
     pub(super) fetched: Arc<[AtomicU64]>,
+    /// Reads of packed samples that had to fetch (see `--warm auto`).
+    pub(super) misses: AtomicU32,
+    /// Whether the whole view is being (or was) fetched for a reader.
+    pub(super) warming: std::sync::atomic::AtomicBool,
 }
 
 impl TreeWalks {
@@ -102,6 +106,8 @@ impl TreeWalks {
             return Self {
                 walks: Vec::new(),
                 fetched: Arc::new([]),
+                misses: AtomicU32::new(0),
+                warming: Default::default(),
             };
         }
         let streams = if view.is_ordered() {
@@ -117,6 +123,8 @@ impl TreeWalks {
             fetched: (0..view.len().div_ceil(64))
                 .map(|_| AtomicU64::new(0))
                 .collect(),
+            misses: AtomicU32::new(0),
+            warming: Default::default(),
         }
     }
 }
