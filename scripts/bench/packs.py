@@ -7,7 +7,8 @@ are counted):
 
 - the local disk (the baseline; page cache warm);
 - lakemount over a packed warehouse (`--pack`, the object-store default),
-  a fresh mount, shuffled; the same with `--warm` from mount time; and in
+  a fresh mount, shuffled (with the auto warm-up, the default, and with
+  `--no-auto-warm`); the same with `--warm` from mount time; and in
   listing (directory) order without shuffling;
 - lakemount over the same samples one object each (`--pack off`), shuffled;
 - MosaicML Streaming (`remote=s3://`, MDS shards, shuffled);
@@ -173,6 +174,7 @@ def main():
         rec("local disk", epoch(local, True, run), epoch(local, True, run), 0)
         for label, wh, extra, shuffle in [
             ("lakemount packed, shuffled", wh_packed, [], True),
+            ("lakemount packed, --no-auto-warm, shuffled", wh_packed, ["--no-auto-warm"], True),
             ("lakemount packed, --warm from mount time, shuffled", wh_packed, ["--warm"], True),
             ("lakemount packed, listing order", wh_packed, [], False),
             ("lakemount one object each, shuffled", wh_plain, [], True),
