@@ -242,11 +242,32 @@ fn open_disk_tier(
     }
 }
 
+/// SIGTERM and SIGINT, caught from just before the mount appears: a
+/// signal sent as soon as the mountpoint shows up (a supervisor, a test)
+/// unmounts cleanly instead of killing the daemon (with a default
+/// disposition until `serve` started listening, the process died and the
+/// mount was left behind).
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Catches them from now on (needs a tokio runtime).
+    pub fn catch() -> Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+}
+
 /// Serves until SIGINT/SIGTERM or an external unmount, then unmounts.
-pub async fn serve(mounted: Mounted) -> Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
+pub async fn serve(mounted: Mounted, signals: Signals) -> Result<()> {
+    let Signals {
+        mut term, mut int, ..
+    } = signals;
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     loop {
         tokio::select! {

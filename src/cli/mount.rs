@@ -236,6 +236,9 @@ pub async fn run(args: MountArgs) -> Result<ExitCode> {
     };
     let source = LakeSource::new(&wh.trust.local_roots(), wh.storage.clone())
         .context("cannot open the warehouse directory for reading")?;
+    // Until here a signal ends the process (nothing to unmount yet); from
+    // here on it unmounts.
+    let signals = crate::mount::Signals::catch()?;
     let mounted = crate::mount::mount(views, &mountpoint, &opts, std::sync::Arc::new(source))?;
     release_freed_memory();
     eprintln!(
@@ -278,7 +281,7 @@ pub async fn run(args: MountArgs) -> Result<ExitCode> {
         });
     }
     crate::daemon::report(Ok(()));
-    crate::mount::serve(mounted).await?;
+    crate::mount::serve(mounted, signals).await?;
     eprintln!("unmounted {}", mountpoint.display());
     Ok(ExitCode::SUCCESS)
 }
