@@ -906,6 +906,13 @@ impl Worker {
         if let Some((_, avail)) = disk_space(&self.dir)
             && avail < self.min_free + bytes.len() as u64
         {
+            // Eviction keeps `min_free` free; short of it, something else
+            // filled the disk (or --cache-dir-min-free is 0 and it is
+            // full): writes off for a while, with the one warning.
+            self.failed(&format!(
+                "its filesystem is full: {avail} bytes free, {} to keep free",
+                self.min_free
+            ));
             return None;
         }
         let name = entry_name(key);
