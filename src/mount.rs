@@ -265,9 +265,7 @@ impl Signals {
 
 /// Serves until SIGINT/SIGTERM or an external unmount, then unmounts.
 pub async fn serve(mounted: Mounted, signals: Signals) -> Result<()> {
-    let Signals {
-        mut term, mut int, ..
-    } = signals;
+    let Signals { mut term, mut int } = signals;
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     loop {
         tokio::select! {

@@ -115,11 +115,11 @@ pub trait Source: Send + Sync {
         range: Range<u64>,
         pieces: Arc<[Range<u64>]>,
     ) -> BoxFuture<'static, Result<Vec<Bytes>, FetchError>> {
-        let read = self.read_object(loc, object, range.clone());
-        Box::pin(async move {
-            let whole = read.await?;
-            Ok(split(&whole, range.start, &pieces))
-        })
+        read_split(
+            self.read_object(loc, object, range.clone()),
+            range.start,
+            pieces,
+        )
     }
     /// The embedding of the sample at `loc`.
     fn embedding(&self, loc: &SampleLoc) -> BoxFuture<'static, Result<Vec<f32>, FetchError>>;
@@ -142,6 +142,23 @@ pub fn split(whole: &Bytes, base: u64, pieces: &[Range<u64>]) -> Vec<Bytes> {
             whole.slice(from..to.max(from))
         })
         .collect()
+}
+
+/// `read` (the object's bytes from `base`) split into `pieces`.
+fn read_split(
+    read: BoxFuture<'static, Result<Bytes, FetchError>>,
+    base: u64,
+    pieces: Arc<[Range<u64>]>,
+) -> BoxFuture<'static, Result<Vec<Bytes>, FetchError>> {
+    Box::pin(async move { Ok(split(&read.await?, base, &pieces)) })
+}
+
+/// An object store's error reading the sample at `loc`, its text redacted.
+fn store_error(loc: &SampleLoc, e: object_store::Error) -> FetchError {
+    match e {
+        object_store::Error::NotFound { .. } => FetchError::not_found(loc),
+        other => FetchError::backend(loc, crate::trust::redact(&other.to_string())),
+    }
 }
 
 /// A trusted local directory, held open so files are opened beneath it.
@@ -321,10 +338,10 @@ impl Source for LakeSource {
             .and_then(|u| self.store_for(&u));
         Box::pin(async move {
             let (store, path) = store.map_err(|e| FetchError::backend(&loc, e))?;
-            store.get_range(&path, range).await.map_err(|e| match e {
-                object_store::Error::NotFound { .. } => FetchError::not_found(&loc),
-                other => FetchError::backend(&loc, crate::trust::redact(&other.to_string())),
-            })
+            store
+                .get_range(&path, range)
+                .await
+                .map_err(|e| store_error(&loc, e))
         })
     }
 
@@ -342,20 +359,17 @@ impl Source for LakeSource {
         };
         let Some(url) = url.filter(|_| loc.trusted) else {
             // Local files and Lance blobs: one buffer, sliced.
-            let read = self.read_object(loc, object, range.clone());
-            return Box::pin(async move {
-                let whole = read.await?;
-                Ok(split(&whole, range.start, &pieces))
-            });
+            return read_split(
+                self.read_object(loc, object, range.clone()),
+                range.start,
+                pieces,
+            );
         };
         let store = self.store_for(&url);
         let loc = loc.clone();
         Box::pin(async move {
             use futures::StreamExt;
-            let fail = |e: object_store::Error| match e {
-                object_store::Error::NotFound { .. } => FetchError::not_found(&loc),
-                other => FetchError::backend(&loc, crate::trust::redact(&other.to_string())),
-            };
+            let fail = |e| store_error(&loc, e);
             let (store, path) = store.map_err(|e| FetchError::backend(&loc, e))?;
             let options = object_store::GetOptions {
                 range: Some(object_store::GetRange::Bounded(range.clone())),

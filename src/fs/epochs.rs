@@ -345,8 +345,7 @@ impl EpochDirs {
             return Vec::new();
         };
         let pos = k.min(u64::from(u32::MAX)) as u32;
-        let end = pos.saturating_add(1).saturating_add(depth as u32);
-        let Some(ahead) = self.cursors(e, r).window(pos, end) else {
+        let Some(ahead) = self.cursors(e, r).window_ahead(pos, depth) else {
             return Vec::new();
         };
         let order = self.plan.order(self.n, e);

@@ -24,7 +24,8 @@ use super::{Listed, ViewFs};
 use crate::view::Content;
 
 /// Reads of a view's packed samples that must fetch before the whole view
-/// is fetched for its readers (`--warm auto`): a reader walking the view
+/// is fetched for its readers (the auto warm-up; `--no-auto-warm` turns it
+/// off): a reader walking the view
 /// misses a few times before its walk is seen and then rarely; a shuffled
 /// one keeps missing.
 pub const AUTO_WARM_MISSES: u32 = 16;
@@ -33,8 +34,8 @@ pub const AUTO_WARM_MISSES: u32 = 16;
 pub(super) struct Prefetch {
     depth: usize,
     permits: Arc<tokio::sync::Semaphore>,
-    /// Requests in flight of a warm-up started for readers (`--warm
-    /// auto`); 0: off.
+    /// Requests in flight of a warm-up started for readers (the auto
+    /// warm-up); 0: off.
     auto_warm: std::sync::atomic::AtomicUsize,
 }
 
@@ -69,8 +70,7 @@ impl Prefetch {
         };
         let view = &tree.view;
         let bytes: u64 = (0..view.len()).map(|i| view.sample(i).size).sum();
-        let budget = fs.cache.capacity() / 10 * 9;
-        if bytes > budget {
+        if bytes > warm_budget(&fs.cache) {
             tracing::info!(
                 view = %view.name,
                 "read in random order, but larger than the cache ({bytes} bytes): not fetched whole"
@@ -223,8 +223,7 @@ impl Prefetch {
             return Vec::new();
         };
         let line = view.listing_line(i) as u32;
-        let end = line.saturating_add(1).saturating_add(self.depth as u32);
-        let Some(ahead) = walk.window(line, end) else {
+        let Some(ahead) = walk.window_ahead(line, self.depth) else {
             return Vec::new();
         };
         let end = (ahead.end as usize).min(view.len());
@@ -253,17 +252,23 @@ impl ViewFs {
                 .collect()
         };
         for t in &trees {
-            // Nothing left for `--warm auto` to start.
+            // Nothing left for the auto warm-up to start.
             t.walks.warming.store(true, Ordering::Relaxed);
         }
         warm_trees(self.cache.clone(), trees, parallel).await
     }
 
-    /// Lets `--warm auto` fetch a view whose readers keep missing (see
+    /// Lets the auto warm-up fetch a view whose readers keep missing (see
     /// [`AUTO_WARM_MISSES`]), `parallel` requests at a time; 0 turns it off.
     pub fn set_auto_warm(&self, parallel: usize) {
         self.prefetch.set_auto_warm(parallel);
     }
+}
+
+/// Bytes a warm-up may bring into `cache`: 90% of its largest tier, so
+/// that it never evicts what it brought in.
+fn warm_budget(cache: &crate::cache::ChunkCache) -> u64 {
+    cache.capacity() / 10 * 9
 }
 
 /// What [`ViewFs::warm`] does, for `trees`.
@@ -273,7 +278,7 @@ async fn warm_trees(
     parallel: usize,
 ) -> (u64, u64) {
     use futures::StreamExt;
-    let budget = cache.capacity() / 10 * 9;
+    let budget = warm_budget(&cache);
     let mut planned = 0u64;
     let mut within = |view: &crate::view::View, i: usize| -> Option<bool> {
         let npy = view

@@ -84,6 +84,13 @@ impl Cursors {
         self.ahead.store(mark, Ordering::Relaxed);
         Some(start..end)
     }
+
+    /// [`Self::window`] for positions that are all samples: up to `depth`
+    /// after `pos`.
+    pub(super) fn window_ahead(&self, pos: u32, depth: usize) -> Option<std::ops::Range<u32>> {
+        let depth = u32::try_from(depth).unwrap_or(u32::MAX);
+        self.window(pos, pos.saturating_add(1).saturating_add(depth))
+    }
 }
 
 /// Read-ahead state of one view's tree.
@@ -94,7 +101,7 @@ pub(super) struct TreeWalks {
     /// One bit per sample, set while a prefetched sample has not been read
     /// yet (for the prefetch-hit counter).
     pub(super) fetched: Arc<[AtomicU64]>,
-    /// Reads of packed samples that had to fetch (see `--warm auto`).
+    /// Reads of packed samples that had to fetch (see the auto warm-up, `Prefetch::on_packed_miss`).
     pub(super) misses: AtomicU32,
     /// Whether the whole view is being (or was) fetched for a reader.
     pub(super) warming: std::sync::atomic::AtomicBool,
