@@ -102,6 +102,9 @@ pub struct Metrics {
     pub disk_evictions: Counter,
     /// Disk-tier entries that failed verification and were deleted.
     pub disk_dropped: Counter,
+    /// Disk-tier entries this process read and checked before first
+    /// using them (at the use, or ahead of it).
+    pub disk_checked: Counter,
     disk_bytes: Gauge,
     disk_entries: Gauge,
     /// Reads the disk tier's (bytes, entries) at scrape time.
@@ -156,6 +159,7 @@ impl Metrics {
             disk_misses: Counter::default(),
             disk_evictions: Counter::default(),
             disk_dropped: Counter::default(),
+            disk_checked: Counter::default(),
             disk_bytes: Gauge::default(),
             disk_entries: Gauge::default(),
             disk_size: OnceLock::new(),
@@ -224,6 +228,11 @@ impl Metrics {
                 "disk_dropped",
                 "Disk-tier entries that failed verification and were deleted",
                 &m.disk_dropped,
+            ),
+            (
+                "disk_checked",
+                "Disk-tier entries this process read and checked before its first use of them",
+                &m.disk_checked,
             ),
         ];
         for (name, help, c) in counters {

@@ -132,7 +132,7 @@ pub trait Source: Send + Sync {
 
 /// `pieces` (offsets in an object) of `whole`, the object's bytes from
 /// `base`: slices of it, shorter where it ends early.
-pub fn split(whole: &Bytes, base: u64, pieces: &[Range<u64>]) -> Vec<Bytes> {
+fn split(whole: &Bytes, base: u64, pieces: &[Range<u64>]) -> Vec<Bytes> {
     let len = whole.len() as u64;
     pieces
         .iter()

@@ -442,3 +442,88 @@ fn a_read_only_cache_directory_is_a_warning_not_a_failure() {
         "{log}"
     );
 }
+
+/// `lakemount_disk_checked_total` of a mount once it reaches `at_least`,
+/// or its last value after 10 s.
+fn checked_reaching(mnt: &Path, at_least: f64) -> f64 {
+    let mut n = 0.0;
+    for _ in 0..100 {
+        n = counters(mnt)["lakemount_disk_checked_total"];
+        if n >= at_least {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    n
+}
+
+/// A restarted daemon checks each disk-tier entry before its first use.
+/// Its readers need not wait for that: once their opens have waited for
+/// 16 checks, the rest of the view's entries are checked in the
+/// background (not with --no-auto-warm). Needs root (passthrough opens,
+/// as in CI).
+#[test]
+fn a_restarted_daemon_checks_entries_ahead_of_its_readers() {
+    let s = setup(40);
+    let cache = s.tmp.path().join("cache");
+    let tree = {
+        let m = mount(&s, "mnt1", &cache_args(&cache));
+        let tree = read_tree(&m.mountpoint.join("s"));
+        wait_entries(&cache, 43);
+        tree
+    };
+    let names: Vec<&String> = tree.keys().filter(|p| p.starts_with("x/")).collect();
+    // A shuffled order (no two reads a few places apart in a row).
+    let mut shuffled = names.clone();
+    shuffled.sort_by_key(|p| sha256(p.as_bytes()));
+    let no_prefetch = |extra: &[&str]| {
+        let mut args = cache_args(&cache);
+        args.extend(
+            ["--prefetch", "0"]
+                .iter()
+                .chain(extra)
+                .map(|a| a.to_string()),
+        );
+        args
+    };
+
+    // Shuffled, 20 reads: the other 20 entries are checked in the background.
+    let m = mount(&s, "mnt2", &no_prefetch(&[]));
+    drop_page_cache();
+    let root = m.mountpoint.join("s");
+    for p in &shuffled[..20] {
+        assert_eq!(&std::fs::read(root.join(p)).unwrap(), &tree[*p]);
+    }
+    assert_eq!(checked_reaching(&m.mountpoint, 40.0), 40.0);
+    for p in &shuffled[20..] {
+        assert_eq!(&std::fs::read(root.join(p)).unwrap(), &tree[*p]);
+    }
+    let c = counters(&m.mountpoint);
+    assert_eq!(
+        c["lakemount_disk_checked_total"], 40.0,
+        "checked twice: {c:?}"
+    );
+    assert_eq!(c["lakemount_fetch_seconds_count"], 0.0, "{c:?}");
+    drop(m);
+
+    // The same with --no-auto-warm: only what was read is checked.
+    let m = mount(&s, "mnt3", &no_prefetch(&["--no-auto-warm"]));
+    let root = m.mountpoint.join("s");
+    for p in &shuffled[..20] {
+        assert_eq!(&std::fs::read(root.join(p)).unwrap(), &tree[*p]);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(checked_reaching(&m.mountpoint, 21.0), 20.0);
+    drop(m);
+
+    // Walked in name order (with prefetch, whose walks passthrough opens
+    // do not feed): the same.
+    let m = mount(&s, "mnt4", &cache_args(&cache));
+    let root = m.mountpoint.join("s");
+    let mut in_order: Vec<&String> = names.clone();
+    in_order.sort();
+    for p in &in_order[..20] {
+        assert_eq!(&std::fs::read(root.join(p)).unwrap(), &tree[*p]);
+    }
+    assert_eq!(checked_reaching(&m.mountpoint, 40.0), 40.0);
+}

@@ -45,7 +45,8 @@
 //!   but missing from the index (a crash between rename and insert) is
 //!   indexed on its next use, and by the scan each process makes when it
 //!   opens the directory, which also deletes files whose names are not
-//!   entries.
+//!   entries (256 at a time, one batch a second while entries are being
+//!   used: readers come first).
 //!
 //! The disk is never in the way: writes go through a bounded queue to a
 //! thread of their own (a full queue drops the write); a failing write
@@ -212,6 +213,7 @@ struct Counters {
     hits: prometheus_client::metrics::counter::Counter,
     misses: prometheus_client::metrics::counter::Counter,
     dropped: prometheus_client::metrics::counter::Counter,
+    checked: prometheus_client::metrics::counter::Counter,
 }
 
 /// The disk tier. See the module essay.
@@ -400,6 +402,7 @@ impl DiskStore {
                 hits: metrics.disk_hits.clone(),
                 misses: metrics.disk_misses.clone(),
                 dropped: metrics.disk_dropped.clone(),
+                checked: metrics.disk_checked.clone(),
             },
         });
         let worker = Worker {
@@ -442,14 +445,43 @@ impl DiskStore {
         self.dir.join(FORMAT).join(entry_name(key))
     }
 
-    fn is_verified(&self, key: &ChunkKey) -> bool {
+    /// Whether this process has checked (or written) `key`'s entry; no
+    /// I/O.
+    pub fn is_checked(&self, key: &ChunkKey) -> bool {
         self.verified.lock().is_ok_and(|v| v.contains(key))
     }
 
+    /// Remembers that this process checked `key`'s entry.
     fn mark_verified(&self, key: &ChunkKey) {
-        if let Ok(mut v) = self.verified.lock() {
-            v.insert(*key);
+        if let Ok(mut v) = self.verified.lock()
+            && v.insert(*key)
+        {
+            self.counters.checked.inc();
         }
+    }
+
+    /// Checks the entry of `key` ahead of its first use, so that the use
+    /// (a passthrough open) finds it checked and does not wait for the
+    /// read: whether it is on disk and good (a bad one is dropped, as at
+    /// any first use). With `keep_pages` false its pages are dropped from
+    /// the page cache afterwards (a view too large to stay there until it
+    /// is read). Blocks on the disk.
+    pub fn check_ahead(&self, key: &ChunkKey, keep_pages: bool) -> bool {
+        if self.is_checked(key) {
+            return true;
+        }
+        let Some((file, len)) = self.open_entry(key) else {
+            return false;
+        };
+        let good = self.read_checked(key, &file, len).is_some();
+        if !keep_pages {
+            use std::os::fd::AsRawFd;
+            // SAFETY: a descriptor this File owns; advice only.
+            unsafe {
+                libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
+            }
+        }
+        good
     }
 
     /// Deletes an entry that failed verification.
@@ -491,7 +523,7 @@ impl DiskStore {
             return None;
         }
         let buf = read_at_most(file, len, CHUNK).ok()?;
-        if !self.is_verified(key) {
+        if !self.is_checked(key) {
             if let Err(why) = check(key, file, &buf) {
                 self.drop_bad(key, why);
                 return None;
@@ -610,7 +642,7 @@ impl ChunkStore for DiskStore {
             return None;
         }
         let (file, len) = self.open_entry(key)?;
-        if !self.is_verified(key) {
+        if !self.is_checked(key) {
             // Reads and checks it (and marks it verified) first.
             self.read_checked(key, &file, len)?;
         }
@@ -845,6 +877,7 @@ impl Worker {
         let _ = ready.send(Ok(()));
         retire_old_formats(&rt, &pool, &self.dir);
         let mut scan = Some(Scan::new(&self.dir.join(FORMAT)));
+        let mut last_scan = Instant::now();
         loop {
             let first = match rx.recv_timeout(Duration::from_millis(if scan.is_some() {
                 10
@@ -877,7 +910,13 @@ impl Worker {
                 }
             }
             rows.used.extend(self.uses.take());
-            if let Some(s) = &mut scan {
+            // The scan reads directories and inodes readers may be
+            // waiting for: while entries are being used, one batch a
+            // second.
+            if let Some(s) = &mut scan
+                && (rows.used.is_empty() || last_scan.elapsed() >= Duration::from_secs(1))
+            {
+                last_scan = Instant::now();
                 match s.next_batch(256) {
                     Some(found) => rows.found.extend(found),
                     None => scan = None,

@@ -228,6 +228,27 @@ impl ChunkCache {
             .open_file(&ChunkKey::whole(loc.content_id), loc.size)
     }
 
+    /// Whether the sample at `loc` is of one chunk and this process has not
+    /// checked a disk-tier entry of it (it may have none); no I/O.
+    pub fn unchecked(&self, loc: &SampleLoc) -> bool {
+        loc.size <= CHUNK
+            && self
+                .disk
+                .as_ref()
+                .is_some_and(|d| !d.is_checked(&ChunkKey::whole(loc.content_id)))
+    }
+
+    /// Checks the disk-tier entry of the one-chunk sample at `loc` before
+    /// its first use (see [`DiskStore::check_ahead`]); whether it is there
+    /// and good. Blocks on the disk.
+    pub fn check_ahead(&self, loc: &SampleLoc, keep_pages: bool) -> bool {
+        loc.size <= CHUNK
+            && self
+                .disk
+                .as_ref()
+                .is_some_and(|d| d.check_ahead(&ChunkKey::whole(loc.content_id), keep_pages))
+    }
+
     /// Chunk `chunk` of the sample at `loc`, verified.
     pub async fn sample_chunk(
         &self,

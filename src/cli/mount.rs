@@ -72,11 +72,14 @@ pub struct MountArgs {
     /// listing order, while serving reads; stops where the cache is full.
     #[arg(long, help_heading = "Serving")]
     warm: bool,
-    /// Do not fetch a view whole for readers that keep missing. Without
-    /// this, a view of packed samples whose reads have had to fetch 16
-    /// times (a shuffled reader; a walking one is served by --prefetch)
+    /// Do not fetch or check a view whole for readers that keep missing.
+    /// Without this, a view of packed samples whose reads have had to fetch
+    /// 16 times (a shuffled reader; a walking one is served by --prefetch)
     /// and that fits in the cache is fetched whole in the background, pack
-    /// by pack, as --warm does at mount for every view.
+    /// by pack, as --warm does at mount for every view; and a view whose
+    /// opens have waited 16 times for the first check of a --cache-dir
+    /// entry (after a restart) has its entries there checked in the
+    /// background.
     #[arg(long, help_heading = "Serving")]
     no_auto_warm: bool,
     /// Serve Prometheus metrics over HTTP at HOST:PORT (e.g. 127.0.0.1:9464).

@@ -590,7 +590,11 @@ impl ViewFs {
         {
             let view = &tree.view;
             let loc = view.location(i as usize);
+            let unchecked = self.cache.unchecked(&loc);
             if let Some(file) = self.cache.open_file(&loc) {
+                if unchecked {
+                    self.prefetch.on_unchecked_open(self, &tree);
+                }
                 return Ok(Opened::Passthrough(file));
             }
             let local = if mode.local_blobs {

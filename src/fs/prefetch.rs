@@ -13,7 +13,11 @@
 //!
 //! Either way the next `depth` samples are fetched into the cache in the
 //! background, at most `depth` at a time. Random-order reads trigger
-//! nothing. `--warm` fetches every view in listing order instead, as far
+//! nothing but, once they keep missing, the auto warm-up (see
+//! [`AUTO_WARM_MISSES`]). Samples served by passthrough are not seen here
+//! (their reads do not reach the daemon); after a restart, their opens
+//! that wait for a disk-tier entry's first check start a check of the
+//! whole view ([`Prefetch::on_unchecked_open`]). `--warm` fetches every view in listing order instead, as far
 //! as the cache holds.
 
 use std::sync::Arc;
@@ -29,6 +33,10 @@ use crate::view::Content;
 /// misses a few times before its walk is seen and then rarely; a shuffled
 /// one keeps missing.
 pub const AUTO_WARM_MISSES: u32 = 16;
+
+/// Disk-tier entries checked at once ahead of readers (reads of the local
+/// disk: more would only queue there ahead of the readers' own).
+const CHECKS_AHEAD: usize = 16;
 
 /// Read-ahead settings of a mount.
 pub(super) struct Prefetch {
@@ -54,22 +62,37 @@ impl Prefetch {
         self.auto_warm.store(parallel, Ordering::Relaxed);
     }
 
+    /// Counts one more of the events in `count` that start a job over a
+    /// whole view (the auto warm-up, the background check): the job's
+    /// parallelism and the runtime to run it on when this is the
+    /// [`AUTO_WARM_MISSES`]-th, the auto warm-up is on, and `started` was
+    /// not set yet (it is now).
+    fn auto_start(
+        &self,
+        count: &std::sync::atomic::AtomicU32,
+        started: &std::sync::atomic::AtomicBool,
+    ) -> Option<(usize, tokio::runtime::Handle)> {
+        let parallel = self.auto_warm.load(Ordering::Relaxed);
+        if parallel == 0
+            || count.fetch_add(1, Ordering::Relaxed) + 1 != AUTO_WARM_MISSES
+            || started.swap(true, Ordering::Relaxed)
+        {
+            return None;
+        }
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        Some((parallel, runtime))
+    }
+
     /// A read of packed sample of `tree` had to fetch: after enough of
     /// them, fetches the whole view in the background if it fits in the
     /// cache (what `--warm` does at mount, for this view only).
     pub(super) fn on_packed_miss(&self, fs: &ViewFs, tree: &Arc<Tree>) {
-        let parallel = self.auto_warm.load(Ordering::Relaxed);
-        if parallel == 0
-            || tree.walks.misses.fetch_add(1, Ordering::Relaxed) + 1 != AUTO_WARM_MISSES
-            || tree.walks.warming.swap(true, Ordering::Relaxed)
-        {
-            return;
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        let Some((parallel, runtime)) = self.auto_start(&tree.walks.misses, &tree.walks.warming)
+        else {
             return;
         };
         let view = &tree.view;
-        let bytes: u64 = (0..view.len()).map(|i| view.sample(i).size).sum();
+        let bytes = view_bytes(view);
         if bytes > warm_budget(&fs.cache) {
             tracing::info!(
                 view = %view.name,
@@ -85,6 +108,56 @@ impl Prefetch {
             tracing::info!(
                 view = %tree.view.name,
                 "fetched whole: {n} samples ({b} bytes) in {:.1} s",
+                start.elapsed().as_secs_f64()
+            );
+        });
+    }
+
+    /// A reader opened a disk-tier entry of `tree` that this process had
+    /// not checked, and waited for the check: after [`AUTO_WARM_MISSES`]
+    /// of them (a daemon restarted over a filled disk tier), the view's
+    /// entries on disk are checked in the background, in listing order,
+    /// [`CHECKS_AHEAD`] at a time, so that the rest of its opens, in any
+    /// order, find them checked (and their pages read).
+    ///
+    /// Not done per walk, as the prefetch does fetches: passthrough reads
+    /// never reach the daemon, and seeing walks at opens instead cost a
+    /// task and a `stat` per open (measured: epochs after a remount in
+    /// listing order at 0.5x the local disk with it, 1.0x with this).
+    pub(super) fn on_unchecked_open(&self, fs: &ViewFs, tree: &Arc<Tree>) {
+        let Some((parallel, runtime)) =
+            self.auto_start(&tree.walks.unchecked, &tree.walks.checking)
+        else {
+            return;
+        };
+        let (cache, tree) = (fs.cache.clone(), tree.clone());
+        runtime.spawn(async move {
+            use futures::StreamExt;
+            let start = std::time::Instant::now();
+            let view = &tree.view;
+            // Pages of a view that the page cache cannot hold until it is
+            // read would only push out others: dropped after the check.
+            let keep_pages = view_bytes(view) < physical_memory() / 4;
+            let checked = futures::stream::iter(0..view.len())
+                .map(|line| {
+                    let loc = view.location(view.listing_sample(line));
+                    let cache = cache.clone();
+                    async move {
+                        if !cache.unchecked(&loc) {
+                            return false;
+                        }
+                        tokio::task::spawn_blocking(move || cache.check_ahead(&loc, keep_pages))
+                            .await
+                            .unwrap_or(false)
+                    }
+                })
+                .buffer_unordered(parallel.min(CHECKS_AHEAD))
+                .filter(|&c| async move { c })
+                .count()
+                .await;
+            tracing::info!(
+                view = %view.name,
+                "opened after a restart: {checked} disk-tier entries checked ahead of its readers in {:.1} s",
                 start.elapsed().as_secs_f64()
             );
         });
@@ -263,6 +336,23 @@ impl ViewFs {
     pub fn set_auto_warm(&self, parallel: usize) {
         self.prefetch.set_auto_warm(parallel);
     }
+}
+
+/// Bytes of `view`'s samples.
+fn view_bytes(view: &crate::view::View) -> u64 {
+    (0..view.len()).map(|i| view.sample(i).size).sum()
+}
+
+/// Bytes of memory of this machine (0 if unknown).
+fn physical_memory() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let (pages, size) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    (pages.max(0) as u64).saturating_mul(size.max(0) as u64)
 }
 
 /// Bytes a warm-up may bring into `cache`: 90% of its largest tier, so

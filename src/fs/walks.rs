@@ -105,6 +105,12 @@ pub(super) struct TreeWalks {
     pub(super) misses: AtomicU32,
     /// Whether the whole view is being (or was) fetched for a reader.
     pub(super) warming: std::sync::atomic::AtomicBool,
+    /// Opens that waited for the first check of a disk-tier entry (see
+    /// `Prefetch::on_unchecked_open`).
+    pub(super) unchecked: AtomicU32,
+    /// Whether the view's disk-tier entries are being (or were) checked
+    /// ahead of its readers.
+    pub(super) checking: std::sync::atomic::AtomicBool,
 }
 
 impl TreeWalks {
@@ -115,6 +121,8 @@ impl TreeWalks {
                 fetched: Arc::new([]),
                 misses: AtomicU32::new(0),
                 warming: Default::default(),
+                unchecked: AtomicU32::new(0),
+                checking: Default::default(),
             };
         }
         let streams = if view.is_ordered() {
@@ -132,6 +140,8 @@ impl TreeWalks {
                 .collect(),
             misses: AtomicU32::new(0),
             warming: Default::default(),
+            unchecked: AtomicU32::new(0),
+            checking: Default::default(),
         }
     }
 }
