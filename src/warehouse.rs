@@ -24,7 +24,7 @@ use crate::error::{Context, Result, bail};
 use iceberg::io::LocalFsStorageFactory;
 use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableIdent};
 use iceberg_catalog_rest::RestCatalogBuilder;
-use iceberg_catalog_sql::{SqlBindStyle, SqlCatalogBuilder};
+use iceberg_catalog_sql::{SqlBindStyle, SqlCatalog, SqlCatalogBuilder};
 use object_store::ObjectStore;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as StorePath;
@@ -268,34 +268,37 @@ async fn open_catalog(
         return Ok((Arc::new(catalog), true));
     }
     let uri = sqlite_create(uri.clone());
-    let bind_style = if uri.starts_with("sqlite:") {
-        SqlBindStyle::QMark
+    let postgres = if uri.starts_with("sqlite:") {
+        false
     } else if uri.starts_with("postgres://") || uri.starts_with("postgresql://") {
-        SqlBindStyle::DollarNumeric
+        true
     } else {
         bail!(kind: Usage,
             "--catalog {}: expected sqlite:PATH, postgres://USER:PASSWORD@HOST/DB or http(s)://HOST:PORT (REST)",
             redact(&uri)
         );
     };
-    let server = if bind_style == SqlBindStyle::DollarNumeric {
+    let server = if postgres {
         Some(reachable(&uri).await?)
     } else {
         None
     };
-    let builder = SqlCatalogBuilder::default()
-        .uri(uri.clone())
-        .warehouse_location(format!("{root_url}iceberg"))
-        .sql_bind_style(bind_style);
-    let builder = if local {
-        builder.with_storage_factory(Arc::new(LocalFsStorageFactory))
-    } else {
-        builder.with_storage_factory(storage.iceberg_factory())
+    let builder = || {
+        let builder = SqlCatalogBuilder::default()
+            .uri(uri.clone())
+            .warehouse_location(format!("{root_url}iceberg"))
+            .sql_bind_style(if postgres {
+                SqlBindStyle::DollarNumeric
+            } else {
+                SqlBindStyle::QMark
+            });
+        if local {
+            builder.with_storage_factory(Arc::new(LocalFsStorageFactory))
+        } else {
+            builder.with_storage_factory(storage.iceberg_factory())
+        }
     };
-    let catalog = builder
-        .load(CATALOG_NAME, HashMap::new())
-        .await
-        .map_err(failed)?;
+    let catalog = load_sql_catalog(builder).await.map_err(failed)?;
     Ok(match server {
         Some((host, port)) => (
             Arc::new(crate::catalog::watched::Watched::new(
@@ -308,6 +311,38 @@ async fn open_catalog(
         ),
         None => (Arc::new(catalog), false),
     })
+}
+
+/// Loads a SQL catalog, whose first open creates its tables with
+/// `CREATE TABLE IF NOT EXISTS`. On PostgreSQL that statement is not safe
+/// against itself: two writers opening a fresh catalog at once can both
+/// pass the check and one fails on a unique index of the system catalog
+/// (`pg_type_typname_nsp_index`); SQLite can answer "database is locked".
+/// Either way the tables exist (or will) once the other writer is done, so
+/// the open is tried again a few times, after the catalog's backoff.
+async fn load_sql_catalog(
+    builder: impl Fn() -> SqlCatalogBuilder,
+) -> std::result::Result<SqlCatalog, iceberg::Error> {
+    const ATTEMPTS: usize = 6;
+    let mut attempt = 1;
+    loop {
+        match builder().load(CATALOG_NAME, HashMap::new()).await {
+            Err(e) if attempt < ATTEMPTS && lost_create_race(&e) => {
+                tokio::time::sleep(crate::catalog::backoff(attempt)).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Whether a catalog open failed because another process was creating the
+/// catalog's tables at the same moment (see [`load_sql_catalog`]).
+fn lost_create_race(e: &iceberg::Error) -> bool {
+    let text = format!("{e:#}");
+    text.contains("duplicate key value violates unique constraint")
+        || text.contains("already exists")
+        || text.contains("database is locked")
 }
 
 /// A SQLite catalog URI that creates its file (and folder) when missing
@@ -370,8 +405,21 @@ fn lance_location(root_url: &Url, table: &TableIdent) -> Result<String> {
 }
 
 fn probe_writable(root: &FsPath) -> Result<()> {
-    let probe = root.join(format!(".lakemount-write-probe-{}", std::process::id()));
-    std::fs::write(&probe, b"")
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    // Unique per open, also within one process (opens may run at once);
+    // created fresh (`create_new` never follows a link left under the name).
+    static PROBES: AtomicU64 = AtomicU64::new(0);
+    let probe = root.join(format!(
+        ".lakemount-write-probe-{}-{}",
+        std::process::id(),
+        PROBES.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&probe)
         .and_then(|_| std::fs::remove_file(&probe))
         .with_context(|| {
             format!(

@@ -60,6 +60,33 @@ fn four_concurrent_ingests(wh: &Path, root: &Path) {
     }
 }
 
+/// Writers that open a fresh catalog at the same moment all get it: the
+/// first open creates the catalog's tables, and on PostgreSQL two
+/// `CREATE TABLE IF NOT EXISTS` at once can fail on a system-catalog index
+/// (seen as a failed concurrent ingest in CI).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writers_opening_a_fresh_catalog_at_once_all_get_it() {
+    for _ in 0..10 {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = wh_config(&tmp.path().join("wh"));
+        let opens: Vec<_> = (0..8)
+            .map(|_| {
+                let config = config.clone();
+                tokio::spawn(async move {
+                    lakemount::warehouse::Warehouse::open(&config, true)
+                        .await
+                        .map(|_| ())
+                })
+            })
+            .collect();
+        for open in opens {
+            if let Err(e) = open.await.unwrap() {
+                panic!("a concurrent open failed: {e:#}");
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn concurrent_ingests_publish_each_sample_once_with_the_right_lance_version() {
     for existing in [false, true] {

@@ -27,6 +27,15 @@ use iceberg::table::Table;
 use iceberg::transaction::{AddColumn, ApplyTransactionAction, Transaction};
 use iceberg::{Catalog, TableCreation, TableIdent};
 
+/// The pause before trying again after losing a race with another writer
+/// at the catalog (a commit, the catalog's first open): jittered,
+/// exponential, 50 ms doubling to at most 2 s.
+pub fn backoff(attempt: usize) -> std::time::Duration {
+    let base = 50u64 << attempt.min(6);
+    let jitter = u64::from(uuid::Uuid::new_v4().as_bytes()[0]) * base / 255;
+    std::time::Duration::from_millis((base + jitter).min(2_000))
+}
+
 /// Snapshot summary key: Lance dataset version that goes with the snapshot.
 pub const PROP_LANCE_VERSION: &str = "lakemount.lance-version";
 /// Snapshot summary key and table property: where the Lance dataset lives.

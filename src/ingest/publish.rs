@@ -6,7 +6,6 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::error::{Context, Result, bail};
 use iceberg::spec::{DataFile, PrimitiveType};
@@ -151,7 +150,7 @@ pub async fn publish(
     let mut outcome = Outcome::default();
     for attempt in 0..MAX_ATTEMPTS {
         if attempt > 0 {
-            tokio::time::sleep(backoff(attempt)).await;
+            tokio::time::sleep(crate::catalog::backoff(attempt)).await;
             published.refresh(catalog.as_ref()).await?;
         }
         let before = rows.len();
@@ -209,11 +208,4 @@ pub async fn publish(
          other writers kept committing first; nothing of this batch is visible, re-run the ingest to complete it",
         rows.len()
     )
-}
-
-/// Jittered exponential backoff: 50 ms doubling to at most 2 s.
-fn backoff(attempt: usize) -> Duration {
-    let base = 50u64 << attempt.min(6);
-    let jitter = u64::from(uuid::Uuid::new_v4().as_bytes()[0]) * base / 255;
-    Duration::from_millis((base + jitter).min(2_000))
 }
