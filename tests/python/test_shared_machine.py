@@ -53,6 +53,20 @@ def shared_tmp():
         shutil.rmtree(d, ignore_errors=True)
 
 
+@pytest.fixture
+def user_bin(shared_tmp, lakemount_bin):
+    """The binary at a path the test users can reach: the build's target
+    directory may sit under a directory private to root (a hard link when
+    on the same file system, else a copy)."""
+    path = shared_tmp / "bin" / "lakemount"
+    path.parent.mkdir(mode=0o755)
+    try:
+        os.link(lakemount_bin, path)
+    except OSError:
+        shutil.copy2(lakemount_bin, path)
+    return str(path)
+
+
 def as_user(user, *cmd, env_extra=None, timeout=60):
     env = {k: v for k, v in os.environ.items() if k not in ("XDG_RUNTIME_DIR", "LAKEMOUNT_RUNTIME_DIR")}
     env["HOME"] = "/tmp"
@@ -61,7 +75,7 @@ def as_user(user, *cmd, env_extra=None, timeout=60):
                           capture_output=True, text=True, timeout=timeout, cwd="/")
 
 
-def test_a_runtime_directory_another_user_made_is_refused(users, shared_tmp, lakemount_bin):
+def test_a_runtime_directory_another_user_made_is_refused(users, shared_tmp, user_bin):
     victim, attacker = users
     rt = Path(f"/tmp/lakemount-{victim.pw_uid}")
     shutil.rmtree(rt, ignore_errors=True)
@@ -74,34 +88,34 @@ def test_a_runtime_directory_another_user_made_is_refused(users, shared_tmp, lak
         # The attacker takes the name first, open to all.
         res = as_user(attacker, "mkdir", "-m", "0777", str(rt))
         assert res.returncode == 0, res.stderr
-        res = as_user(victim, lakemount_bin, "mount", "--daemon", "--warehouse", str(shared_tmp / "wh"),
+        res = as_user(victim, user_bin, "mount", "--daemon", "--warehouse", str(shared_tmp / "wh"),
                       str(spec), str(mnt))
         assert res.returncode == 4, res.stdout + res.stderr
         assert f"belongs to uid {attacker.pw_uid}" in res.stderr, res.stderr
         assert not os.path.ismount(mnt)
         # `status` does not trust whatever answers there either.
-        res = as_user(victim, lakemount_bin, "status", str(mnt))
+        res = as_user(victim, user_bin, "status", str(mnt))
         assert res.returncode == 4 and f"belongs to uid {attacker.pw_uid}" in res.stderr, res.stderr
         # Even private (0700), a directory of another user's is refused.
         os.chmod(rt, 0o700)
-        res = as_user(victim, lakemount_bin, "mount", "--daemon", "--warehouse", str(shared_tmp / "wh"),
+        res = as_user(victim, user_bin, "mount", "--daemon", "--warehouse", str(shared_tmp / "wh"),
                       str(spec), str(mnt))
         assert res.returncode == 4 and "not to you" in res.stderr, res.stderr
         # The victim's own directory, open to others, is refused too, with what to do.
         shutil.rmtree(rt)
         res = as_user(victim, "mkdir", "-m", "0755", str(rt))
         assert res.returncode == 0
-        res = as_user(victim, lakemount_bin, "status", str(mnt))
+        res = as_user(victim, user_bin, "status", str(mnt))
         assert res.returncode == 4 and "chmod 700" in res.stderr, res.stderr
     finally:
         shutil.rmtree(rt, ignore_errors=True)
 
 
-def test_a_users_daemon_keeps_its_log_and_socket_private(users, shared_tmp, lakemount_bin):
+def test_a_users_daemon_keeps_its_log_and_socket_private(users, shared_tmp, user_bin):
     victim, attacker = users
     export_digits(shared_tmp / "digits", limit=20)
     wh = shared_tmp / "wh"
-    res = run(lakemount_bin, "ingest", "--quiet", "--warehouse", str(wh), str(shared_tmp / "digits"))
+    res = run(user_bin, "ingest", "--quiet", "--warehouse", str(wh), str(shared_tmp / "digits"))
     assert res.returncode == 0, res.stderr
     subprocess.run(["chown", "-R", f"{victim.pw_uid}:{victim.pw_gid}", str(wh)], check=True)
     subprocess.run(["chmod", "-R", "a+rX", str(shared_tmp)], check=True)
@@ -115,7 +129,7 @@ def test_a_users_daemon_keeps_its_log_and_socket_private(users, shared_tmp, lake
     fuse_mode = os.stat("/dev/fuse").st_mode & 0o777
     os.chmod("/dev/fuse", 0o666)
     try:
-        res = as_user(victim, lakemount_bin, "mount", "--daemon", "--warehouse", str(wh), str(spec), str(mnt))
+        res = as_user(victim, user_bin, "mount", "--daemon", "--warehouse", str(wh), str(spec), str(mnt))
         assert res.returncode == 0, res.stdout + res.stderr
         daemon_pid = int(re.search(r"daemon pid (\d+)", res.stdout + res.stderr).group(1))
         st = os.lstat(rt)
@@ -124,13 +138,13 @@ def test_a_users_daemon_keeps_its_log_and_socket_private(users, shared_tmp, lake
         assert len(logs) == 1 and logs[0].stat().st_mode & 0o777 == 0o600
         assert logs[0].stat().st_uid == victim.pw_uid
         # The victim asks its own mount; the attacker can reach neither the log nor the socket.
-        res = as_user(victim, lakemount_bin, "status", "--json", str(mnt))
+        res = as_user(victim, user_bin, "status", "--json", str(mnt))
         assert res.returncode == 0, res.stderr
         assert as_user(attacker, "cat", str(logs[0])).returncode != 0
-        res = as_user(attacker, lakemount_bin, "status", str(mnt),
+        res = as_user(attacker, user_bin, "status", str(mnt),
                       env_extra={"LAKEMOUNT_RUNTIME_DIR": str(rt)})
         assert res.returncode != 0
-        res = as_user(victim, lakemount_bin, "umount", str(mnt))
+        res = as_user(victim, user_bin, "umount", str(mnt))
         assert res.returncode == 0, res.stderr
         # Unmounted by its user (through fusermount3), the daemon exits.
         deadline = time.monotonic() + 10
@@ -141,7 +155,7 @@ def test_a_users_daemon_keeps_its_log_and_socket_private(users, shared_tmp, lake
     finally:
         os.chmod("/dev/fuse", fuse_mode)
         if os.path.ismount(mnt):
-            run(lakemount_bin, "umount", "--lazy", str(mnt))
+            run(user_bin, "umount", "--lazy", str(mnt))
         shutil.rmtree(rt, ignore_errors=True)
 
 
