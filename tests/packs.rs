@@ -507,3 +507,88 @@ fn a_view_read_in_random_order_is_fetched_whole_and_a_walked_one_is_not() {
         assert_eq!(counters(&mnt)["lakemount_warm_samples_total"], 0.0);
     }
 }
+
+/// Two views read in random order, each fitting in the cache but not
+/// together: only the first is fetched whole, so that the two warm-ups do
+/// not evict each other's samples (each reads its view correctly either way).
+#[test]
+fn views_fetched_whole_for_their_readers_fit_in_the_cache_together() {
+    const N: u32 = 200;
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    noisy_pngs(&input, N, 5);
+    noisy_pngs(&tmp.path().join("other"), N, 6);
+    std::fs::rename(tmp.path().join("other/x"), input.join("y")).unwrap();
+    let bytes: u64 = std::fs::read_dir(input.join("x"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    let wh = tmp.path().join("wh");
+    ingest_cli(
+        &wh,
+        &[
+            "--pack",
+            "on",
+            "--pack-size",
+            "32KiB",
+            input.to_str().unwrap(),
+        ],
+    );
+    let specs: Vec<PathBuf> = ["x", "y"]
+        .iter()
+        .map(|label| {
+            let p = tmp.path().join(format!("{label}.yaml"));
+            let text = format!("name: {label}\nsidecars: []\nfilter: \"label = '{label}'\"\n");
+            std::fs::write(&p, text).unwrap();
+            p
+        })
+        .collect();
+    let shuffled = |mut files: Vec<PathBuf>| {
+        files.sort();
+        let n = files.len();
+        (0..n)
+            .map(|k| files[(k * 73) % n].clone())
+            .collect::<Vec<_>>()
+    };
+    // Room for one view in 90% of the cache, not for both.
+    let cache = (bytes * 3 / 2).to_string();
+    let mnt = tmp.path().join("mnt");
+    let _m = MountGuard::start_with(
+        &wh,
+        &[&specs[0], &specs[1]],
+        &mnt,
+        &["--cache-size", &cache],
+    );
+    let warmed = || counters(&mnt)["lakemount_warm_samples_total"];
+    let read_all = |files: &[PathBuf]| {
+        for f in files {
+            let b = std::fs::read(f).unwrap();
+            assert_eq!(sha256(&b), f.file_stem().unwrap().to_string_lossy());
+        }
+    };
+    let x = shuffled(samples_of(&mnt.join("x")));
+    assert_eq!(x.len(), N as usize);
+    let mut k = 0;
+    while warmed() == 0.0 {
+        assert!(k < x.len(), "no warm-up after {k} random reads");
+        read_all(&x[k..k + 1]);
+        k += 1;
+    }
+    wait_for("the first view's warm-up", || warmed() >= f64::from(N));
+    read_all(&x[k..]);
+    let y = shuffled(samples_of(&mnt.join("y")));
+    assert_eq!(y.len(), N as usize);
+    let before = requests(&mnt);
+    read_all(&y);
+    // Give a (wrongly) started warm-up of the second view time to show.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(
+        warmed(),
+        f64::from(N),
+        "the second view was fetched whole too"
+    );
+    assert!(
+        requests(&mnt) > before + 16.0,
+        "the second view's reads did not fetch"
+    );
+}

@@ -45,6 +45,11 @@ pub(super) struct Prefetch {
     /// Requests in flight of a warm-up started for readers (the auto
     /// warm-up); 0: off.
     auto_warm: std::sync::atomic::AtomicUsize,
+    /// Views fetched whole (by `--warm` or for their readers) and their
+    /// bytes: what a further auto warm-up must fit beside, so that two
+    /// views fetched whole do not evict each other. A view's share goes
+    /// with the view (a spec removed or replaced).
+    warmed: std::sync::Mutex<Vec<(std::sync::Weak<Tree>, u64)>>,
 }
 
 impl Prefetch {
@@ -53,7 +58,22 @@ impl Prefetch {
             depth,
             permits: Arc::new(tokio::sync::Semaphore::new(depth.max(1))),
             auto_warm: Default::default(),
+            warmed: Default::default(),
         }
+    }
+
+    /// Records `bytes` of `tree` as fetched whole, if they fit in `budget`
+    /// beside the views already fetched whole that are still mounted;
+    /// otherwise the bytes those take.
+    fn reserve(&self, tree: &Arc<Tree>, bytes: u64, budget: u64) -> Result<(), u64> {
+        let mut warmed = self.warmed.lock().unwrap_or_else(|p| p.into_inner());
+        warmed.retain(|(t, _)| t.strong_count() > 0);
+        let others: u64 = warmed.iter().map(|(_, b)| b).sum();
+        if others.saturating_add(bytes) > budget {
+            return Err(others);
+        }
+        warmed.push((Arc::downgrade(tree), bytes));
+        Ok(())
     }
 
     /// Fetch a whole view, `parallel` requests at a time, once its readers
@@ -93,10 +113,19 @@ impl Prefetch {
         };
         let view = &tree.view;
         let bytes = view_bytes(view);
-        if bytes > warm_budget(&fs.cache) {
+        let budget = warm_budget(&fs.cache);
+        if bytes > budget {
             tracing::info!(
                 view = %view.name,
                 "read in random order, but larger than the cache ({bytes} bytes): not fetched whole"
+            );
+            return;
+        }
+        if let Err(others) = self.reserve(tree, bytes, budget) {
+            tracing::info!(
+                view = %view.name,
+                "read in random order, but it ({bytes} bytes) and the views already fetched whole \
+                 ({others} bytes) do not fit in the cache together: not fetched whole"
             );
             return;
         }
@@ -328,7 +357,18 @@ impl ViewFs {
             // Nothing left for the auto warm-up to start.
             t.walks.warming.store(true, Ordering::Relaxed);
         }
-        warm_trees(self.cache.clone(), trees, parallel).await
+        let (n, bytes) = warm_trees(self.cache.clone(), trees.clone(), parallel).await;
+        // What each view took of it (they are planned in this order), for
+        // the auto warm-up of views mounted later.
+        let mut left = bytes;
+        for t in &trees {
+            let share = view_bytes(&t.view).min(left);
+            left -= share;
+            if share > 0 {
+                let _ = self.prefetch.reserve(t, share, u64::MAX);
+            }
+        }
+        (n, bytes)
     }
 
     /// Lets the auto warm-up fetch a view whose readers keep missing (see
