@@ -76,6 +76,27 @@ fn noisy_pngs(dir: &Path, n: u32, seed: u32) {
     }
 }
 
+/// Ingests `dir` into `wh`, packed in packs of `pack_size`.
+fn ingest_packed(wh: &Path, pack_size: &str, dir: &Path) {
+    ingest_cli(
+        wh,
+        &[
+            "--pack",
+            "on",
+            "--pack-size",
+            pack_size,
+            dir.to_str().unwrap(),
+        ],
+    );
+}
+
+/// `files` in a fixed shuffle of their name order.
+fn shuffled(mut files: Vec<PathBuf>) -> Vec<PathBuf> {
+    files.sort();
+    let n = files.len();
+    (0..n).map(|k| files[(k * 73) % n].clone()).collect()
+}
+
 fn spec(dir: &Path, text: &str) -> PathBuf {
     let p = dir.join("s.yaml");
     std::fs::write(&p, text).unwrap();
@@ -93,16 +114,7 @@ fn packed_samples_round_trip_in_few_requests() {
     std::fs::create_dir_all(tmp.path().join("in/big")).unwrap();
     std::fs::write(tmp.path().join("in/big/big.bin"), &big).unwrap();
     let wh = tmp.path().join("wh");
-    ingest_cli(
-        &wh,
-        &[
-            "--pack",
-            "on",
-            "--pack-size",
-            "256KiB",
-            tmp.path().join("in").to_str().unwrap(),
-        ],
-    );
+    ingest_packed(&wh, "256KiB", &tmp.path().join("in"));
     let rt = tokio::runtime::Runtime::new().unwrap();
     let rows = rt.block_on(async { iceberg_rows(&open(&wh).await).await });
     let packed = rows
@@ -438,25 +450,8 @@ fn a_view_read_in_random_order_is_fetched_whole_and_a_walked_one_is_not() {
     noisy_pngs(&tmp.path().join("in"), 200, 3);
     let wh = tmp.path().join("wh");
     // Small packs, so that a random reader misses in many of them.
-    ingest_cli(
-        &wh,
-        &[
-            "--pack",
-            "on",
-            "--pack-size",
-            "64KiB",
-            tmp.path().join("in").to_str().unwrap(),
-        ],
-    );
+    ingest_packed(&wh, "64KiB", &tmp.path().join("in"));
     let s = spec(tmp.path(), "name: s\nsidecars: []\n");
-    // A fixed shuffle of the samples.
-    let shuffled = |mut files: Vec<PathBuf>| {
-        files.sort();
-        let n = files.len();
-        (0..n)
-            .map(|k| files[(k * 73) % n].clone())
-            .collect::<Vec<_>>()
-    };
 
     // Shuffled, with auto warm-up (the default): after 16 misses the view
     // is fetched whole, and the rest of the epoch makes no request.
@@ -524,16 +519,7 @@ fn views_fetched_whole_for_their_readers_fit_in_the_cache_together() {
         .map(|e| e.unwrap().metadata().unwrap().len())
         .sum();
     let wh = tmp.path().join("wh");
-    ingest_cli(
-        &wh,
-        &[
-            "--pack",
-            "on",
-            "--pack-size",
-            "32KiB",
-            input.to_str().unwrap(),
-        ],
-    );
+    ingest_packed(&wh, "32KiB", &input);
     let specs: Vec<PathBuf> = ["x", "y"]
         .iter()
         .map(|label| {
@@ -543,13 +529,6 @@ fn views_fetched_whole_for_their_readers_fit_in_the_cache_together() {
             p
         })
         .collect();
-    let shuffled = |mut files: Vec<PathBuf>| {
-        files.sort();
-        let n = files.len();
-        (0..n)
-            .map(|k| files[(k * 73) % n].clone())
-            .collect::<Vec<_>>()
-    };
     // Room for one view in 90% of the cache, not for both.
     let cache = (bytes * 3 / 2).to_string();
     let mnt = tmp.path().join("mnt");
