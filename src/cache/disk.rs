@@ -484,6 +484,35 @@ impl DiskStore {
         good
     }
 
+    /// [`ChunkStore::open_file`], and whether the open had to read and
+    /// check the entry first (its first use by this process).
+    pub fn open_checked(&self, key: &ChunkKey, size: u64) -> Option<(std::fs::File, bool)> {
+        if !key.is_whole() {
+            return None;
+        }
+        let (file, len) = self.open_entry(key)?;
+        let checked_now = !self.is_checked(key);
+        if checked_now {
+            // Reads and checks it (and marks it verified) first.
+            self.read_checked(key, &file, len)?;
+        }
+        if len != size {
+            // Verified once, changed since (the kernel would serve it short).
+            self.drop_bad(key, "its size changed after it was checked");
+            return None;
+        }
+        self.counters.hits.inc();
+        // Cleared: the kernel reads this file for us.
+        use std::os::fd::AsRawFd;
+        // SAFETY: fcntl on a descriptor this File owns.
+        unsafe {
+            let fl = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
+            libc::fcntl(file.as_raw_fd(), libc::F_SETFL, fl & !libc::O_NONBLOCK);
+        }
+        self.uses.add(key, Some(len));
+        Some((file, checked_now))
+    }
+
     /// Deletes an entry that failed verification.
     fn drop_bad(&self, key: &ChunkKey, why: &str) {
         let path = self.path(key);
@@ -638,29 +667,7 @@ impl ChunkStore for DiskStore {
     }
 
     fn open_file(&self, key: &ChunkKey, size: u64) -> Option<std::fs::File> {
-        if !key.is_whole() {
-            return None;
-        }
-        let (file, len) = self.open_entry(key)?;
-        if !self.is_checked(key) {
-            // Reads and checks it (and marks it verified) first.
-            self.read_checked(key, &file, len)?;
-        }
-        if len != size {
-            // Verified once, changed since (the kernel would serve it short).
-            self.drop_bad(key, "its size changed after it was checked");
-            return None;
-        }
-        self.counters.hits.inc();
-        // Cleared: the kernel reads this file for us.
-        use std::os::fd::AsRawFd;
-        // SAFETY: fcntl on a descriptor this File owns.
-        unsafe {
-            let fl = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
-            libc::fcntl(file.as_raw_fd(), libc::F_SETFL, fl & !libc::O_NONBLOCK);
-        }
-        self.uses.add(key, Some(len));
-        Some(file)
+        self.open_checked(key, size).map(|(file, _)| file)
     }
 
     fn stats(&self) -> StoreStats {

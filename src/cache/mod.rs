@@ -217,36 +217,38 @@ impl ChunkCache {
             .is_some_and(|k| self.store.contains(&k))
     }
 
-    /// A local file of the one-chunk sample at `loc`'s bytes, verified, if
-    /// the disk tier holds it (for the kernel to read: passthrough).
-    pub fn open_file(&self, loc: &SampleLoc) -> Option<std::fs::File> {
+    /// The disk tier and the key of its entry for the sample at `loc`, if
+    /// there is a disk tier and the sample is of one chunk (the samples
+    /// handed to the kernel whole).
+    fn whole_on_disk(&self, loc: &SampleLoc) -> Option<(&DiskStore, ChunkKey)> {
         if loc.size > CHUNK {
             return None;
         }
-        self.disk
-            .as_ref()?
-            .open_file(&ChunkKey::whole(loc.content_id), loc.size)
+        Some((self.disk.as_deref()?, ChunkKey::whole(loc.content_id)))
+    }
+
+    /// A local file of the one-chunk sample at `loc`'s bytes, verified, if
+    /// the disk tier holds it (for the kernel to read: passthrough), and
+    /// whether the open had to check it first (see
+    /// [`DiskStore::open_checked`]).
+    pub fn open_file(&self, loc: &SampleLoc) -> Option<(std::fs::File, bool)> {
+        let (disk, key) = self.whole_on_disk(loc)?;
+        disk.open_checked(&key, loc.size)
     }
 
     /// Whether the sample at `loc` is of one chunk and this process has not
     /// checked a disk-tier entry of it (it may have none); no I/O.
     pub fn unchecked(&self, loc: &SampleLoc) -> bool {
-        loc.size <= CHUNK
-            && self
-                .disk
-                .as_ref()
-                .is_some_and(|d| !d.is_checked(&ChunkKey::whole(loc.content_id)))
+        self.whole_on_disk(loc)
+            .is_some_and(|(disk, key)| !disk.is_checked(&key))
     }
 
     /// Checks the disk-tier entry of the one-chunk sample at `loc` before
     /// its first use (see [`DiskStore::check_ahead`]); whether it is there
     /// and good. Blocks on the disk.
     pub fn check_ahead(&self, loc: &SampleLoc, keep_pages: bool) -> bool {
-        loc.size <= CHUNK
-            && self
-                .disk
-                .as_ref()
-                .is_some_and(|d| d.check_ahead(&ChunkKey::whole(loc.content_id), keep_pages))
+        self.whole_on_disk(loc)
+            .is_some_and(|(disk, key)| disk.check_ahead(&key, keep_pages))
     }
 
     /// Chunk `chunk` of the sample at `loc`, verified.

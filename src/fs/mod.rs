@@ -590,9 +590,8 @@ impl ViewFs {
         {
             let view = &tree.view;
             let loc = view.location(i as usize);
-            let unchecked = self.cache.unchecked(&loc);
-            if let Some(file) = self.cache.open_file(&loc) {
-                if unchecked {
+            if let Some((file, checked_now)) = self.cache.open_file(&loc) {
+                if checked_now {
                     self.prefetch.on_unchecked_open(self, &tree);
                 }
                 return Ok(Opened::Passthrough(file));

@@ -62,12 +62,18 @@ impl Prefetch {
         }
     }
 
+    /// The views fetched whole that are still mounted, and their bytes.
+    fn warmed(&self) -> std::sync::MutexGuard<'_, Vec<(std::sync::Weak<Tree>, u64)>> {
+        let mut warmed = self.warmed.lock().unwrap_or_else(|p| p.into_inner());
+        warmed.retain(|(t, _)| t.strong_count() > 0);
+        warmed
+    }
+
     /// Records `bytes` of `tree` as fetched whole, if they fit in `budget`
     /// beside the views already fetched whole that are still mounted;
     /// otherwise the bytes those take.
     fn reserve(&self, tree: &Arc<Tree>, bytes: u64, budget: u64) -> Result<(), u64> {
-        let mut warmed = self.warmed.lock().unwrap_or_else(|p| p.into_inner());
-        warmed.retain(|(t, _)| t.strong_count() > 0);
+        let mut warmed = self.warmed();
         let others: u64 = warmed.iter().map(|(_, b)| b).sum();
         if others.saturating_add(bytes) > budget {
             return Err(others);
@@ -365,7 +371,7 @@ impl ViewFs {
             let share = view_bytes(&t.view).min(left);
             left -= share;
             if share > 0 {
-                let _ = self.prefetch.reserve(t, share, u64::MAX);
+                self.prefetch.warmed().push((Arc::downgrade(t), share));
             }
         }
         (n, bytes)
